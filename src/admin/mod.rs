@@ -1,0 +1,75 @@
+//! The admin server (axum): `/health`, `/update-config`, the `/api/v1` REST API, server-sent
+//! events, Prometheus `/metrics` and the embedded web UI. Handlers are thin: parse, call the one
+//! door ([`crate::state::Shared::apply`]) or read live state, map errors to responses.
+
+mod api;
+
+use crate::state::Shared;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Serves the admin API on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = api::router(shared);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!("admin server: {e}");
+    }
+}
+
+/// Re-reads the configuration file and applies it through the one door; failures keep the
+/// running configuration and are logged with every problem.
+pub fn reload_from_file(shared: &Shared, source: &str) {
+    let Some(path) = &shared.config_path else {
+        return;
+    };
+    match crate::config::load_file(path) {
+        Ok((cfg, _)) => match shared.apply(cfg, source, false) {
+            Ok(v) => tracing::info!(version = v, source, "configuration reloaded"),
+            Err(e) => tracing::error!(
+                source,
+                "reload refused, keeping the running configuration:\n{e}"
+            ),
+        },
+        Err(e) => {
+            crate::events::emit("reload_failed", None, None, format!("{source}: {e}"));
+            tracing::error!(
+                source,
+                "reload refused, keeping the running configuration:\n{e}"
+            )
+        }
+    }
+}
+
+/// Reloads when the configuration file changes on disk (polled by mtime and size every 500ms:
+/// portable, and immune to editors that replace the file rather than writing it).
+pub fn watch_config_file(shared: Arc<Shared>) {
+    let Some(path) = shared.config_path.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = stamp(&path);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let now = stamp(&path);
+            if now != last {
+                last = now;
+                reload_from_file(&shared, "file");
+            }
+        }
+    });
+}

@@ -1,0 +1,200 @@
+//! Reading a configuration from text: TOML (or JSON), unknown keys collected rather than fatal,
+//! then [`validate`]; every problem is located at `FILE:LINE:COL` when the source is a file.
+//!
+//! Unknown keys are reported all together (via `serde_ignored`) instead of stopping at the
+//! first, so one `check` run shows everything an operator has to fix.
+
+use super::schema::Config;
+use super::validate::{validate, Problem};
+use std::path::Path;
+
+/// The text format of a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+}
+
+impl Format {
+    pub fn of_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Format::Json,
+            _ => Format::Toml,
+        }
+    }
+}
+
+/// Why a configuration was refused: every problem found.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![Problem::new(path, message)],
+        }
+    }
+}
+
+/// Parses and validates; `origin` (a file name) is used to locate problems as FILE:LINE:COL.
+pub fn parse_config(
+    text: &str,
+    format: Format,
+    origin: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let mut unknown = Vec::new();
+    let parsed: Result<Config, (String, Option<std::ops::Range<usize>>)> = match format {
+        Format::Toml => match toml::de::Deserializer::parse(text) {
+            Ok(de) => serde_ignored::deserialize(de, |p| unknown.push(path_of(&p)))
+                .map_err(|e: toml::de::Error| (e.message().to_string(), e.span())),
+            Err(e) => Err((e.message().to_string(), e.span())),
+        },
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde_ignored::deserialize(&mut de, |p| unknown.push(path_of(&p))).map_err(
+                |e: serde_json::Error| {
+                    let off = offset_of(text, e.line(), e.column());
+                    (e.to_string(), Some(off..off))
+                },
+            )
+        }
+    };
+    let cfg = match parsed {
+        Ok(c) => c,
+        Err((msg, span)) => {
+            let mut p = Problem::new("", msg);
+            if let (Some(o), Some(s)) = (origin, span) {
+                p.location = Some(line_col(o, text, s.start));
+            }
+            return Err(ConfigError { problems: vec![p] });
+        }
+    };
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|path| Problem::new(path, "unknown key"))
+        .collect();
+    problems.extend(validate(&cfg));
+    if problems.is_empty() {
+        return Ok(cfg);
+    }
+    if let Some(origin) = origin {
+        locate(&mut problems, text, format, origin);
+    }
+    Err(ConfigError { problems })
+}
+
+/// Reads and validates a file.
+pub fn load_file(path: &Path) -> Result<(Config, String), ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one("", format!("cannot read {name}: {e}")))?;
+    let cfg = parse_config(&text, Format::of_path(path), Some(&name))?;
+    Ok((cfg, text))
+}
+
+fn path_of(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", path_of(parent)),
+        P::Map { parent, key } => {
+            let head = path_of(parent);
+            if head.is_empty() {
+                key.clone()
+            } else {
+                format!("{head}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            path_of(parent)
+        }
+    }
+}
+
+fn offset_of(text: &str, line: usize, col: usize) -> usize {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    start + col.saturating_sub(1)
+}
+
+fn line_col(origin: &str, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("{origin}:{line}:{col}")
+}
+
+/// Splits `upstreams.web.backends[1].address` into keys and indexes.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn segments(path: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+        if !key.is_empty() {
+            out.push(Seg::Key(key));
+        }
+        while let Some((idx, r)) = rest.split_once(']') {
+            if let Ok(i) = idx.parse() {
+                out.push(Seg::Index(i));
+            }
+            rest = r.trim_start_matches('[');
+        }
+    }
+    out
+}
+
+fn locate(problems: &mut [Problem], text: &str, format: Format, origin: &str) {
+    for p in problems.iter_mut() {
+        let offset = match format {
+            Format::Toml => toml_offset(text, &p.path),
+            // JSON keys are quoted and unique enough: find the last key of the path.
+            Format::Json => json_offset(text, &p.path),
+        };
+        p.location = Some(line_col(origin, text, offset.unwrap_or(0)));
+    }
+}
+
+fn toml_offset(text: &str, path: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut best = root.span().start;
+    let mut cur: &DeValue<'_> = &DeValue::Table(root.into_inner());
+    // Walk as deep as the path exists; the deepest element found is where the problem is.
+    for seg in &segments(path) {
+        let next = match (seg, cur) {
+            (Seg::Key(k), DeValue::Table(t)) => {
+                t.iter()
+                    .find(|(key, _)| key.get_ref() == k)
+                    .map(|(key, v)| {
+                        best = key.span().start;
+                        v
+                    })
+            }
+            (Seg::Index(i), DeValue::Array(a)) => a.get(*i).inspect(|v| best = v.span().start),
+            _ => None,
+        };
+        match next {
+            Some(v) => cur = v.get_ref(),
+            None => break,
+        }
+    }
+    Some(best)
+}
+
+fn json_offset(text: &str, path: &str) -> Option<usize> {
+    let last_key = segments(path).into_iter().rev().find_map(|s| match s {
+        Seg::Key(k) => Some(k),
+        Seg::Index(_) => None,
+    })?;
+    text.find(&format!("\"{last_key}\""))
+}

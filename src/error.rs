@@ -1,0 +1,75 @@
+//! Errors the proxy makes itself, each with its status, its `x-switchyard-error` reason, and
+//! whether the failed attempt may be retried on another backend.
+
+use http::StatusCode;
+
+/// Why Switchyard answered instead of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matched the request's host and path.
+    NoRoute,
+    /// The upstream has no backend that may take traffic.
+    NoBackend,
+    /// `max_connections` / `max_pending` reached.
+    Overloaded,
+    /// TCP connect refused, unreachable or timed out: the request never reached a backend.
+    ConnectFailed,
+    ConnectTimeout,
+    /// The backend closed or reset the connection during the exchange.
+    UpstreamReset,
+    /// No response head within the request (or per-try) timeout.
+    UpstreamTimeout,
+    /// The client's own request body was malformed or cut short.
+    BadRequestBody,
+    /// The request body exceeded the listener's `max_request_body`.
+    BodyTooLarge,
+    /// Malformed request (framing, headers) rejected before forwarding.
+    BadRequest,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed | ProxyError::ConnectTimeout | ProxyError::UpstreamReset => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequestBody | ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The `x-switchyard-error` header value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoBackend => "no_available_backend",
+            ProxyError::Overloaded => "upstream_overloaded",
+            ProxyError::ConnectFailed => "connect_failed",
+            ProxyError::ConnectTimeout => "connect_timeout",
+            ProxyError::UpstreamReset => "upstream_reset",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::BadRequestBody => "bad_request_body",
+            ProxyError::BodyTooLarge => "request_body_too_large",
+            ProxyError::BadRequest => "bad_request",
+        }
+    }
+
+    /// The request certainly never reached a backend, so any method may be retried.
+    pub fn never_sent(self) -> bool {
+        matches!(self, ProxyError::ConnectFailed | ProxyError::ConnectTimeout)
+    }
+
+    /// A failure of the backend (counts against its breaker and passive health).
+    pub fn is_backend_failure(self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed
+                | ProxyError::ConnectTimeout
+                | ProxyError::UpstreamReset
+                | ProxyError::UpstreamTimeout
+        )
+    }
+}

@@ -1,0 +1,209 @@
+//! The `switchyard` command line: parse arguments, call the library, map failures to exit codes
+//! (0 ok, 1 invalid configuration or start-up failure, 2 bad usage — clap's own).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use switchyard::config::{self, Config};
+use switchyard::server::{self, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A fast, live-configurable load balancer for microservices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration in FILE. SIGHUP reloads it; SIGTERM/SIGINT drain and exit.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate FILE and print every problem as FILE:LINE:COL: field.path: message.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Three demo backends, a balancer and the web UI, nothing to install.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        admin: SocketAddr,
+    },
+    /// A test and demo origin server.
+    DemoBackend {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "backend")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => run(&config),
+        Command::Demo { listen, admin } => demo(listen, admin),
+        Command::DemoBackend { listen, name } => demo_backend(listen, name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| cfg.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok((cfg, _)) => {
+            let backends: usize = cfg.upstreams.values().map(|u| u.backends.len()).sum();
+            println!(
+                "{}: ok ({} listener(s), {} route(s), {} upstream(s), {} backend(s))",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.routes.len(),
+                cfg.upstreams.len(),
+                backends
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{}: {} problem(s)", path.display(), e.problems.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let (cfg, _) =
+        config::load_file(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    init_logging(&cfg);
+    let running = server::start(
+        cfg,
+        Options {
+            config_path: Some(path.to_path_buf()),
+            ..Options::default()
+        },
+    )?;
+    for a in &running.listeners {
+        tracing::info!("listening on http://{a}");
+    }
+    if let Some(a) = running.admin {
+        tracing::info!("admin API and web UI on http://{a}");
+    }
+    serve_until_signal(running)
+}
+
+/// Blocks on signals: SIGHUP reloads the file, SIGTERM/SIGINT drain and return.
+fn serve_until_signal(mut running: server::Running) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handle = running.handle();
+    let shared = running.shared.clone();
+    handle.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => switchyard::admin::reload_from_file(&shared, "sighup"),
+            }
+        }
+        tracing::info!("shutting down: no new connections, letting in-flight requests finish");
+        anyhow::Ok(())
+    })?;
+    running.begin_shutdown();
+    running.join();
+    Ok(())
+}
+
+fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let backends: Vec<SocketAddr> = rt.block_on(async {
+        let mut v = Vec::new();
+        for name in ["demo-1", "demo-2", "demo-3"] {
+            v.push(switchyard::demo::spawn_backend("127.0.0.1:0".parse()?, name).await?);
+        }
+        anyhow::Ok(v)
+    })?;
+    let text = switchyard::demo::demo_config(&listen.to_string(), &admin.to_string(), &backends);
+    let path = std::env::temp_dir().join(format!("switchyard-demo-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    let cfg = config::parse_config(&text, config::Format::Toml, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(&cfg);
+    let running = server::start(
+        cfg,
+        Options {
+            config_path: Some(path.clone()),
+            ..Options::default()
+        },
+    )?;
+    println!("Switchyard demo");
+    println!(
+        "  load balancer:  http://{}/   (try: curl -s http://{}/ | head -c 200)",
+        running.listeners[0], running.listeners[0]
+    );
+    println!("  web UI + API:   http://{admin}/   (health: http://{admin}/health)");
+    println!("  metrics:        http://{admin}/metrics");
+    println!(
+        "  backends:       {}",
+        backends
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  config file:    {}", path.display());
+    println!("Ctrl-C to stop.");
+    let r = serve_until_signal(running);
+    drop(rt);
+    r
+}
+
+fn demo_backend(listen: SocketAddr, name: String) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot bind {listen}"))?;
+        eprintln!("demo-backend {name} on http://{}", l.local_addr()?);
+        tokio::select! {
+            _ = switchyard::demo::serve_backend(l, name) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        anyhow::Ok(())
+    })
+}

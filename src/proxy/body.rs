@@ -1,0 +1,176 @@
+//! Body types of the proxy. Bodies stream frame by frame in both directions, so back-pressure
+//! flows end to end and no body is held in memory (except a small one kept for retry replay).
+//!
+//! [`ReqBody`] is what goes to a backend: the client's streaming body (size-limited, with body
+//! errors flagged so they become a 400 rather than a 502), bytes kept for replay, or nothing.
+//! [`RespBody`] is what goes to the client: the backend's streaming body carrying a guard that,
+//! when the body ends, returns the connection to the pool and ends the request's accounting.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Error put into the request stream when the client's body breaks or is too large.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("client request body exceeded the {0} byte limit")]
+    TooLarge(u64),
+    #[error("client request body error: {0}")]
+    Broken(hyper::Error),
+}
+
+/// Values of the `failed` flag of [`ReqBody::Stream`].
+pub const CLIENT_BODY_BROKEN: u8 = 1;
+pub const CLIENT_BODY_TOO_LARGE: u8 = 2;
+
+pub enum ReqBody {
+    Empty,
+    Replay(Option<Bytes>),
+    Stream {
+        inner: Incoming,
+        seen: u64,
+        limit: u64,
+        /// Set when the client's side failed; the proxy then answers 400/413, not 502.
+        failed: Arc<AtomicU8>,
+    },
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Replay(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Stream {
+                inner,
+                seen,
+                limit,
+                failed,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Some(d) = f.data_ref() {
+                        *seen += d.len() as u64;
+                        if *seen > *limit {
+                            failed.store(CLIENT_BODY_TOO_LARGE, Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge(
+                                *limit,
+                            )))));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    failed.store(CLIENT_BODY_BROKEN, Relaxed);
+                    Poll::Ready(Some(Err(Box::new(ClientBodyError::Broken(e)))))
+                }
+                other => other.map_err(|e| Box::new(e) as BoxError),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Replay(b) => b.is_none(),
+            ReqBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Replay(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Runs when a response body is finished (fully sent, or dropped because the client went away).
+pub trait OnDone: Send + 'static {
+    /// `complete` is true when the body reached its end normally.
+    fn done(self: Box<Self>, complete: bool);
+}
+
+pub enum RespBody {
+    Full(Option<Bytes>),
+    Stream {
+        inner: Incoming,
+        guard: Option<Box<dyn OnDone>>,
+    },
+}
+
+impl RespBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        RespBody::Full(Some(b.into()))
+    }
+    pub fn empty() -> Self {
+        RespBody::Full(None)
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Stream { inner, guard } => {
+                let r = Pin::new(inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => {
+                        if let Some(g) = guard.take() {
+                            g.done(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(g) = guard.take() {
+                            g.done(false);
+                        }
+                    }
+                    _ => {}
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Full(b) => b.is_none(),
+            RespBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let RespBody::Stream { inner, guard } = self {
+            if let Some(g) = guard.take() {
+                // hyper may drop a body it knows is finished without polling it to the end.
+                g.done(inner.is_end_stream());
+            }
+        }
+    }
+}

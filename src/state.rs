@@ -1,0 +1,222 @@
+//! The state model: an immutable [`Snapshot`] of the compiled configuration published through one
+//! `ArcSwap`, and the [`Registry`] of live backend state that outlives snapshots.
+//!
+//! A request loads the snapshot once and uses that view to its end; a change builds a new snapshot
+//! off the hot path and swaps it in one store. Every source of change goes through
+//! [`Shared::apply`]: validate whole → compile → swap → persist → emit an event.
+
+use crate::config::{self, Config, ConfigError};
+use crate::proxy::router::Router;
+use crate::upstream::backend::{Backend, BackendState};
+use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One compiled, validated configuration.
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Snapshot {
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// Live backend state by (upstream, address). Only the control plane touches the map.
+#[derive(Default)]
+pub struct Registry {
+    map: Mutex<HashMap<(String, String), Arc<BackendState>>>,
+}
+
+impl Registry {
+    /// Compiles `cfg` against the registry: kept backends keep their state, new ones start fresh,
+    /// removed ones are dropped from the map (in-flight requests still hold theirs).
+    pub fn compile(&self, cfg: &Config, version: u64) -> Snapshot {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::with_capacity(map.len());
+        let upstreams: Vec<Arc<Upstream>> = cfg
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let backends = u
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let key = (name.clone(), b.address.clone());
+                        let state = map
+                            .remove(&key)
+                            .unwrap_or_else(|| BackendState::new(name, &b.address));
+                        state.draining.store(false, Relaxed);
+                        next.insert(key, state.clone());
+                        Backend {
+                            address: b.address.clone(),
+                            socket: b.address.parse().ok(),
+                            weight: b.weight,
+                            state,
+                        }
+                    })
+                    .collect();
+                Arc::new(Upstream::compile(name, u, backends))
+            })
+            .collect();
+        // Backends that left the configuration drain: their in-flight requests finish on the old
+        // snapshot, and nothing new can pick them.
+        for (_, gone) in map.drain() {
+            gone.draining.store(true, Relaxed);
+        }
+        *map = next;
+        let index_of = |n: &str| upstreams.iter().position(|u| u.name == n);
+        let only = (upstreams.len() == 1).then_some(0);
+        let router = Router::new(&cfg.routes, index_of, only);
+        Snapshot {
+            version,
+            config: Arc::new(cfg.clone()),
+            router,
+            upstreams,
+        }
+    }
+}
+
+/// Where an accepted change came from, for events and the version history.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Version {
+    pub version: u64,
+    pub source: String,
+    pub time: f64,
+    #[serde(skip)]
+    pub config: Arc<Config>,
+}
+
+/// Versions kept for rollback.
+pub const KEPT_VERSIONS: usize = 50;
+
+/// Everything the workers and the control plane share.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub registry: Registry,
+    /// The file changes are written back to, when serving from a file.
+    pub config_path: Option<PathBuf>,
+    pub started: Instant,
+    versions: Mutex<VecDeque<Version>>,
+    /// Serialises changes: two API calls never interleave validate and swap.
+    apply_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(cfg: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
+        let registry = Registry::default();
+        let snap = registry.compile(&cfg, 1);
+        let first = Version {
+            version: 1,
+            source: "start".into(),
+            time: unix_now(),
+            config: snap.config.clone(),
+        };
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snap),
+            registry,
+            config_path,
+            started: Instant::now(),
+            versions: Mutex::new(VecDeque::from([first])),
+            apply_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The one door for every change. Returns the new version, or every problem with nothing
+    /// changed. `persist` writes the result back to the config file (API changes do; a reload of
+    /// the file itself does not need to).
+    pub fn apply(&self, cfg: Config, source: &str, persist: bool) -> Result<u64, ConfigError> {
+        let problems = config::validate(&cfg);
+        if !problems.is_empty() {
+            crate::events::emit(
+                "reload_failed",
+                None,
+                None,
+                format!("{source}: {} problem(s)", problems.len()),
+            );
+            return Err(ConfigError { problems });
+        }
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot.load();
+        if *current.config == cfg {
+            return Ok(current.version);
+        }
+        if persist {
+            if let Some(path) = &self.config_path {
+                write_atomically(path, &config::to_toml(&cfg)).map_err(|e| {
+                    ConfigError::one("", format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
+        }
+        let version = current.version + 1;
+        let snap = self.registry.compile(&cfg, version);
+        let config = snap.config.clone();
+        self.snapshot.store(Arc::new(snap));
+        let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        if versions.len() == KEPT_VERSIONS {
+            versions.pop_front();
+        }
+        versions.push_back(Version {
+            version,
+            source: source.to_string(),
+            time: unix_now(),
+            config,
+        });
+        crate::events::emit(
+            "config",
+            None,
+            None,
+            format!("version {version} applied from {source}"),
+        );
+        Ok(version)
+    }
+
+    pub fn versions(&self) -> Vec<Version> {
+        self.versions
+            .lock()
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Temp file in the same directory, fsync, rename: a crash leaves the old file or the new one.
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("config"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Live state of one backend: counters, latency EWMA, health, ejection, breaker and drain flags.
+//!
+//! A `BackendState` is keyed by (upstream, address) in the [`crate::state::Registry`] and outlives
+//! configuration snapshots, so a reload never resets what has been learned. Everything here is
+//! atomics: workers update it on the hot path without taking a lock another request could hold.
+
+use super::breaker::Breaker;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Result of active health checking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Unknown = 0,
+    Healthy = 1,
+    Unhealthy = 2,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock, cheap to store in an atomic.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+pub struct BackendState {
+    pub upstream: String,
+    pub address: String,
+    pub active: AtomicU32,
+    pub requests_total: AtomicU64,
+    pub failures_total: AtomicU64,
+    /// Peak-EWMA of response-head latency in microseconds, stored as f64 bits.
+    ewma_us: AtomicU64,
+    ewma_at_ms: AtomicU64,
+    health: AtomicU8,
+    pub draining: AtomicBool,
+    /// Passive health: consecutive failures and the ejection deadline (0 = not ejected).
+    pub consecutive_failures: AtomicU32,
+    pub ejected_until_ms: AtomicU64,
+    pub ejections: AtomicU32,
+    /// When the backend (re)joined the eligible set; drives slow start.
+    pub available_since_ms: AtomicU64,
+    pub breaker: Breaker,
+    /// Whether an active health check is configured for this backend's upstream.
+    pub checked: AtomicBool,
+    pub health_changes: AtomicU64,
+    pub circuit_opens: AtomicU64,
+    /// Responses by status class (index 1..=5 for 1xx..5xx; index 0 counts exchanges that
+    /// failed without a response from the backend).
+    pub responses: [AtomicU64; 6],
+    /// Response-head latency histogram: counts per bucket of [`LATENCY_BUCKETS_S`], and the sum.
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
+    pub latency_sum_us: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets; +Inf is implied by the count.
+pub const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Decay time of the latency EWMA: long enough to smooth noise, short enough that a backend which
+/// slows down loses traffic within a few seconds (linkerd uses 10s; we favour reaction).
+const EWMA_DECAY_MS: f64 = 5_000.0;
+
+impl BackendState {
+    pub fn new(upstream: &str, address: &str) -> Arc<Self> {
+        Arc::new(BackendState {
+            upstream: upstream.to_string(),
+            address: address.to_string(),
+            active: AtomicU32::new(0),
+            requests_total: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            ewma_us: AtomicU64::new(0f64.to_bits()),
+            ewma_at_ms: AtomicU64::new(now_ms()),
+            health: AtomicU8::new(Health::Unknown as u8),
+            draining: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            available_since_ms: AtomicU64::new(now_ms()),
+            breaker: Breaker::default(),
+            checked: AtomicBool::new(false),
+            health_changes: AtomicU64::new(0),
+            circuit_opens: AtomicU64::new(0),
+            responses: Default::default(),
+            latency_buckets: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+        })
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Relaxed))
+    }
+
+    /// Sets the health; returns the previous value so callers can emit a transition event.
+    pub fn set_health(&self, h: Health) -> Health {
+        let prev = Health::from_u8(self.health.swap(h as u8, Relaxed));
+        if prev != h && h == Health::Healthy {
+            self.available_since_ms.store(now_ms(), Relaxed);
+        }
+        prev
+    }
+
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now
+    }
+
+    /// Current peak-EWMA latency in microseconds (decayed towards zero while idle is not done:
+    /// an idle backend keeps its last estimate, which P2C weighs by its zero load anyway).
+    pub fn ewma_us(&self) -> f64 {
+        f64::from_bits(self.ewma_us.load(Relaxed))
+    }
+
+    /// Records one response-head latency. Peak-EWMA: a slower sample replaces the estimate at once
+    /// (so a degrading backend is avoided immediately); faster samples blend in with a decay that
+    /// depends on the time since the last sample. Races between workers lose a sample at worst.
+    pub fn observe_latency(&self, us: f64) {
+        let secs = us / 1e6;
+        let b = LATENCY_BUCKETS_S
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.latency_buckets[b].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(us as u64, Relaxed);
+        let now = now_ms();
+        let last = self.ewma_at_ms.swap(now, Relaxed);
+        let prev = self.ewma_us();
+        let next = if us > prev || prev == 0.0 {
+            us
+        } else {
+            let w = (-((now.saturating_sub(last)) as f64) / EWMA_DECAY_MS).exp();
+            prev * w + us * (1.0 - w)
+        };
+        self.ewma_us.store(next.to_bits(), Relaxed);
+    }
+}
+
+/// One backend as a snapshot sees it: address, weight, and the shared live state.
+#[derive(Clone)]
+pub struct Backend {
+    pub address: String,
+    /// Literal socket address when the configured address is `IP:port`; names resolve at connect.
+    pub socket: Option<SocketAddr>,
+    pub weight: u32,
+    pub state: Arc<BackendState>,
+}

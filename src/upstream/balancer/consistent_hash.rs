@@ -1,0 +1,132 @@
+//! Consistent hashing (ketama-style ring) for affinity by client IP, header, cookie or path.
+//!
+//! Each backend owns virtual points on a 64-bit ring in proportion to its weight; a key goes to
+//! the first point at or after its hash, so adding one backend to N moves about 1/(N+1) of keys.
+//! A bucket index over the sorted ring makes a lookup O(1) instead of a binary search, so the cost
+//! does not grow with the fleet. If the owner is unavailable the walk continues clockwise, which
+//! spreads that backend's keys over its neighbours instead of piling them onto one.
+//! Hashes are FNV-1a with a 64-bit finaliser: stable across processes, so every Switchyard
+//! instance of a cluster maps a key to the same backend.
+
+use super::{Backend, Balancer, PickCtx};
+
+pub struct ConsistentHash {
+    ring: Vec<(u64, u32)>,
+    /// `index[b]` = first ring position whose hash >> shift is ≥ b.
+    index: Vec<u32>,
+    shift: u32,
+}
+
+/// Stable 64-bit hash of bytes.
+pub fn hash_bytes(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64 finaliser: FNV alone clusters similar keys on the ring.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+impl ConsistentHash {
+    pub fn new(backends: &[Backend]) -> Self {
+        let n = backends.len().max(1);
+        // 160 points each for small fleets (ketama's figure); fewer for huge ones so a rebuild
+        // stays within a few milliseconds.
+        let base = (400_000 / n).clamp(16, 160) as u64;
+        let mean = (backends.iter().map(|b| b.weight.max(1) as u64).sum::<u64>() / n as u64).max(1);
+        let mut ring = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            let points = (base * b.weight.max(1) as u64 / mean).max(1);
+            let mut key = b.address.clone().into_bytes();
+            key.push(b'#');
+            let stem = key.len();
+            for v in 0..points {
+                key.truncate(stem);
+                key.extend_from_slice(v.to_string().as_bytes());
+                ring.push((hash_bytes(&key), i as u32));
+            }
+        }
+        ring.sort_unstable();
+        let bits = ring
+            .len()
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(1);
+        let shift = 64 - bits;
+        let mut index = Vec::with_capacity(1 << bits);
+        let mut pos = 0usize;
+        for bucket in 0..(1u64 << bits) {
+            while pos < ring.len() && (ring[pos].0 >> shift) < bucket {
+                pos += 1;
+            }
+            index.push(pos as u32);
+        }
+        ConsistentHash { ring, index, shift }
+    }
+}
+
+impl Balancer for ConsistentHash {
+    fn pick(
+        &self,
+        _: &[Backend],
+        ctx: &PickCtx,
+        ok: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let len = self.ring.len();
+        if len == 0 {
+            return None;
+        }
+        let mut i = self.index[(ctx.hash >> self.shift) as usize] as usize;
+        while i < len && self.ring[i].0 < ctx.hash {
+            i += 1;
+        }
+        let mut last = u32::MAX;
+        for k in 0..len {
+            let b = self.ring[(i + k) % len].1;
+            if b != last && ok(b as usize) {
+                return Some(b as usize);
+            }
+            last = b;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::backends;
+    use super::*;
+
+    #[test]
+    fn adding_a_backend_moves_about_one_in_n_plus_one() {
+        let three = backends(&[1, 1, 1]);
+        let four = backends(&[1, 1, 1, 1]);
+        let (a, b) = (ConsistentHash::new(&three), ConsistentHash::new(&four));
+        let keys = 10_000;
+        let moved = (0..keys)
+            .filter(|k| {
+                let ctx = PickCtx {
+                    hash: hash_bytes(format!("key-{k}").as_bytes()),
+                };
+                a.pick(&three, &ctx, &mut |_| true) != b.pick(&four, &ctx, &mut |_| true)
+            })
+            .count();
+        assert!((1800..3200).contains(&moved), "moved {moved} of {keys}");
+    }
+
+    #[test]
+    fn unavailable_owner_falls_to_a_neighbour() {
+        let b = backends(&[1, 1, 1]);
+        let ch = ConsistentHash::new(&b);
+        let ctx = PickCtx { hash: 42 };
+        let owner = ch.pick(&b, &ctx, &mut |_| true).unwrap();
+        let other = ch.pick(&b, &ctx, &mut |i| i != owner).unwrap();
+        assert_ne!(owner, other);
+    }
+}

@@ -1,0 +1,56 @@
+//! Power of two choices on peak-EWMA latency (as linkerd and Finagle): draw two backends at
+//! random and send to the one with the lower cost, `ewma latency × (active + 1) / weight`. It
+//! reacts to a slow backend within a few requests, needs no shared counter, and is O(1).
+
+use super::{scan_from, Backend, Balancer, PickCtx};
+use std::sync::atomic::Ordering::Relaxed;
+
+pub struct P2cEwma;
+
+fn cost(b: &Backend) -> f64 {
+    // A backend never measured costs like a fast one, so it gets tried.
+    let lat = b.state.ewma_us().max(1.0);
+    lat * (b.state.active.load(Relaxed) as f64 + 1.0) / b.weight.max(1) as f64
+}
+
+impl Balancer for P2cEwma {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        _: &PickCtx,
+        ok: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let n = backends.len();
+        match n {
+            0 => return None,
+            1 => return ok(0).then_some(0),
+            _ => {}
+        }
+        let a = fastrand::usize(..n);
+        let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+        match (ok(a), ok(b)) {
+            (true, true) => Some(if cost(&backends[b]) < cost(&backends[a]) {
+                b
+            } else {
+                a
+            }),
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            (false, false) => scan_from(n, a, ok),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::backends;
+    use super::*;
+
+    #[test]
+    fn prefers_the_faster_backend() {
+        let b = backends(&[1, 1]);
+        b[0].state.observe_latency(50_000.0);
+        b[1].state.observe_latency(1_000.0);
+        assert!((0..50).all(|_| P2cEwma.pick(&b, &PickCtx::default(), &mut |_| true) == Some(1)));
+    }
+}

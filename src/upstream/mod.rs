@@ -1,0 +1,219 @@
+//! Upstreams as the data plane uses them: backends with live state, the balancer, and the
+//! policies (timeouts, retries, breaker, passive health) compiled from configuration.
+//!
+//! [`Upstream::pick`] is the one place where availability is decided; balancers only rank.
+
+pub mod backend;
+pub mod balancer;
+pub mod breaker;
+pub mod health;
+pub mod outlier;
+
+use crate::config::{self, Algorithm, Protocol, UpstreamConfig};
+use backend::{now_ms, Backend, Health};
+use balancer::{Balancer, PickCtx};
+use breaker::BreakerPolicy;
+use outlier::PassivePolicy;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+/// What a consistent-hash key is taken from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+/// Which failures may be retried, and how often.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Total tries including the first.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_timeout: bool,
+    pub on_status: Vec<u16>,
+    pub budget_ratio: f64,
+    pub backoff: Duration,
+    pub max_replay_body: u64,
+}
+
+impl RetryPolicy {
+    /// Without a `retry` section a request that never reached a backend (connect failure) is
+    /// tried once more elsewhere, as HAProxy's `redispatch` does: it is always safe.
+    fn from_config(c: Option<&config::RetryConfig>) -> Self {
+        let on: Vec<String> = c
+            .and_then(|c| c.on.clone())
+            .unwrap_or_else(|| vec!["connect_failure".into()]);
+        RetryPolicy {
+            attempts: c.and_then(|c| c.attempts).unwrap_or(2),
+            per_try_timeout: c.and_then(|c| c.per_try_timeout).map(|d| d.get()),
+            on_connect_failure: on.iter().any(|o| o == "connect_failure"),
+            on_reset: on.iter().any(|o| o == "reset"),
+            on_timeout: on.iter().any(|o| o == "timeout"),
+            on_status: on.iter().filter_map(|o| o.parse().ok()).collect(),
+            // Envoy's default retry budget is 20% of active requests; Finagle's 20% plus 10/s.
+            budget_ratio: c.and_then(|c| c.budget_ratio).unwrap_or(0.2),
+            backoff: c
+                .and_then(|c| c.backoff)
+                .map_or(Duration::from_millis(25), |d| d.get()),
+            max_replay_body: c
+                .and_then(|c| c.max_replay_body.as_deref())
+                .and_then(|s| config::size::parse_size(s).ok())
+                .unwrap_or(64 * 1024),
+        }
+    }
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    balancer: Box<dyn Balancer>,
+    pub algorithm: Algorithm,
+    pub hash_key: HashKey,
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub breaker: Option<BreakerPolicy>,
+    pub passive: Option<PassivePolicy>,
+    pub retry: RetryPolicy,
+    pub slow_start_ms: u64,
+    pub max_connections: Option<u32>,
+    pub max_pending: Option<u32>,
+    pub config: UpstreamConfig,
+    /// Retry budget accounting: requests and retries seen, for `budget_ratio`.
+    pub budget: outlier::RetryBudget,
+}
+
+/// Why no backend could be chosen; becomes the `x-switchyard-error` reason of a 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    Empty,
+    NoneAvailable,
+}
+
+impl Upstream {
+    pub fn compile(name: &str, cfg: &UpstreamConfig, backends: Vec<Backend>) -> Upstream {
+        let hash_key = match cfg.hash_key.as_deref() {
+            Some("path") => HashKey::Path,
+            Some(k) if k.starts_with("header:") => http::HeaderName::try_from(&k[7..])
+                .map(HashKey::Header)
+                .unwrap_or(HashKey::ClientIp),
+            Some(k) if k.starts_with("cookie:") => HashKey::Cookie(k[7..].to_string()),
+            _ => HashKey::ClientIp,
+        };
+        let t = &cfg.timeouts;
+        let checked = cfg.health_check.is_some();
+        for b in &backends {
+            b.state.checked.store(checked, Relaxed);
+        }
+        Upstream {
+            name: name.to_string(),
+            balancer: balancer::build(cfg.algorithm, &backends),
+            backends,
+            algorithm: cfg.algorithm,
+            hash_key,
+            protocol: cfg.protocol,
+            connect_timeout: t.connect.map_or(Duration::from_secs(2), |d| d.get()),
+            request_timeout: t.request.map_or(Duration::from_secs(30), |d| d.get()),
+            idle_timeout: t.idle.map_or(Duration::from_secs(60), |d| d.get()),
+            breaker: cfg.circuit_breaker.as_ref().map(BreakerPolicy::from_config),
+            passive: cfg.passive_health.as_ref().map(PassivePolicy::from_config),
+            retry: RetryPolicy::from_config(cfg.retry.as_ref()),
+            slow_start_ms: cfg.slow_start.map_or(0, |d| d.get().as_millis() as u64),
+            max_connections: cfg.max_connections,
+            max_pending: cfg.max_pending,
+            config: cfg.clone(),
+            budget: outlier::RetryBudget::default(),
+        }
+    }
+
+    /// Whether backend `i` may take a new request now: the single availability rule.
+    pub fn available(&self, i: usize, now: u64) -> bool {
+        let b = &self.backends[i];
+        let s = &b.state;
+        b.weight > 0
+            && !s.draining.load(Relaxed)
+            && s.health() != Health::Unhealthy
+            && !s.is_ejected(now)
+            && self
+                .breaker
+                .as_ref()
+                .is_none_or(|p| s.breaker.admits(p, now))
+            && self.slow_start_admits(b, now)
+    }
+
+    /// Slow start: during the ramp a backend is admitted with a probability that grows linearly
+    /// from 10% to 100%, which scales its share for every algorithm alike.
+    fn slow_start_admits(&self, b: &Backend, now: u64) -> bool {
+        if self.slow_start_ms == 0 {
+            return true;
+        }
+        let age = now.saturating_sub(b.state.available_since_ms.load(Relaxed));
+        age >= self.slow_start_ms
+            || fastrand::f64() < (0.1 + 0.9 * age as f64 / self.slow_start_ms as f64)
+    }
+
+    /// Chooses a backend, skipping those in `tried` when any other is available.
+    pub fn pick(&self, ctx: &PickCtx, tried: &[usize]) -> Result<usize, NoBackend> {
+        if self.backends.is_empty() {
+            return Err(NoBackend::Empty);
+        }
+        let now = now_ms();
+        let found = self
+            .balancer
+            .pick(&self.backends, ctx, &mut |i| {
+                !tried.contains(&i) && self.available(i, now)
+            })
+            .or_else(|| {
+                // Every untried backend is unavailable: a second try on the same one is better
+                // than failing a request that may succeed.
+                (!tried.is_empty()).then(|| {
+                    self.balancer
+                        .pick(&self.backends, ctx, &mut |i| self.available(i, now))
+                })?
+            })
+            .or_else(|| {
+                // Fail-open (opt-in): when nothing is available, any backend still configured with
+                // weight may be better than a certain 503.
+                let open = self.passive.as_ref().is_some_and(|p| p.fail_open);
+                open.then(|| {
+                    self.balancer.pick(&self.backends, ctx, &mut |i| {
+                        self.backends[i].weight > 0
+                            && !self.backends[i].state.draining.load(Relaxed)
+                    })
+                })?
+            });
+        let i = found.ok_or(NoBackend::NoneAvailable)?;
+        if let Some(change) = self.backends[i].state.breaker.on_dispatch(now) {
+            crate::events::breaker_changed(&self.backends[i].state, change);
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unhealthy_and_draining_backends_are_skipped() {
+        let cfg = UpstreamConfig::default();
+        let backends = balancer::test_support::backends(&[1, 1, 1]);
+        backends[0].state.set_health(Health::Unhealthy);
+        backends[1].state.draining.store(true, Relaxed);
+        let u = Upstream::compile("t", &cfg, backends);
+        for _ in 0..5 {
+            assert_eq!(u.pick(&PickCtx::default(), &[]), Ok(2));
+        }
+        u.backends[2].state.set_health(Health::Unhealthy);
+        assert_eq!(
+            u.pick(&PickCtx::default(), &[]),
+            Err(NoBackend::NoneAvailable)
+        );
+    }
+}

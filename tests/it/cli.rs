@@ -1,0 +1,188 @@
+//! The command line as an operator uses it: `check`, `--version`, `run` with SIGTERM, and the
+//! memory a 100 MiB body costs while streaming through.
+
+use crate::support::*;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn check_reports_every_problem_with_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listeners]]\nbind = \"127.0.0.1:8080\"\n\n[upstreams.web]\nbackends = [\n  { address = \"127.0.0.1:9001\" },\n  { address = \"nope\" },\n]\nalgorithm = \"round_robin\"\ntimeouts = { conect = \"2s\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        err.contains(&format!("{file}:7:5: upstreams.web.backends[1].address")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:10:14: upstreams.web.timeouts.conect: unknown key"
+        )),
+        "{err}"
+    );
+
+    std::fs::write(&path, "[[listeners]]\nbind = \"127.0.0.1:8080\"\n[upstreams.web]\nbackends = [{ address = \"127.0.0.1:9001\" }]\n").unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn version_and_usage_exit_codes() {
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("switchyard "));
+    let out = Command::new(bin()).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(std::process::Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_binary(backends: &str) -> (Proc, u16, u16, tempfile::TempDir) {
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        format!("workers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n[upstreams.web]\nbackends = [{backends}]\n"),
+    )
+    .unwrap();
+    let child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc(child);
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    (p, port, admin, dir)
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let be = backends(1);
+    let (mut p, port, admin, _dir) = run_binary(&be.list());
+    let slow = std::thread::spawn(move || {
+        client()
+            .get(format!("http://127.0.0.1:{port}/delay/1500"))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    let c = client();
+    assert!(eventually(Duration::from_secs(5), || {
+        let v: serde_json::Value = c
+            .get(format!("http://127.0.0.1:{admin}/api/v1/upstreams"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["upstreams"][0]["backends"][0]["active_requests"] == 1
+    }));
+    let pid = p.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        200,
+        "in-flight request completed"
+    );
+    let status = p.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn hundred_mib_bodies_stream_in_bounded_memory() {
+    let be = backends(1);
+    let (p, port, _admin, _dir) = run_binary(&be.list());
+    let c = client();
+    // Upload 100 MiB from a generator: the proxy never sees it whole.
+    struct Zeros(u64);
+    impl Read for Zeros {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = (buf.len() as u64).min(self.0) as usize;
+            buf[..n].fill(b'z');
+            self.0 -= n as u64;
+            Ok(n)
+        }
+    }
+    const SIZE: u64 = 100 << 20;
+    let body = reqwest::blocking::Body::sized(Zeros(SIZE), SIZE);
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/upload"))
+        .body(body)
+        .send()
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["body_bytes"], SIZE);
+    // Download 100 MiB (102400 chunks of 1 KiB).
+    let mut r = c
+        .get(format!("http://127.0.0.1:{port}/stream/102400"))
+        .send()
+        .unwrap();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    assert_eq!(total, SIZE);
+    let hwm = vm_hwm_kib(p.0.id());
+    assert!(
+        hwm < 64 * 1024,
+        "peak RSS {hwm} KiB while streaming 2 × 100 MiB"
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests: real Switchyard servers and real demo backends on 127.0.0.1:0, spoken to
+//! over real sockets. One test binary; a module per area.
+
+mod support;
+
+mod balancing;
+mod cli;
+mod dataplane;
