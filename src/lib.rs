@@ -16,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod events;
 pub mod listener;
+pub mod observe;
 pub mod proxy;
 pub mod server;
 pub mod state;

@@ -54,7 +54,7 @@ impl Registry {
                         let state = map
                             .remove(&key)
                             .unwrap_or_else(|| BackendState::new(name, &b.address));
-                        state.draining.store(false, Relaxed);
+                        state.draining.store(b.drain, Relaxed);
                         next.insert(key, state.clone());
                         Backend {
                             address: b.address.clone(),
@@ -108,6 +108,24 @@ pub struct Shared {
     versions: Mutex<VecDeque<Version>>,
     /// Serialises changes: two API calls never interleave validate and swap.
     apply_lock: Mutex<()>,
+    written: Mutex<Option<String>>,
+}
+
+/// An accepted change.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub version: u64,
+    pub changes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Invalid(ConfigError),
+    #[error("configuration changed meanwhile; current version is {0}")]
+    Conflict(u64),
+    #[error("{0}")]
+    Persist(String),
 }
 
 impl Shared {
@@ -127,6 +145,7 @@ impl Shared {
             started: Instant::now(),
             versions: Mutex::new(VecDeque::from([first])),
             apply_lock: Mutex::new(()),
+            written: Mutex::new(None),
         })
     }
 
@@ -138,26 +157,57 @@ impl Shared {
     /// changed. `persist` writes the result back to the config file (API changes do; a reload of
     /// the file itself does not need to).
     pub fn apply(&self, cfg: Config, source: &str, persist: bool) -> Result<u64, ConfigError> {
+        match self.apply_checked(cfg, source, persist, None) {
+            Ok(a) => Ok(a.version),
+            Err(ApplyError::Invalid(e)) => Err(e),
+            Err(e) => Err(ConfigError::one("", e.to_string())),
+        }
+    }
+
+    /// [`Shared::apply`] with an optimistic-concurrency check: with `expect`, the change is
+    /// refused unless the running version is still `expect` (HTTP `If-Match`).
+    pub fn apply_checked(
+        &self,
+        cfg: Config,
+        source: &str,
+        persist: bool,
+        expect: Option<u64>,
+    ) -> Result<Applied, ApplyError> {
         let problems = config::validate(&cfg);
         if !problems.is_empty() {
+            crate::observe::metrics::reload(false);
             crate::events::emit(
                 "reload_failed",
                 None,
                 None,
-                format!("{source}: {} problem(s)", problems.len()),
+                format!("{source}: {} problem(s): {}", problems.len(), problems[0]),
             );
-            return Err(ConfigError { problems });
+            return Err(ApplyError::Invalid(ConfigError { problems }));
         }
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.snapshot.load();
-        if *current.config == cfg {
-            return Ok(current.version);
+        let current = self.snapshot.load_full();
+        if let Some(v) = expect {
+            if v != current.version {
+                return Err(ApplyError::Conflict(current.version));
+            }
+        }
+        let changes = config::diff::diff(&current.config, &cfg);
+        if changes.is_empty() {
+            return Ok(Applied {
+                version: current.version,
+                changes,
+            });
         }
         if persist {
             if let Some(path) = &self.config_path {
-                write_atomically(path, &config::to_toml(&cfg)).map_err(|e| {
-                    ConfigError::one("", format!("cannot write {}: {e}", path.display()))
+                let text = match config::Format::of_path(path) {
+                    config::Format::Json => serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+                    config::Format::Toml => config::to_toml(&cfg),
+                };
+                write_atomically(path, &text).map_err(|e| {
+                    ApplyError::Persist(format!("cannot write {}: {e}", path.display()))
                 })?;
+                *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
             }
         }
         let version = current.version + 1;
@@ -174,13 +224,20 @@ impl Shared {
             time: unix_now(),
             config,
         });
+        crate::observe::metrics::reload(true);
         crate::events::emit(
             "config",
             None,
             None,
-            format!("version {version} applied from {source}"),
+            format!("version {version} from {source}: {}", changes.join("; ")),
         );
-        Ok(version)
+        Ok(Applied { version, changes })
+    }
+
+    /// The text this process last wrote to the config file, so the file watcher can tell its own
+    /// writes from an operator's edit.
+    pub fn last_written(&self) -> Option<String> {
+        self.written.lock().ok().and_then(|w| w.clone())
     }
 
     pub fn versions(&self) -> Vec<Version> {

@@ -1,34 +1,111 @@
-//! Admin API routes and handlers.
+//! Admin API routes and handlers: parse, call the one door ([`Shared::apply_checked`]) or read
+//! live state, map errors to responses. Every change validates the whole resulting configuration
+//! first; an invalid one gets 422 with the field path and changes nothing anywhere.
 
-use crate::state::Shared;
-use crate::upstream::backend::Health;
-use axum::extract::State;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use super::auth;
+use crate::config::{self, BackendConfig, Config, ConfigError, Format};
+use crate::state::{ApplyError, Shared};
+use crate::upstream::backend::now_ms;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 type S = State<Arc<Shared>>;
+
+/// Admin request bodies above this are refused (413): a configuration of 10,000 backends is
+/// about 400 KiB of JSON.
+const MAX_BODY: usize = 4 << 20;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/update-config", post(update_config))
+        .route("/api/v1/config", get(get_config).put(put_config))
+        .route("/api/v1/config/validate", post(validate_config))
+        .route("/api/v1/config/versions", get(versions))
+        .route("/api/v1/config/rollback", post(rollback))
         .route("/api/v1/upstreams", get(upstreams))
+        .route("/api/v1/upstreams/{name}/backends", post(add_backend))
+        .route(
+            "/api/v1/upstreams/{name}/backends/{address}",
+            axum::routing::patch(patch_backend).delete(delete_backend),
+        )
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/events/history", get(history))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
+}
+
+/// An API failure and its response.
+pub enum ApiError {
+    BadRequest(String),
+    Invalid(ConfigError),
+    NotFound(String),
+    Conflict(u64),
+    Internal(String),
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Invalid(c) => ApiError::Invalid(c),
+            ApplyError::Conflict(v) => ApiError::Conflict(v),
+            ApplyError::Persist(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
+            ApiError::Invalid(c) => {
+                let first = c
+                    .problems
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| config::Problem::new("", "invalid"));
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"valid": false, "error": first.message, "path": first.path, "problems": c.problems}),
+                )
+            }
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
+            ApiError::Conflict(v) => (
+                StatusCode::PRECONDITION_FAILED,
+                json!({"error": format!("configuration changed meanwhile; current version is {v}"), "config_version": v}),
+            ),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": m})),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn applied(a: crate::state::Applied) -> Json<Value> {
+    Json(json!({"config_version": a.version, "changes": a.changes}))
 }
 
 async fn health(State(shared): S) -> impl IntoResponse {
     let snap = shared.current();
+    let now = now_ms();
     let mut ups = BTreeMap::new();
     for u in &snap.upstreams {
         let healthy = (0..u.backends.len())
-            .filter(|&i| {
-                u.backends[i].state.health() != Health::Unhealthy
-                    && u.available(i, crate::upstream::backend::now_ms())
-            })
+            .filter(|&i| u.available(i, now))
             .count();
         ups.insert(
             u.name.clone(),
@@ -44,9 +121,201 @@ async fn health(State(shared): S) -> impl IntoResponse {
     }))
 }
 
+/// Parses a JSON body, mapping malformed JSON to 400.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+}
+
+/// A whole configuration from a body: JSON by content type (or a leading `{`), TOML otherwise.
+/// Syntax errors are 400; unknown keys and invalid values are 422 with their paths.
+fn parse_config_body(headers: &HeaderMap, body: &[u8]) -> Result<Config, ApiError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format =
+        if ct.contains("json") || (!ct.contains("toml") && text.trim_start().starts_with('{')) {
+            Format::Json
+        } else {
+            Format::Toml
+        };
+    config::parse_config(text, format, None).map_err(|e| {
+        // A problem without a path is a syntax error: the body could not be read at all.
+        if e.problems.len() == 1 && e.problems[0].path.is_empty() {
+            ApiError::BadRequest(e.problems[0].message.clone())
+        } else {
+            ApiError::Invalid(e)
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Patch {
+    upstream: Option<String>,
+    #[serde(default)]
+    add: Vec<BackendConfig>,
+    #[serde(default)]
+    remove: Vec<String>,
+    config: Option<Value>,
+}
+
+/// The brief's endpoint: add/remove servers of an upstream, or replace the whole configuration.
+async fn update_config(
+    State(shared): S,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let patch: Patch = parse_json(&body)?;
+    if let Some(whole) = patch.config {
+        let text = whole.to_string();
+        let cfg = parse_config_body(&json_headers(&headers), text.as_bytes())?;
+        return Ok(applied(shared.apply_checked(
+            cfg,
+            "api /update-config",
+            true,
+            None,
+        )?));
+    }
+    let mut cfg = (*shared.current().config).clone();
+    let name = match patch.upstream {
+        Some(n) => n,
+        None if cfg.upstreams.len() == 1 => {
+            cfg.upstreams.keys().next().cloned().unwrap_or_default()
+        }
+        None => {
+            return Err(ApiError::Invalid(ConfigError::one(
+                "upstream",
+                "several upstreams exist; name one",
+            )))
+        }
+    };
+    let up = cfg
+        .upstreams
+        .get_mut(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
+    for (i, addr) in patch.remove.iter().enumerate() {
+        let before = up.backends.len();
+        up.backends.retain(|b| &b.address != addr);
+        if up.backends.len() == before {
+            return Err(ApiError::Invalid(ConfigError::one(
+                format!("remove[{i}]"),
+                format!("{addr} is not a backend of {name}"),
+            )));
+        }
+    }
+    up.backends.extend(patch.add);
+    Ok(applied(shared.apply_checked(
+        cfg,
+        "api /update-config",
+        true,
+        None,
+    )?))
+}
+
+fn json_headers(_: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
+#[derive(Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn get_config(State(shared): S, Query(q): Query<FormatQuery>) -> Response {
+    let snap = shared.current();
+    let etag = format!("\"{}\"", snap.version);
+    if q.format.as_deref() == Some("toml") {
+        return (
+            [
+                (header::ETAG, etag),
+                (header::CONTENT_TYPE, "application/toml".into()),
+            ],
+            config::to_toml(&snap.config),
+        )
+            .into_response();
+    }
+    ([(header::ETAG, etag)], Json(&*snap.config)).into_response()
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        None | Some("*") => Ok(None),
+        Some(v) => v
+            .trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .parse()
+            .map(Some)
+            .map_err(|_| {
+                ApiError::BadRequest(format!("If-Match {v:?} is not an ETag of this API"))
+            }),
+    }
+}
+
+async fn put_config(
+    State(shared): S,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let expect = if_match(&headers)?;
+    let cfg = parse_config_body(&headers, &body)?;
+    let a = shared.apply_checked(cfg, "api PUT /api/v1/config", true, expect)?;
+    Ok(([(header::ETAG, format!("\"{}\"", a.version))], applied(a)).into_response())
+}
+
+async fn validate_config(
+    State(shared): S,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let cfg = parse_config_body(&headers, &body)?;
+    let changes = config::diff::diff(&shared.current().config, &cfg);
+    Ok(Json(json!({"valid": true, "changes": changes})))
+}
+
+async fn versions(State(shared): S) -> Json<Value> {
+    let v = shared.versions();
+    Json(json!({"current": shared.current().version, "versions": v}))
+}
+
+#[derive(Deserialize)]
+struct Rollback {
+    version: u64,
+}
+
+async fn rollback(State(shared): S, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let r: Rollback = parse_json(&body)?;
+    let target = shared
+        .versions()
+        .into_iter()
+        .find(|v| v.version == r.version)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "version {} is not among the kept versions",
+                r.version
+            ))
+        })?;
+    let cfg = (*target.config).clone();
+    Ok(applied(shared.apply_checked(
+        cfg,
+        &format!("rollback to version {}", r.version),
+        true,
+        None,
+    )?))
+}
+
 /// Every upstream and backend with live state.
 pub fn upstreams_json(shared: &Shared) -> Value {
     let snap = shared.current();
+    let now = now_ms();
     let ups: Vec<Value> = snap
         .upstreams
         .iter()
@@ -62,20 +331,138 @@ pub fn upstreams_json(shared: &Shared) -> Value {
                         "health": s.health().name(),
                         "circuit": s.breaker.state().name(),
                         "draining": s.draining.load(Relaxed) || b.weight == 0,
-                        "ejected": s.is_ejected(crate::upstream::backend::now_ms()),
+                        "ejected": s.is_ejected(now),
                         "active_requests": s.active.load(Relaxed),
                         "requests_total": s.requests_total.load(Relaxed),
                         "failures_total": s.failures_total.load(Relaxed),
-                        "latency_ewma_ms": (s.ewma_us() / 1000.0 * 1000.0).round() / 1000.0,
+                        "latency_ewma_ms": (s.ewma_us()).round() / 1000.0,
                     })
                 })
                 .collect();
             json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends})
         })
         .collect();
-    json!({"config_version": snap.version, "upstreams": ups})
+    let listeners: Vec<Value> = snap
+        .config
+        .listeners
+        .iter()
+        .map(|l| json!({"name": l.name, "bind": l.bind, "tls": l.tls.is_some()}))
+        .collect();
+    json!({"config_version": snap.version, "upstreams": ups, "listeners": listeners, "routes": snap.config.routes})
 }
 
-async fn upstreams(State(shared): S) -> impl IntoResponse {
+async fn upstreams(State(shared): S) -> Json<Value> {
     Json(upstreams_json(&shared))
+}
+
+/// Runs `edit` on a copy of the named upstream's configuration and applies the result.
+fn change_upstream(
+    shared: &Shared,
+    name: &str,
+    source: &str,
+    edit: impl FnOnce(&mut Vec<BackendConfig>) -> Result<(), ApiError>,
+) -> Result<crate::state::Applied, ApiError> {
+    let mut cfg = (*shared.current().config).clone();
+    let up = cfg
+        .upstreams
+        .get_mut(name)
+        .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
+    edit(&mut up.backends)?;
+    Ok(shared.apply_checked(cfg, source, true, None)?)
+}
+
+async fn add_backend(
+    State(shared): S,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let b: BackendConfig = parse_json(&body)?;
+    let a = change_upstream(&shared, &name, "api add backend", |list| {
+        list.push(b);
+        Ok(())
+    })?;
+    Ok((StatusCode::CREATED, applied(a)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendPatch {
+    weight: Option<u32>,
+    drain: Option<bool>,
+}
+
+fn find<'a>(
+    list: &'a mut [BackendConfig],
+    address: &str,
+) -> Result<&'a mut BackendConfig, ApiError> {
+    list.iter_mut()
+        .find(|b| b.address == address)
+        .ok_or_else(|| ApiError::NotFound(format!("no backend {address}")))
+}
+
+async fn patch_backend(
+    State(shared): S,
+    Path((name, address)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let p: BackendPatch = parse_json(&body)?;
+    let a = change_upstream(&shared, &name, "api patch backend", |list| {
+        let b = find(list, &address)?;
+        if let Some(w) = p.weight {
+            b.weight = w;
+        }
+        if let Some(d) = p.drain {
+            b.drain = d;
+        }
+        Ok(())
+    })?;
+    Ok(applied(a))
+}
+
+async fn delete_backend(
+    State(shared): S,
+    Path((name, address)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let a = change_upstream(&shared, &name, "api delete backend", |list| {
+        find(list, &address)?;
+        list.retain(|b| b.address != address);
+        Ok(())
+    })?;
+    Ok(applied(a))
+}
+
+/// Server-sent events: control-plane events as they happen, and a `stats` event every second
+/// with the live state of every backend (the UI derives rates from consecutive ones).
+async fn events(
+    State(shared): S,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+    use tokio_stream::StreamExt;
+    let live = BroadcastStream::new(crate::events::subscribe())
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            Ok(Event::default()
+                .event(e.kind)
+                .data(serde_json::to_string(&e).unwrap_or_default()))
+        });
+    let tick = IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).map(move |_| {
+        Ok(Event::default()
+            .event("stats")
+            .data(upstreams_json(&shared).to_string()))
+    });
+    Sse::new(live.merge(tick)).keep_alive(KeepAlive::default())
+}
+
+async fn history() -> Json<Value> {
+    Json(json!(crate::events::history()))
+}
+
+async fn metrics(State(shared): S) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::observe::metrics::render(&shared),
+    )
 }

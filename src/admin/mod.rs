@@ -2,7 +2,8 @@
 //! events, Prometheus `/metrics` and the embedded web UI. Handlers are thin: parse, call the one
 //! door ([`crate::state::Shared::apply`]) or read live state, map errors to responses.
 
-mod api;
+pub mod api;
+pub mod auth;
 
 use crate::state::Shared;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub fn reload_from_file(shared: &Shared, source: &str) {
         return;
     };
     match crate::config::load_file(path) {
+        Ok((_, text))
+            if source == "file" && shared.last_written().as_deref() == Some(text.as_str()) => {}
         Ok((cfg, _)) => match shared.apply(cfg, source, false) {
             Ok(v) => tracing::info!(version = v, source, "configuration reloaded"),
             Err(e) => tracing::error!(
@@ -41,6 +44,7 @@ pub fn reload_from_file(shared: &Shared, source: &str) {
             ),
         },
         Err(e) => {
+            crate::observe::metrics::reload(false);
             crate::events::emit("reload_failed", None, None, format!("{source}: {e}"));
             tracing::error!(
                 source,

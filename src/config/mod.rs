@@ -1,6 +1,7 @@
 //! Configuration: the serde schema ([`schema`]), human durations and sizes, validation with field
 //! paths ([`validate`]) and loading from TOML or JSON text ([`load`]).
 
+pub mod diff;
 pub mod duration;
 pub mod load;
 pub mod schema;

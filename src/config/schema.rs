@@ -156,6 +156,9 @@ pub struct BackendConfig {
     pub address: String,
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub weight: u32,
+    /// Draining: no new requests, in-flight ones finish; the weight is kept for when it returns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 fn one() -> u32 {

@@ -74,6 +74,42 @@ impl Drop for Proc {
     }
 }
 
+#[test]
+fn sighup_reloads_the_file() {
+    let be = backends(2);
+    let (p, port, admin, dir) = run_binary(&format!("{{ address = \"{}\" }}", be.addrs[0]));
+    let path = dir.path().join("s.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Same length and the same mtime: the file watcher cannot see it, only SIGHUP can.
+    let edited = text.replace(&be.addrs[0].to_string(), &be.addrs[1].to_string());
+    assert_eq!(edited.len(), text.len());
+    let stamp = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, &edited).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let c = client();
+    let who = || get_backend(&c, &format!("http://127.0.0.1:{port}/")).1;
+    assert_eq!(who(), "b0", "no reload without the signal");
+    assert!(Command::new("kill")
+        .args(["-HUP", &p.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(eventually(Duration::from_secs(5), || who() == "b1"));
+    let v: serde_json::Value = c
+        .get(format!("http://127.0.0.1:{admin}/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["config_version"], 2);
+}
+
 fn run_binary(backends: &str) -> (Proc, u16, u16, tempfile::TempDir) {
     let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();

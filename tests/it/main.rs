@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod balancing;
 mod cli;
 mod dataplane;

@@ -1,0 +1,73 @@
+//! Admin authentication: with a token configured (`admin.token`, `admin.token_file` or
+//! `SWITCHYARD_ADMIN_TOKEN`), every route but `/health` needs `Authorization: Bearer TOKEN`.
+//! `/api/v1/events` also takes `?token=` because browsers' EventSource cannot send headers.
+//! Comparison is constant-time so the token cannot be guessed byte by byte from timings.
+
+use crate::state::Shared;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// The token in force, if any. Read per admin request so a rotated token file takes effect.
+pub fn configured_token(shared: &Shared) -> Option<String> {
+    let cfg = shared.current().config.clone();
+    if let Some(t) = &cfg.admin.token {
+        return Some(t.clone());
+    }
+    if let Some(f) = &cfg.admin.token_file {
+        return std::fs::read_to_string(f)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+    }
+    std::env::var("SWITCHYARD_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    // The UI's page and assets hold no data; the login form must be reachable.
+    let open = path == "/health" || path == "/" || path.starts_with("/ui/");
+    let Some(token) = (!open).then(|| configured_token(&shared)).flatten() else {
+        return next.run(req).await;
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let query = (path == "/api/v1/events")
+        .then(|| {
+            req.uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+                .map(str::to_string)
+        })
+        .flatten();
+    match bearer.or(query) {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(
+                serde_json::json!({"error": "unauthorized: send Authorization: Bearer TOKEN"}),
+            ),
+        )
+            .into_response(),
+    }
+}

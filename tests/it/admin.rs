@@ -1,0 +1,325 @@
+//! The admin API and live configuration: every change validated whole, applied without dropping
+//! requests, persisted to the file, reversible.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn served_by(lb: &Lb, n: usize) -> HashSet<String> {
+    let c = client();
+    (0..n).map(|_| get_backend(&c, &lb.url("/")).1).collect()
+}
+
+#[test]
+fn added_backend_serves_the_next_requests_and_survives_restart() {
+    let mut be = backends(2);
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{}\" }}]",
+        be.addrs[0]
+    )));
+    let third = be.add("b-new");
+    let c = client();
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"add": [{"address": third.to_string(), "weight": 1}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["config_version"], 2);
+    assert!(
+        v["changes"][0].as_str().unwrap().contains("added backend"),
+        "{v}"
+    );
+    assert_eq!(
+        served_by(&lb, 4),
+        HashSet::from(["b0".to_string(), "b-new".to_string()])
+    );
+    // Written back to the file as TOML: a restart comes back with the new backend.
+    let text = std::fs::read_to_string(&lb.path).unwrap();
+    assert!(text.contains(&third.to_string()), "{text}");
+    let (cfg, _) = switchyard::config::load_file(&lb.path).unwrap();
+    assert_eq!(cfg.upstreams["web"].backends.len(), 2);
+    drop(lb);
+    let lb2 = start(&text);
+    assert_eq!(
+        served_by(&lb2, 4),
+        HashSet::from(["b0".to_string(), "b-new".to_string()])
+    );
+}
+
+#[test]
+fn removed_backend_gets_no_new_requests_while_its_slow_request_completes() {
+    let be = backends(2);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let c = client();
+    // Find which backend takes the slow request, then remove that one.
+    let url = lb.url("/delay/1500");
+    let slow = std::thread::spawn(move || get_backend(&client(), &url));
+    let mut busy = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        let v: Value = c
+            .get(lb.admin_url("/api/v1/upstreams"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        match v["upstreams"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["active_requests"] == 1)
+        {
+            Some(b) => {
+                busy = b["address"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    }));
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"upstream": "web", "remove": [busy]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let busy_name = format!(
+        "b{}",
+        be.addrs.iter().position(|a| a.to_string() == busy).unwrap()
+    );
+    let seen = served_by(&lb, 10);
+    assert!(
+        !seen.contains(&busy_name),
+        "removed backend got new requests: {seen:?}"
+    );
+    let (status, who) = slow.join().unwrap();
+    assert_eq!(
+        (status, who),
+        (200, busy_name),
+        "in-flight request on the removed backend completed"
+    );
+}
+
+#[test]
+fn invalid_change_gets_422_and_changes_nothing() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let c = client();
+    let file_before = std::fs::read_to_string(&lb.path).unwrap();
+    let etag = c
+        .get(lb.admin_url("/api/v1/config"))
+        .send()
+        .unwrap()
+        .headers()["etag"]
+        .clone();
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"add": [{"address": "not-an-address"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["path"], "upstreams.web.backends[1].address");
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"add": [{"address": "127.0.0.1:1", "weight": 20000}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"upstream": "nope", "add": []}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .put(lb.admin_url("/api/v1/config"))
+        .header("content-type", "application/toml")
+        .body("[[listeners]]\nbind = \"x\"\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        c.get(lb.admin_url("/api/v1/config"))
+            .send()
+            .unwrap()
+            .headers()["etag"],
+        etag
+    );
+    assert_eq!(std::fs::read_to_string(&lb.path).unwrap(), file_before);
+    assert_eq!(served_by(&lb, 3), HashSet::from(["b0".to_string()]));
+}
+
+#[test]
+fn put_with_stale_etag_is_refused_and_rollback_restores() {
+    let be = backends(2);
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{}\" }}]",
+        be.addrs[0]
+    )));
+    let c = client();
+    let r = c.get(lb.admin_url("/api/v1/config")).send().unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let mut cfg: Value = r.json().unwrap();
+    cfg["upstreams"]["web"]["backends"] = json!([{"address": be.addrs[1].to_string()}]);
+    let r = c
+        .put(lb.admin_url("/api/v1/config"))
+        .header("if-match", &etag)
+        .json(&cfg)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(served_by(&lb, 3), HashSet::from(["b1".to_string()]));
+    let r = c
+        .put(lb.admin_url("/api/v1/config"))
+        .header("if-match", &etag)
+        .json(&cfg)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 412, "stale ETag");
+    // Dry run shows the diff and applies nothing.
+    cfg["upstreams"]["web"]["backends"] =
+        json!([{"address": be.addrs[1].to_string(), "weight": 3}]);
+    let v: Value = c
+        .post(lb.admin_url("/api/v1/config/validate"))
+        .json(&cfg)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["valid"], true);
+    assert!(
+        v["changes"][0].as_str().unwrap().contains("weight 1 -> 3"),
+        "{v}"
+    );
+    let versions: Value = c
+        .get(lb.admin_url("/api/v1/config/versions"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(versions["current"], 2);
+    let r = c
+        .post(lb.admin_url("/api/v1/config/rollback"))
+        .json(&json!({"version": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(served_by(&lb, 3), HashSet::from(["b0".to_string()]));
+}
+
+#[test]
+fn backend_patch_drains_and_deletes() {
+    let be = backends(2);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let c = client();
+    let a0 = be.addrs[0].to_string();
+    let r = c
+        .patch(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{a0}")))
+        .json(&json!({"drain": true}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(served_by(&lb, 4), HashSet::from(["b1".to_string()]));
+    let v: Value = c
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["upstreams"][0]["backends"][0]["draining"], true);
+    c.patch(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{a0}")))
+        .json(&json!({"drain": false}))
+        .send()
+        .unwrap();
+    assert_eq!(served_by(&lb, 4).len(), 2);
+    let r = c
+        .delete(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{a0}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(served_by(&lb, 4), HashSet::from(["b1".to_string()]));
+    let r = c
+        .post(lb.admin_url("/api/v1/upstreams/web/backends"))
+        .json(&json!({"address": a0}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .delete(lb.admin_url("/api/v1/upstreams/web/backends/127.0.0.1:1"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn token_is_required_when_configured() {
+    let be = backends(1);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{}]\n",
+        be.list()
+    ));
+    let c = client();
+    assert_eq!(c.get(lb.admin_url("/health")).send().unwrap().status(), 200);
+    assert_eq!(
+        c.get(lb.admin_url("/api/v1/upstreams"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .bearer_auth("wrong")
+        .json(&json!({"remove": [be.addrs[0].to_string()]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(lb.running().shared.current().version, 1, "nothing changed");
+    let r = c
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn non_loopback_admin_without_token_is_refused() {
+    let cfg = "[admin]\nlisten = \"0.0.0.0:5000\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{ address = \"127.0.0.1:9\" }]\n";
+    let e =
+        switchyard::config::parse_config(cfg, switchyard::config::Format::Toml, None).unwrap_err();
+    assert_eq!(e.problems[0].path, "admin.listen");
+}
+
+#[test]
+fn events_stream_reports_changes() {
+    use std::io::{BufRead, BufReader};
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let mut resp = reqwest::blocking::Client::new()
+        .get(lb.admin_url("/api/v1/events"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let admin = lb.admin_url("/update-config");
+    let add = json!({"add": [{"address": "127.0.0.1:9"}]});
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        client().post(admin).json(&add).send().unwrap();
+    });
+    let reader = BufReader::new(&mut resp);
+    for line in reader.lines().take(200) {
+        if line.unwrap() == "event: config" {
+            return;
+        }
+    }
+    panic!("no config event");
+}
