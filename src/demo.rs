@@ -3,7 +3,9 @@
 //!
 //! Endpoints (every response carries `x-demo-backend: NAME`): any path echoes the request as JSON;
 //! `/status/{code}`; `/delay/{ms}`; `/healthz` (and `POST /healthz/fail`, `POST /healthz/ok`);
-//! `/stream/{n}` streams n chunks of 1 KiB.
+//! `/stream/{n}` streams n chunks of 1 KiB; `/ws` is a WebSocket echo (text and binary; the text
+//! `close:CODE` makes it close with that code). With a certificate it serves HTTPS (ALPN h2 and
+//! http/1.1); in clear it speaks HTTP/1.1 and h2c.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -18,6 +20,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_rustls::TlsAcceptor;
+
+mod ws;
 
 type DemoBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
@@ -28,6 +33,28 @@ struct Origin {
 
 /// Serves the demo backend on `listener` forever (until the task is dropped).
 pub async fn serve_backend(listener: tokio::net::TcpListener, name: String) {
+    serve_backend_tls(listener, name, None).await
+}
+
+/// The demo backend's TLS settings from a PEM certificate chain and key.
+pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    let loaded = crate::listener::certs::load_pair(cert, key)?;
+    let mut c = rustls::ServerConfig::builder_with_provider(crate::listener::certs::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(loaded.key)));
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// Serves the demo backend, over TLS when `tls` is given.
+pub async fn serve_backend_tls(
+    listener: tokio::net::TcpListener,
+    name: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let origin = Arc::new(Origin {
         name,
         failing: AtomicBool::new(false),
@@ -39,15 +66,26 @@ pub async fn serve_backend(listener: tokio::net::TcpListener, name: String) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (origin, builder) = (origin.clone(), builder.clone());
+        let (origin, builder, acceptor) = (origin.clone(), builder.clone(), acceptor.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let origin = origin.clone();
                 async move { Ok::<_, Infallible>(respond(&origin, req).await) }
             });
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            match acceptor {
+                None => {
+                    let io = TokioIo::new(stream);
+                    let _ = builder.serve_connection_with_upgrades(io, svc).await;
+                }
+                Some(a) => {
+                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let io = TokioIo::new(tls);
+                    let _ = builder.serve_connection_with_upgrades(io, svc).await;
+                }
+            }
         });
     }
 }
@@ -95,6 +133,7 @@ async fn route(origin: &Origin, path: &str, req: Request<Incoming>) -> Response<
             }
             Err(_) => status(StatusCode::BAD_REQUEST, "bad delay\n"),
         },
+        (_, ["ws"]) => ws::accept(req),
         (_, ["stream", n]) => match n.parse::<usize>() {
             Ok(n) => stream(n),
             Err(_) => status(StatusCode::BAD_REQUEST, "bad chunk count\n"),
@@ -131,6 +170,7 @@ async fn echo(origin: &Origin, req: Request<Incoming>) -> Response<DemoBody> {
         "query": parts.uri.query().unwrap_or(""),
         "headers": headers,
         "body_bytes": body_bytes,
+        "version": format!("{:?}", parts.version),
     });
     let mut r = Response::new(full(doc.to_string()));
     r.headers_mut().insert(
@@ -150,9 +190,18 @@ fn stream(n: usize) -> Response<DemoBody> {
 
 /// Binds and runs a demo backend in the current runtime; returns its address.
 pub async fn spawn_backend(addr: SocketAddr, name: &str) -> std::io::Result<SocketAddr> {
+    spawn_backend_tls(addr, name, None).await
+}
+
+/// Binds and runs a demo backend, HTTPS when `tls` is given; returns its address.
+pub async fn spawn_backend_tls(
+    addr: SocketAddr,
+    name: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind(addr).await?;
     let a = l.local_addr()?;
-    tokio::spawn(serve_backend(l, name.to_string()));
+    tokio::spawn(serve_backend_tls(l, name.to_string(), tls));
     Ok(a)
 }
 

@@ -73,3 +73,20 @@ impl ProxyError {
         )
     }
 }
+
+/// The `&'static` reason for an `x-switchyard-error` value, for the access log.
+pub fn reason_from_header(v: &[u8]) -> Option<&'static str> {
+    const ALL: [ProxyError; 10] = [
+        ProxyError::NoRoute,
+        ProxyError::NoBackend,
+        ProxyError::Overloaded,
+        ProxyError::ConnectFailed,
+        ProxyError::ConnectTimeout,
+        ProxyError::UpstreamReset,
+        ProxyError::UpstreamTimeout,
+        ProxyError::BadRequestBody,
+        ProxyError::BodyTooLarge,
+        ProxyError::BadRequest,
+    ];
+    ALL.iter().map(|e| e.reason()).find(|r| r.as_bytes() == v)
+}

@@ -45,6 +45,12 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "backend")]
         name: String,
+        /// PEM certificate chain: serve HTTPS (ALPN h2 and http/1.1) instead of clear HTTP.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<String>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<String>,
     },
 }
 
@@ -54,7 +60,12 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run(&config),
         Command::Demo { listen, admin } => demo(listen, admin),
-        Command::DemoBackend { listen, name } => demo_backend(listen, name),
+        Command::DemoBackend {
+            listen,
+            name,
+            tls_cert,
+            tls_key,
+        } => demo_backend(listen, name, tls_cert.zip(tls_key)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,7 +202,16 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     r
 }
 
-fn demo_backend(listen: SocketAddr, name: String) -> anyhow::Result<()> {
+fn demo_backend(
+    listen: SocketAddr,
+    name: String,
+    tls: Option<(String, String)>,
+) -> anyhow::Result<()> {
+    let tls = match tls {
+        Some((cert, key)) => Some(switchyard::demo::tls_config(&cert, &key).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -199,9 +219,9 @@ fn demo_backend(listen: SocketAddr, name: String) -> anyhow::Result<()> {
         let l = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot bind {listen}"))?;
-        eprintln!("demo-backend {name} on http://{}", l.local_addr()?);
+        eprintln!("demo-backend {name} on {scheme}://{}", l.local_addr()?);
         tokio::select! {
-            _ = switchyard::demo::serve_backend(l, name) => {}
+            _ = switchyard::demo::serve_backend_tls(l, name, tls) => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         anyhow::Ok(())

@@ -82,6 +82,9 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             })?,
         );
     }
+    // TLS material was checked by validation; this fails only if a file changed since.
+    let tls_listeners =
+        listener::set_modes(&cfg.listeners, &mut bound).map_err(StartError::Invalid)?;
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("switchyard-control")
@@ -104,16 +107,17 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     } else {
         None
     };
-    let shared = Shared::new(cfg, opts.config_path.clone());
+    let access_log = crate::observe::access_log::AccessLog::start(&cfg.log)
+        .map_err(|e| StartError::Invalid(format!("cannot open access log: {e}")))?;
+    let shared = Shared::with_access_log(cfg, opts.config_path.clone(), access_log);
     let (stop, stop_rx) = watch::channel(false);
     let listeners = bound.iter().map(|b| b.addr).collect();
 
-    let mut per_worker: Vec<Vec<(std::net::TcpListener, u64)>> =
+    let mut per_worker: Vec<Vec<listener::WorkerSocket>> =
         (0..workers).map(|_| Vec::new()).collect();
     for b in bound {
-        let max_body = b.max_body;
         for (w, s) in b.into_sockets().into_iter().enumerate() {
-            per_worker[w].push((s, max_body));
+            per_worker[w].push(s);
         }
     }
     let mut handles = Vec::new();
@@ -143,6 +147,7 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         let _enter = control.enter();
         crate::upstream::health::spawn_checker(shared.clone(), stop_rx.clone());
         crate::admin::watch_config_file(shared.clone());
+        listener::tls::spawn_reloader(tls_listeners, shared.clone(), stop_rx.clone());
     }
     Ok(Running {
         shared,

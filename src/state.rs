@@ -109,6 +109,8 @@ pub struct Shared {
     /// Serialises changes: two API calls never interleave validate and swap.
     apply_lock: Mutex<()>,
     written: Mutex<Option<String>>,
+    /// The access log, when `log.access` is not "off" (set at start; changes need a restart).
+    pub access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
 }
 
 /// An accepted change.
@@ -130,6 +132,23 @@ pub enum ApplyError {
 
 impl Shared {
     pub fn new(cfg: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
+        Arc::new(Self::build(cfg, config_path, None))
+    }
+
+    /// As [`Shared::new`], with an access log.
+    pub fn with_access_log(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        log: Option<crate::observe::access_log::AccessLog>,
+    ) -> Arc<Shared> {
+        Arc::new(Self::build(cfg, config_path, log.map(Arc::new)))
+    }
+
+    fn build(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
+    ) -> Shared {
         let registry = Registry::default();
         let snap = registry.compile(&cfg, 1);
         let first = Version {
@@ -138,7 +157,7 @@ impl Shared {
             time: unix_now(),
             config: snap.config.clone(),
         };
-        Arc::new(Shared {
+        Shared {
             snapshot: ArcSwap::from_pointee(snap),
             registry,
             config_path,
@@ -146,7 +165,8 @@ impl Shared {
             versions: Mutex::new(VecDeque::from([first])),
             apply_lock: Mutex::new(()),
             written: Mutex::new(None),
-        })
+            access_log,
+        }
     }
 
     pub fn current(&self) -> Arc<Snapshot> {

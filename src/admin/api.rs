@@ -47,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             auth::require_token,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(super::ui::routes())
         .with_state(shared)
 }
 

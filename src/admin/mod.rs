@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod ui;
 
 use crate::state::Shared;
 use std::sync::Arc;

@@ -37,7 +37,15 @@ impl std::fmt::Display for Problem {
     }
 }
 
-const RETRY_ON: &[&str] = &["connect_failure", "reset", "timeout", "502", "503", "504"];
+const RETRY_ON: &[&str] = &[
+    "connect_failure",
+    "reset",
+    "timeout",
+    "429",
+    "502",
+    "503",
+    "504",
+];
 pub const MAX_WEIGHT: u32 = 10_000;
 
 /// Checks a whole configuration; an empty vector means it may be compiled and served.
@@ -81,11 +89,15 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
             }
         }
         if let Some(tls) = &l.tls {
-            if tls.certificates.is_empty() {
+            // Without certificates, `redirect_https = true` makes a plain listener that redirects.
+            if tls.certificates.is_empty() && tls.redirect_https != Some(true) {
                 p.push(Problem::new(
                     format!("{path}.tls.certificates"),
                     "at least one {cert, key} pair is required",
                 ));
+            }
+            for (field, message) in crate::listener::tls::check(tls) {
+                p.push(Problem::new(format!("{path}.tls.{field}"), message));
             }
             if let Some(v) = &tls.min_version {
                 if v != "1.2" && v != "1.3" {
@@ -267,6 +279,9 @@ fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut Vec<Proble
                 "client_cert and client_key go together",
             ));
         }
+        for (field, message) in crate::proxy::connector::check(t) {
+            p.push(Problem::new(format!("{path}.tls.{field}"), message));
+        }
     }
     if let Some(d) = &u.discovery {
         let n = [&d.dns, &d.srv, &d.file, &d.etcd_prefix]
@@ -364,10 +379,16 @@ fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut Vec<Proble
             ));
         }
         for (i, on) in r.on.iter().flatten().enumerate() {
-            if !RETRY_ON.contains(&on.as_str()) {
+            let status_ok = on
+                .parse::<u16>()
+                .is_ok_and(|s| s == 429 || (500..=599).contains(&s));
+            if !RETRY_ON.contains(&on.as_str()) && !status_ok {
                 p.push(Problem::new(
                     format!("{rp}.on[{i}]"),
-                    format!("{on:?} is not one of {}", RETRY_ON.join(", ")),
+                    format!(
+                        "{on:?} is not one of {} (or another 5xx status)",
+                        RETRY_ON.join(", ")
+                    ),
                 ));
             }
         }

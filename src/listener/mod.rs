@@ -4,9 +4,17 @@
 //! Workers share nothing on the hot path but the configuration snapshot (one atomic load) and
 //! backend counters (atomics): each has its own accept loop, its own connections and its own
 //! upstream connection pool. The kernel spreads new connections across the workers' sockets.
+//!
+//! A listener is plain, TLS ([`tls`]: the handshake runs inside the connection's own task with a
+//! timeout, so a slow client never holds up the accept loop), or an HTTP → HTTPS [`redirect`].
+
+pub mod certs;
+pub mod redirect;
+pub mod tls;
 
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
+use http::{header, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -15,22 +23,51 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 /// Largest request head (request line and headers) accepted; larger ones get 431. NGINX allows
 /// 4 × 8 KiB by default and HAProxy 16 KiB; 64 KiB leaves room for large cookies and JWTs.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Time a client gets to complete the TLS handshake, as HAProxy's `timeout client` bounds it:
+/// long enough for a phone on a bad network, short enough that idle sockets do not pile up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a listener speaks.
+pub enum Mode {
+    Plain,
+    Tls(Arc<tls::TlsListener>),
+    /// Answers every request with a redirect to https on this port.
+    Redirect { https_port: u16 },
+}
+
 /// One bound listener: its configured address, the concrete one, and per-worker sockets.
 pub struct Bound {
     pub addr: SocketAddr,
     pub max_body: u64,
+    pub mode: Arc<Mode>,
     sockets: Vec<std::net::TcpListener>,
 }
 
+/// One worker's socket of a listener.
+pub struct WorkerSocket {
+    socket: std::net::TcpListener,
+    max_body: u64,
+    mode: Arc<Mode>,
+}
+
 impl Bound {
-    pub fn into_sockets(self) -> Vec<std::net::TcpListener> {
+    pub fn into_sockets(self) -> Vec<WorkerSocket> {
+        let (max_body, mode) = (self.max_body, self.mode);
         self.sockets
+            .into_iter()
+            .map(|socket| WorkerSocket {
+                socket,
+                max_body,
+                mode: mode.clone(),
+            })
+            .collect()
     }
 }
 
@@ -56,8 +93,38 @@ pub fn bind(bind: SocketAddr, workers: usize, max_body: u64) -> std::io::Result<
     Ok(Bound {
         addr,
         max_body,
+        mode: Arc::new(Mode::Plain),
         sockets,
     })
+}
+
+/// Gives each bound listener its [`Mode`] from its configuration (same order): TLS, a redirect
+/// to the first TLS listener's port (443 if none), or plain. Returns the TLS listeners, for the
+/// certificate reloader. The error names the file and what is wrong with it.
+pub fn set_modes(
+    cfg: &[crate::config::ListenerConfig],
+    bound: &mut [Bound],
+) -> Result<Vec<Arc<tls::TlsListener>>, String> {
+    let mut out = Vec::new();
+    for (c, b) in cfg.iter().zip(bound.iter_mut()) {
+        if let Some(t) = c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
+            let l = tls::TlsListener::new(&c.bind, t)
+                .map_err(|e| format!("listener {}: {e}", c.bind))?;
+            b.mode = Arc::new(Mode::Tls(l.clone()));
+            out.push(l);
+        }
+    }
+    let https_port = bound
+        .iter()
+        .find(|b| matches!(*b.mode, Mode::Tls(_)))
+        .map_or(443, |b| b.addr.port());
+    for (c, b) in cfg.iter().zip(bound.iter_mut()) {
+        let t = c.tls.as_ref();
+        if t.is_some_and(|t| t.certificates.is_empty() && t.redirect_https == Some(true)) {
+            b.mode = Arc::new(Mode::Redirect { https_port });
+        }
+    }
+    Ok(out)
 }
 
 /// Counts open client connections of a worker so shutdown can wait for them.
@@ -71,7 +138,7 @@ struct Tracker {
 /// connections finish their in-flight requests for up to `grace`.
 pub fn run_worker(
     index: usize,
-    listeners: Vec<(std::net::TcpListener, u64)>,
+    listeners: Vec<WorkerSocket>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -104,8 +171,13 @@ pub fn run_worker(
             .enable_connect_protocol();
         let builder = Arc::new(builder);
         let tracker = Arc::new(Tracker::default());
-        for (std_listener, max_body) in listeners {
-            let listener = match tokio::net::TcpListener::from_std(std_listener) {
+        for WorkerSocket {
+            socket,
+            max_body,
+            mode,
+        } in listeners
+        {
+            let listener = match tokio::net::TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(worker = index, "listener: {e}");
@@ -134,19 +206,27 @@ pub fn run_worker(
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let info = Arc::new(ConnInfo {
+                    let info = ConnInfo {
                         client,
                         https: false,
                         max_body,
+                        tls_version: None,
+                        tls_client: None,
+                    };
+                    let conn = Conn {
+                        shared: shared.clone(),
+                        builder: builder.clone(),
+                        stop: stop.clone(),
+                        hsts: None,
+                    };
+                    tracker.open.fetch_add(1, Relaxed);
+                    let (tracker, mode) = (tracker.clone(), mode.clone());
+                    tokio::spawn(async move {
+                        accepted_conn(stream, info, &mode, conn).await;
+                        if tracker.open.fetch_sub(1, Relaxed) == 1 {
+                            tracker.idle.notify_waiters();
+                        }
                     });
-                    serve(
-                        stream,
-                        info,
-                        shared.clone(),
-                        builder.clone(),
-                        tracker.clone(),
-                        stop.clone(),
-                    );
                 }
             });
         }
@@ -172,34 +252,123 @@ pub fn run_worker(
     });
 }
 
-fn serve<IO>(
-    io: IO,
-    info: Arc<ConnInfo>,
+/// What serving one connection needs besides the socket.
+struct Conn {
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    tracker: Arc<Tracker>,
-    mut stop: watch::Receiver<bool>,
-) where
+    stop: watch::Receiver<bool>,
+    hsts: Option<HeaderValue>,
+}
+
+/// One accepted connection, in its own task: TLS handshake if any, then HTTP until it closes.
+async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut conn: Conn) {
+    let t = match mode {
+        Mode::Plain => return serve(stream, Arc::new(info), conn).await,
+        Mode::Redirect { https_port } => return serve_redirect(stream, *https_port, conn).await,
+        Mode::Tls(t) => t.current(),
+    };
+    if t.redirect_plain && !starts_with_tls(&stream).await {
+        let port = stream.local_addr().map_or(443, |a| a.port());
+        return serve_redirect(stream, port, conn).await;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
+    let mut stop = conn.stop.clone();
+    let tls = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+    };
+    let tls = match tls {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // Scanners and clients that distrust the certificate do this all day: debug, not warn.
+            tracing::debug!(client = %info.client, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %info.client, "TLS handshake timed out");
+            return;
+        }
+    };
+    let session = tls.get_ref().1;
+    info.https = true;
+    info.tls_version = session.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        _ => "TLSv1.2",
+    });
+    // Present only when verified: without client_ca no certificate is asked for.
+    info.tls_client = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| certs::subject(c.as_ref()));
+    conn.hsts = t.hsts.clone();
+    serve(tls, Arc::new(info), conn).await;
+}
+
+/// Whether the client's first byte is a TLS handshake record (0x16); false on timeout or close.
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut b)).await,
+        Ok(Ok(1)) if b[0] == 0x16
+    )
+}
+
+async fn serve_redirect(stream: TcpStream, https_port: u16, conn: Conn) {
+    let svc = service_fn(move |req| async move {
+        Ok::<_, Infallible>(redirect::respond(&req, https_port))
+    });
+    let c = conn
+        .builder
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(c);
+    let mut stop = conn.stop;
+    tokio::select! {
+        _ = c.as_mut() => {}
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            c.as_mut().graceful_shutdown();
+            let _ = c.await;
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) connection until it closes, or
+/// until shutdown, when it stops taking new requests and lets the in-flight ones finish.
+async fn serve<IO>(io: IO, info: Arc<ConnInfo>, conn: Conn)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    tracker.open.fetch_add(1, Relaxed);
-    tokio::spawn(async move {
-        let svc = service_fn(move |req| {
-            let (shared, info) = (shared.clone(), info.clone());
-            async move { Ok::<_, Infallible>(proxy::handle(&shared, &info, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                // Stop taking new requests on this connection; let the in-flight ones finish.
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+    let Conn {
+        shared,
+        builder,
+        mut stop,
+        hsts,
+    } = conn;
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (shared, info, hsts) = (shared.clone(), info.clone(), hsts.clone());
+        async move {
+            // Errors Switchyard makes on a gRPC call must be spoken in gRPC; decide before the
+            // request is consumed.
+            let grpc = proxy::grpc::is_grpc(req.headers());
+            let mut resp = proxy::handle(&shared, &info, req).await;
+            if grpc {
+                resp = proxy::grpc::local_reply(resp);
             }
-        }
-        if tracker.open.fetch_sub(1, Relaxed) == 1 {
-            tracker.idle.notify_waiters();
+            if let Some(h) = hsts {
+                resp.headers_mut()
+                    .entry(header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert(h);
+            }
+            Ok::<_, Infallible>(resp)
         }
     });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            // Stop taking new requests on this connection; let the in-flight ones finish.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }

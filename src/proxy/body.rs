@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -25,7 +25,14 @@ pub enum ClientBodyError {
     Broken(hyper::Error),
 }
 
-/// Values of the `failed` flag of [`ReqBody::Stream`].
+/// What the proxy learns about a streamed request body while hyper sends it.
+#[derive(Default)]
+pub struct BodyStats {
+    pub failed: AtomicU8,
+    pub bytes: AtomicU64,
+}
+
+/// Values of [`BodyStats::failed`].
 pub const CLIENT_BODY_BROKEN: u8 = 1;
 pub const CLIENT_BODY_TOO_LARGE: u8 = 2;
 
@@ -36,8 +43,9 @@ pub enum ReqBody {
         inner: Incoming,
         seen: u64,
         limit: u64,
-        /// Set when the client's side failed; the proxy then answers 400/413, not 502.
-        failed: Arc<AtomicU8>,
+        /// Shared with the proxy: whether the client's side failed (the proxy then answers
+        /// 400/413, not 502) and how many bytes went through, for the access log.
+        stats: Arc<BodyStats>,
     },
 }
 
@@ -56,13 +64,14 @@ impl Body for ReqBody {
                 inner,
                 seen,
                 limit,
-                failed,
+                stats,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
                     if let Some(d) = f.data_ref() {
                         *seen += d.len() as u64;
+                        stats.bytes.store(*seen, Relaxed);
                         if *seen > *limit {
-                            failed.store(CLIENT_BODY_TOO_LARGE, Relaxed);
+                            stats.failed.store(CLIENT_BODY_TOO_LARGE, Relaxed);
                             return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge(
                                 *limit,
                             )))));
@@ -71,7 +80,7 @@ impl Body for ReqBody {
                     Poll::Ready(Some(Ok(f)))
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    failed.store(CLIENT_BODY_BROKEN, Relaxed);
+                    stats.failed.store(CLIENT_BODY_BROKEN, Relaxed);
                     Poll::Ready(Some(Err(Box::new(ClientBodyError::Broken(e)))))
                 }
                 other => other.map_err(|e| Box::new(e) as BoxError),
@@ -98,6 +107,8 @@ impl Body for ReqBody {
 
 /// Runs when a response body is finished (fully sent, or dropped because the client went away).
 pub trait OnDone: Send + 'static {
+    /// A data frame of `n` bytes is going to the client.
+    fn on_data(&mut self, _n: usize) {}
     /// `complete` is true when the body reached its end normally.
     fn done(self: Box<Self>, complete: bool);
 }
@@ -132,6 +143,11 @@ impl Body for RespBody {
             RespBody::Stream { inner, guard } => {
                 let r = Pin::new(inner).poll_frame(cx);
                 match &r {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let (Some(d), Some(g)) = (f.data_ref(), guard.as_mut()) {
+                            g.on_data(d.len());
+                        }
+                    }
                     Poll::Ready(None) => {
                         if let Some(g) = guard.take() {
                             g.done(true);

@@ -1,19 +1,47 @@
-//! HTTP/1.1 Upgrade (WebSocket): the handshake is forwarded like any request, keeping the
-//! `Connection: upgrade` and `Upgrade` headers that are otherwise hop-by-hop; on `101` both
-//! connections are taken over from hyper and bytes are copied both ways until either side closes
-//! or nothing moves for the idle timeout. The request stays counted as active on its backend
-//! while the tunnel is open, so least_connections sees long-lived WebSockets.
+//! Protocol upgrades (WebSocket) through the proxy. An HTTP/1.1 Upgrade handshake is forwarded
+//! like any request, keeping the `Connection: upgrade` and `Upgrade` headers that are otherwise
+//! hop-by-hop; an HTTP/2 extended CONNECT (RFC 8441, `:protocol = websocket`) is bridged to the
+//! same HTTP/1.1 Upgrade at the backend, and the backend's `101` becomes the `200` an HTTP/2
+//! client expects.
+//!
+//! Once both sides have switched, the two connections are taken over from hyper and bytes are
+//! copied both ways until either side closes or nothing moves for the upstream's idle timeout.
+//! The request stays counted as active on its backend while the tunnel is open, so
+//! least_connections sees long-lived WebSockets.
 
 use super::body::RespBody;
-use http::{header, HeaderMap, HeaderValue, Response};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The protocol a client asks to upgrade to, if it does so properly.
-pub fn requested(headers: &HeaderMap, version: http::Version) -> Option<HeaderValue> {
-    let conn_upgrade = headers
+/// A client's request to switch protocols.
+#[derive(Clone, Debug)]
+pub struct Upgrade {
+    proto: HeaderValue,
+    /// Asked for with HTTP/2 extended CONNECT rather than HTTP/1.1 Upgrade.
+    h2: bool,
+}
+
+/// The client's side of an upgrade, to be completed once the backend agreed.
+pub struct ClientUpgrade {
+    on: OnUpgrade,
+    h2: bool,
+}
+
+/// The protocol a client asks to switch to, if it does so properly.
+pub fn requested<B>(req: &Request<B>) -> Option<Upgrade> {
+    let h = req.headers();
+    if req.version() == http::Version::HTTP_2 && req.method() == Method::CONNECT {
+        let proto = req.extensions().get::<hyper::ext::Protocol>()?;
+        return Some(Upgrade {
+            proto: HeaderValue::from_str(proto.as_str()).ok()?,
+            h2: true,
+        });
+    }
+    let conn_upgrade = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -21,55 +49,118 @@ pub fn requested(headers: &HeaderMap, version: http::Version) -> Option<HeaderVa
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
-    if version != http::Version::HTTP_11 || !conn_upgrade {
+    if req.version() != http::Version::HTTP_11 || !conn_upgrade {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    Some(Upgrade {
+        proto: h.get(header::UPGRADE)?.clone(),
+        h2: false,
+    })
 }
 
-pub fn restore_headers(h: &mut HeaderMap, proto: &HeaderValue) {
+impl Upgrade {
+    /// Takes the client connection's upgrade handle out of the request.
+    pub fn on<B>(self, req: &mut Request<B>) -> ClientUpgrade {
+        ClientUpgrade {
+            on: hyper::upgrade::on(req),
+            h2: self.h2,
+        }
+    }
+}
+
+/// Puts back the handshake headers the hop-by-hop rules removed; an extended CONNECT becomes the
+/// HTTP/1.1 `GET` + `Upgrade` handshake, with the `Sec-WebSocket-Key` that HTTP/2 does without.
+pub fn restore_headers(parts: &mut http::request::Parts, u: &Upgrade) {
+    let h = &mut parts.headers;
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, proto.clone());
+    h.insert(header::UPGRADE, u.proto.clone());
+    if u.h2 {
+        parts.method = Method::GET;
+        if u.proto.as_bytes().eq_ignore_ascii_case(b"websocket") {
+            let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+            if let Ok(v) = HeaderValue::try_from(key) {
+                h.insert(header::SEC_WEBSOCKET_KEY, v);
+            }
+            h.entry(header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+        }
+    }
 }
 
-/// Connects the two upgraded connections once the client has received the 101.
-pub fn splice(client: OnUpgrade, resp: &mut Response<RespBody>, idle: Duration) {
+/// Connects the two upgraded connections once the client has received the answer to its
+/// handshake (`101`, or `200` for HTTP/2).
+pub fn splice(client: ClientUpgrade, resp: &mut Response<RespBody>, idle: Duration) {
     let guard = match resp.body_mut() {
         RespBody::Stream { guard, .. } => guard.take(),
         RespBody::Full(_) => None,
     };
     let backend = hyper::upgrade::on(&mut *resp);
+    if client.h2 {
+        // RFC 8441 §5: success is a 2xx; the accept key only means something in HTTP/1.1.
+        *resp.status_mut() = StatusCode::OK;
+        resp.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+        *resp.body_mut() = RespBody::empty();
+    }
     tokio::spawn(async move {
-        let (Ok(c), Ok(b)) = tokio::join!(client, backend) else {
+        let (Ok(c), Ok(b)) = tokio::join!(client.on, backend) else {
             return;
         };
-        let _ = pump(TokioIo::new(c), TokioIo::new(b), idle).await;
+        pump(TokioIo::new(c), TokioIo::new(b), idle).await;
         if let Some(g) = guard {
             g.done(false);
         }
     });
 }
 
-/// Copies both ways; ends when either side closes, on error, or after `idle` without traffic.
-async fn pump<A, B>(mut a: A, mut b: B, idle: Duration) -> std::io::Result<()>
+/// Copies both ways at once until both directions have ended, either fails, or nothing has moved
+/// either way for `idle`.
+async fn pump<A, B>(a: A, b: B, idle: Duration)
 where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut ab, mut ba) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
-    let (mut a_open, mut b_open) = (true, true);
-    while a_open || b_open {
-        tokio::select! {
-            r = a.read(&mut ab), if a_open => match r? {
-                0 => { a_open = false; b.shutdown().await?; }
-                n => b.write_all(&ab[..n]).await?,
-            },
-            r = b.read(&mut ba), if b_open => match r? {
-                0 => { b_open = false; a.shutdown().await?; }
-                n => a.write_all(&ba[..n]).await?,
-            },
-            _ = tokio::time::sleep(idle) => break,
+    let start = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let both = async {
+        tokio::join!(
+            copy(&mut ar, &mut bw, start, &last),
+            copy(&mut br, &mut aw, start, &last)
+        )
+    };
+    let watchdog = async {
+        loop {
+            let at = start + Duration::from_millis(last.load(Relaxed)) + idle;
+            tokio::time::sleep_until(at).await;
+            if start.elapsed().as_millis() as u64 >= last.load(Relaxed) + idle.as_millis() as u64 {
+                return;
+            }
         }
+    };
+    tokio::select! {
+        _ = both => {}
+        _ = watchdog => {}
     }
-    Ok(())
+}
+
+/// One direction: read, write, note the time; a clean end of input is passed on as a shutdown
+/// (half-close), so the other direction can still finish.
+async fn copy<R, W>(r: &mut R, w: &mut W, start: tokio::time::Instant, last: &AtomicU64)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        last.store(start.elapsed().as_millis() as u64, Relaxed);
+    }
+    let _ = w.shutdown().await;
 }

@@ -87,6 +87,12 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Retry budget accounting: requests and retries seen, for `budget_ratio`.
     pub budget: outlier::RetryBudget,
+    /// How connections to the backends are made: protocol, TLS client settings.
+    pub connector: crate::proxy::connector::Connector,
+    /// Woken when a request finishes on an upstream with `max_connections`.
+    pub capacity: tokio::sync::Notify,
+    /// Requests waiting for capacity.
+    pub pending: std::sync::atomic::AtomicU32,
 }
 
 /// Why no backend could be chosen; becomes the `x-switchyard-error` reason of a 503.
@@ -94,6 +100,8 @@ pub struct Upstream {
 pub enum NoBackend {
     Empty,
     NoneAvailable,
+    /// Some backend would be available but all such are at `max_connections`.
+    Full,
 }
 
 impl Upstream {
@@ -129,11 +137,24 @@ impl Upstream {
             max_pending: cfg.max_pending,
             config: cfg.clone(),
             budget: outlier::RetryBudget::default(),
+            capacity: tokio::sync::Notify::new(),
+            pending: std::sync::atomic::AtomicU32::new(0),
+            connector: crate::proxy::connector::Connector::from_config(name, cfg),
         }
     }
 
     /// Whether backend `i` may take a new request now: the single availability rule.
     pub fn available(&self, i: usize, now: u64) -> bool {
+        let b = &self.backends[i];
+        self.usable_ignoring_limit(i, now)
+            && self.slow_start_admits(b, now)
+            && self
+                .max_connections
+                .is_none_or(|m| b.state.active.load(Relaxed) < m)
+    }
+
+    /// Healthy, not draining, not ejected, circuit admitting: everything but load.
+    fn usable_ignoring_limit(&self, i: usize, now: u64) -> bool {
         let b = &self.backends[i];
         let s = &b.state;
         b.weight > 0
@@ -144,7 +165,6 @@ impl Upstream {
                 .breaker
                 .as_ref()
                 .is_none_or(|p| s.breaker.admits(p, now))
-            && self.slow_start_admits(b, now)
     }
 
     /// Slow start: during the ramp a backend is admitted with a probability that grows linearly
@@ -188,7 +208,19 @@ impl Upstream {
                     })
                 })?
             });
-        let i = found.ok_or(NoBackend::NoneAvailable)?;
+        let Some(i) = found else {
+            // Distinguish "all busy" (queue) from "none usable" (503 now).
+            let busy = self.max_connections.is_some()
+                && (0..self.backends.len()).any(|i| {
+                    let s = &self.backends[i].state;
+                    s.active.load(Relaxed) > 0 && self.usable_ignoring_limit(i, now)
+                });
+            return Err(if busy {
+                NoBackend::Full
+            } else {
+                NoBackend::NoneAvailable
+            });
+        };
         if let Some(change) = self.backends[i].state.breaker.on_dispatch(now) {
             crate::events::breaker_changed(&self.backends[i].state, change);
         }

@@ -181,3 +181,53 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_switchyard")
 }
+
+/// A demo backend on its own runtime, so the test can kill it (every socket closes at once) and
+/// start it again on the same address.
+pub struct Killable {
+    pub name: String,
+    pub addr: SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Killable {
+    pub fn start(name: &str) -> Killable {
+        let mut k = Killable {
+            name: name.into(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            rt: None,
+        };
+        k.restart();
+        k
+    }
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+    pub fn restart(&mut self) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = self.addr;
+        let name = self.name.clone();
+        self.addr = rt.block_on(async move {
+            for _ in 0..100 {
+                if let Ok(a) = switchyard::demo::spawn_backend(addr, &name).await {
+                    return a;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("cannot bind {addr} again");
+        });
+        self.rt = Some(rt);
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-B]
+#   -d SECONDS   measured time of each load run (default 10; each is preceded by a 2 s warm-up)
+#   -s LIST      comma-separated scenarios (default a,b,c,d,e,f,g):
+#                  a  HTTP/1.1 keep-alive, 64 connections        (wrk)
+#                  b  HTTP/1.1 keep-alive, 1000 connections      (wrk)
+#                  c  a new connection per request, 64 conns     (wrk, "Connection: close")
+#                  d  HTTP/2 prior-knowledge h2c, 64 conns x 10 streams (h2load)
+#                  e  Switchyard workers = 1 vs workers = 2, both pinned to CPU 1 (wrk, 64 conns)
+#                  f  memory: RSS idle, and holding 10,000 idle keep-alive client connections
+#                  g  apply a change to an upstream of 10,000 backends: library timing
+#                     (cargo bench --bench apply) and live, through the admin API, under wrk load
+#                  p  criterion microbenchmark of every balancer's pick (cargo bench --bench balancers)
+#   -B           do not run `cargo build --release` first
+#
+# Side-by-side on loopback, as ../shared/peerbench/run.sh: the three nginx origins and the load
+# generator pinned to CPU 0, each proxy under test alone on CPU 1 with one worker. Prints one
+# table per scenario: req/s, p50, p99, errors, the proxy's own CPU time per request (utime+stime
+# of its whole process tree, from /proc) and its peak RSS. Needs wrk, nginx (origins), python3;
+# uses haproxy and h2load when installed.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+D=10; SCEN=a,b,c,d,e,f,g; BUILD=1
+while getopts d:s:Bh o; do
+  case $o in
+    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; B) BUILD=0 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  esac
+done
+W=/tmp/switchyard-bench
+SY="$root/target/release/switchyard"
+HZ=$(getconf CLK_TCK)
+ulimit -n "$(ulimit -Hn)" 2>/dev/null   # 1000 and 10,000 connections need the descriptors
+has() { case ",$SCEN," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+for t in wrk nginx python3 taskset; do
+  command -v $t >/dev/null || { echo "missing: $t" >&2; exit 1; }
+done
+
+# ---- processes we start, and their cleanup -----------------------------------------------
+STARTED=()
+tree() { local p=$1 c; echo "$p"; for c in $(pgrep -P "$p"); do tree "$c"; done; }
+stop() { # stop one started process and its descendants
+  local p=$1 all q
+  all=$(tree "$p" 2>/dev/null)
+  kill "$p" 2>/dev/null; wait "$p" 2>/dev/null
+  for q in $all; do kill "$q" 2>/dev/null; done
+  return 0
+}
+cleanup() { local p; for p in ${STARTED[@]+"${STARTED[@]}"}; do stop "$p"; done; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() { local i; for i in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+cpu_ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+mem_kib() { # sum of a /proc/PID/status field (VmRSS, VmHWM) over pids
+  local f=$1 s=0 p r; shift
+  for p in "$@"; do r=$(awk -v f="$f:" '$1==f{print $2}' "/proc/$p/status" 2>/dev/null); s=$((s + ${r:-0})); done; echo $s; }
+mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+load() { echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"; }
+to_ms() { awk -v v="$1" 'BEGIN{ if (v=="") {print "-"; exit} n=v+0; u=v; sub(/^[0-9.]+/,"",u);
+  if (u=="us") n/=1000; else if (u=="s") n*=1000; else if (u=="m") n*=60000; printf "%.3f", n }'; }
+
+# start NAME CPU CMD...: runs CMD pinned, logs to $W/NAME.log, sets PID
+start() { local name=$1 cpu=$2; shift 2; taskset -c "$cpu" "$@" >"$W/$name.log" 2>&1 & PID=$!; STARTED+=("$PID"); }
+
+# ---- set-up --------------------------------------------------------------------------------
+rm -rf "$W"; mkdir -p "$W/logs"
+if [ $BUILD = 1 ]; then
+  echo "# cargo build --release"
+  (cd "$root" && cargo build --release 2>&1 | tail -1) || exit 1
+fi
+[ -x "$SY" ] || { echo "no $SY (run without -B)" >&2; exit 1; }
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo); kernel $(uname -r)"
+echo "# switchyard $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'); $(nginx -v 2>&1); $(command -v haproxy >/dev/null && haproxy -v | head -1 | cut -d' ' -f1-3); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+load
+
+start origins 0 nginx -c "$here/origins.nginx.conf" -p "$W/"; ORIGINS=$PID
+wait_port 9001 && wait_port 9002 && wait_port 9003 || { echo "origins failed: $(cat "$W/origins.log")"; exit 1; }
+
+# name h1-port h2-port command (the proxies under test; those not installed are left out)
+PROXIES=("switchyard 8083 8083 $SY run --config $here/switchyard.toml")
+command -v haproxy >/dev/null && PROXIES+=("haproxy 8081 8091 haproxy -f $here/haproxy.cfg -db")
+PROXIES+=("nginx 8082 8092 nginx -c $here/nginx-proxy.conf -p $W/")
+
+HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB; }
+ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s\n" "$@"; }
+
+# wrk_row NAME PORT CONNS [wrk args...]: warm-up, then the measured run; PIDS = tree to account
+wrk_row() {
+  local name=$1 port=$2 c=$3 out t0 t1 rps reqs p50 p99 errs cpu rss; shift 3
+  taskset -c 0 wrk -t1 -c"$c" -d2s "$@" "http://127.0.0.1:$port/" >/dev/null 2>&1
+  t0=$(cpu_ticks $PIDS)
+  out=$(taskset -c 0 wrk -t1 -c"$c" -d"${D}s" --latency "$@" "http://127.0.0.1:$port/" 2>&1)
+  t1=$(cpu_ticks $PIDS)
+  echo "$out" >"$W/wrk-$name-$port-$c.txt"
+  rps=$(awk '/Requests\/sec/{print $2}' <<<"$out"); reqs=$(awk '/requests in/{print $1}' <<<"$out")
+  p50=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")"); p99=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
+  errs=$(awk '/Non-2xx/{s+=$NF} /Socket errors/{gsub(/,/,""); s+=$4+$6+$8+$10} END{print s+0}' <<<"$out")
+  if [ "$PIDS" = - ]; then cpu=-; rss=-; else
+    cpu=$(awk -v t=$((t1-t0)) -v hz="$HZ" -v n="${reqs:-0}" 'BEGIN{ if (n>0) printf "%.2f", t/hz*1e6/n; else print "-" }')
+    rss=$(mib "$(mem_kib VmHWM $PIDS)")
+  fi
+  ROW "$name" "${rps:--}" "$p50" "$p99" "$errs" "$cpu" "$rss"
+}
+
+# h2_row NAME PORT: h2load warm-up, then measured run with a per-request log for percentiles
+h2_row() {
+  local name=$1 port=$2 out t0 t1 rps done_ errs lat cpu rss
+  taskset -c 0 h2load -c64 -m10 -t1 -D 2 "http://127.0.0.1:$port/" >/dev/null 2>&1
+  t0=$(cpu_ticks $PIDS)
+  out=$(taskset -c 0 h2load -c64 -m10 -t1 -D "$D" --log-file="$W/h2-$name.log" "http://127.0.0.1:$port/" 2>&1)
+  t1=$(cpu_ticks $PIDS)
+  echo "$out" >"$W/h2load-$name.txt"
+  rps=$(awk '/^finished in/{print $4}' <<<"$out" | tr -d ,)
+  # requests: T total, S started, D done, OK succeeded, F failed, E errored, TO timeout
+  # status codes: A 2xx, B 3xx, C 4xx, D 5xx
+  done_=$(awk '/^requests:/{print $6}' <<<"$out")
+  errs=$(awk '/^requests:/{e=$10+$12+$14} /^status codes:/{e+=$7+$9} END{print e+0}' <<<"$out")
+  lat=$(cut -f3 "$W/h2-$name.log" | sort -n | awk '{v[NR]=$1} END{ if (NR==0) {print "- -"; exit}
+        printf "%.3f %.3f", v[int(NR*0.5)+1]/1000, v[int(NR*0.99)+1]/1000 }')
+  rm -f "$W/h2-$name.log"
+  cpu=$(awk -v t=$((t1-t0)) -v hz="$HZ" -v n="${done_:-0}" 'BEGIN{ if (n>0) printf "%.2f", t/hz*1e6/n; else print "-" }')
+  rss=$(mib "$(mem_kib VmHWM $PIDS)")
+  ROW "$name" "${rps:--}" ${lat% *} ${lat#* } "$errs" "$cpu" "$rss"
+}
+
+# with_proxy "SPEC" FN ARGS...: starts the proxy of SPEC pinned to CPU 1, runs FN, stops it
+with_proxy() {
+  local spec=$1 name port2 port; shift
+  read -r name port port2 _ <<<"$spec"
+  start "$name" 1 ${spec#* * * }
+  if ! wait_port "$port"; then echo "$name: did not start: $(tail -3 "$W/$name.log")"; stop "$PID"; return; fi
+  PIDS=$(tree "$PID" | tr '\n' ' ')
+  "$@" "$name" "$port" "$port2"
+  stop "$PID"; sleep 0.5
+}
+h1() { local c=$1; shift; local name=$1 port=$2; shift 3; wrk_row "$name" "$port" "$c" ${EXTRA[@]+"${EXTRA[@]}"}; }
+h2() { h2_row "$1" "$3"; }
+
+scenario_h1() { # title conns
+  echo; echo "== $1"; load; HDR
+  PIDS=-; wrk_row direct 9001 "$2" ${EXTRA[@]+"${EXTRA[@]}"}
+  local s; for s in "${PROXIES[@]}"; do with_proxy "$s" h1 "$2"; done
+}
+
+EXTRA=()
+has a && scenario_h1 "(a) HTTP/1.1 keep-alive, 64 connections: wrk -t1 -c64 -d${D}s" 64
+has b && scenario_h1 "(b) HTTP/1.1 keep-alive, 1000 connections: wrk -t1 -c1000 -d${D}s" 1000
+if has c; then
+  EXTRA=(-H "Connection: close")
+  scenario_h1 "(c) new connection per request: wrk -t1 -c64 -d${D}s -H 'Connection: close'" 64
+  EXTRA=()
+fi
+
+if has d; then
+  echo; echo "== (d) HTTP/2 h2c (prior knowledge): h2load -c64 -m10 -t1 -D $D"; load
+  if command -v h2load >/dev/null; then
+    HDR; for s in "${PROXIES[@]}"; do with_proxy "$s" h2; done
+  else echo "h2load not installed (apt-get install nghttp2-client)"; fi
+fi
+
+if has e; then
+  echo; echo "== (e) Switchyard workers = 1 vs 2, both on CPU 1: wrk -t1 -c64 -d${D}s (keep-alive), then -c64 'Connection: close'"; load; HDR
+  W1="switchyard-w1 8083 8083 $SY run --config $here/switchyard.toml"
+  W2="switchyard-w2 8084 8084 $SY run --config $here/switchyard-w2.toml"
+  with_proxy "$W1" h1 64; with_proxy "$W2" h1 64
+  EXTRA=(-H "Connection: close")
+  W1=${W1/switchyard-w1/w1-close}; W2=${W2/switchyard-w2/w2-close}
+  with_proxy "$W1" h1 64; with_proxy "$W2" h1 64
+  EXTRA=()
+fi
+
+mem_row() { # name port: idle RSS after 3 s, then 10,000 idle keep-alive connections
+  local name=$1 port=$2 idle ready rss hwm i
+  sleep 3; idle=$(mem_kib VmRSS $PIDS)
+  taskset -c 0 python3 "$here/idle_conns.py" "127.0.0.1:$port" 10000 --hold 120 >"$W/idle-$name.out" 2>"$W/idle-$name.err" &
+  local tool=$!; STARTED+=("$tool")
+  for i in $(seq 600); do grep -q '^ready' "$W/idle-$name.out" && break; sleep 0.1; done
+  ready=$(awk '/^ready/{print $2, $3}' "$W/idle-$name.out"); sleep 2
+  rss=$(mem_kib VmRSS $PIDS); hwm=$(mem_kib VmHWM $PIDS)
+  stop "$tool"
+  printf "%-16s %12s %10s %10s %14s %12s %14s\n" "$name" "$(mib "$idle")" "${ready% *}" "${ready#* }" "$(mib "$rss")" "$(mib "$hwm")" \
+    "$(awk -v a="$idle" -v b="$rss" -v n="${ready% *}" 'BEGIN{ if (n>0) printf "%.1f", (b-a)/n; else print "-" }')"
+}
+if has f; then
+  echo; echo "== (f) memory: RSS idle (3 s after start), then holding 10,000 idle keep-alive client connections (bench/idle_conns.py)"; load
+  printf "%-16s %12s %10s %10s %14s %12s %14s\n" proxy idle_RSS_MiB conns_ok conn_errs RSS_10k_MiB peak_MiB KiB_per_conn
+  MEM=("switchyard-demo 8086 8086 $SY run --config $here/switchyard-demo.toml" "${PROXIES[@]:1}")
+  for s in "${MEM[@]}"; do with_proxy "$s" mem_row; done
+fi
+
+if has p; then
+  echo; echo "== (p) pick cost by algorithm and fleet size: cargo bench --bench balancers (criterion, mean ns/pick)"
+  (cd "$root" && cargo bench --bench balancers >"$W/criterion.log" 2>&1) || { tail -20 "$W/criterion.log"; }
+  python3 - "$root/target/criterion" <<'PY'
+import json, os, sys
+base = sys.argv[1]
+print(f"{'algorithm':<22} {'3':>9} {'100':>9} {'10000':>9} {'10k/3':>7}  within 2x")
+for alg in ["round_robin", "weighted_round_robin", "least_connections", "random", "p2c_ewma", "consistent_hash"]:
+    v = {}
+    for n in ("3", "100", "10000"):
+        p = os.path.join(base, f"pick_{alg}", n, "new", "estimates.json")
+        try:
+            v[n] = json.load(open(p))["mean"]["point_estimate"]
+        except OSError:
+            v[n] = float("nan")
+    r = v["10000"] / v["3"]
+    print(f"{alg:<22} {v['3']:>9.1f} {v['100']:>9.1f} {v['10000']:>9.1f} {r:>7.2f}  {'yes' if r <= 2 else 'NO'}")
+PY
+fi
+
+if has g; then
+  echo; echo "== (g1) apply a change to an upstream of 10,000 backends, library: cargo bench --bench apply"
+  (cd "$root" && cargo bench --bench apply 2>"$W/apply-build.log") || tail -20 "$W/apply-build.log"
+
+  echo; echo "== (g2) the same, live: POST /update-config every 0.5 s (remove / re-add a backend) while wrk -t1 -c64 -d${D}s loads that upstream"; load
+  start origin-any 0 nginx -c "$here/origin-any.nginx.conf" -p "$W/"
+  wait_port 9004 || { echo "origin-any failed"; exit 1; }
+  python3 - "$W/big.toml" <<'PY'
+import sys
+b = ", ".join(f'{{ address = "127.0.{i // 250}.{i % 250 + 1}:9004" }}' for i in range(10000))
+open(sys.argv[1], "w").write(f'''workers = 1
+[admin]
+listen = "127.0.0.1:5085"
+[[listeners]]
+bind = "127.0.0.1:8085"
+[upstreams.big]
+backends = [{b}]
+[log]
+access = "off"
+''')
+PY
+  start switchyard-big 1 "$SY" run --config "$W/big.toml"; BIG=$PID
+  if wait_port 8085 && wait_port 5085; then
+    taskset -c 0 wrk -t1 -c64 -d3s http://127.0.0.1:8085/ >/dev/null 2>&1   # opens the pooled connections
+    taskset -c 0 wrk -t1 -c64 -d"${D}s" --latency http://127.0.0.1:8085/ >"$W/wrk-big.txt" 2>&1 & WRK=$!
+    sleep 0.5; : >"$W/api-times"
+    end=$(( $(date +%s) + D - 1 ))
+    k=0
+    while [ "$(date +%s)" -lt "$end" ]; do
+      if [ $((k % 2)) = 0 ]; then body='{"upstream":"big","remove":["127.0.0.1:9004"]}'
+      else body='{"upstream":"big","add":[{"address":"127.0.0.1:9004","weight":1}]}'; fi
+      curl -s -o "$W/api-last" -w '%{http_code} %{time_total}\n' -H 'content-type: application/json' \
+        -d "$body" http://127.0.0.1:5085/update-config >>"$W/api-times"
+      k=$((k + 1)); sleep 0.5
+    done
+    wait $WRK
+    out=$(cat "$W/wrk-big.txt")
+    rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+    errs=$(awk '/Non-2xx/{s+=$NF} /Socket errors/{gsub(/,/,""); s+=$4+$6+$8+$10} END{print s+0}' <<<"$out")
+    p99=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
+    printf "%-10s %10s %14s %14s %10s %10s %9s\n" changes http_200 api_p50_ms api_max_ms wrk_req/s wrk_errors p99_ms
+    awk -v rps="$rps" -v errs="$errs" -v p99="$p99" '{n++; if ($1==200) ok++; t[n]=$2*1000}
+      END{ asort(t); printf "%-10s %10s %14.1f %14.1f %10s %10s %9s\n", n, ok+0, t[int(n/2)+1], t[n], rps, errs, p99 }' "$W/api-times"
+    grep -q '^200' "$W/api-times" || echo "(update-config answered: $(head -1 "$W/api-times"); $(head -c 200 "$W/api-last"))"
+    echo "(API time is the whole HTTP round trip: parse, validate, compile, swap, and the write-back of the 10,000-line config file with fsync)"
+  else
+    echo "switchyard-big did not start: $(tail -3 "$W/switchyard-big.log")"
+  fi
+  stop "$BIG"
+fi
+echo; load

@@ -1,0 +1,93 @@
+// The overview: totals with charts, listeners and routes from the running configuration, one
+// card per upstream (backends.js) and the latest events.
+
+import { renderUpstreams } from './backends.js';
+import { createChart } from './chart.js';
+import { $, h, fill, setText } from './dom.js';
+import { eventItem } from './events.js';
+import * as fmt from './format.js';
+import { live } from './live.js';
+
+let summary = null;
+
+function createSummary() {
+  const card = (label, chart) => {
+    const value = h('div', { class: 'stat-value' });
+    const note = h('div', { class: 'stat-note muted small' });
+    const el = h('div', { class: 'stat panel' }, h('div', { class: 'stat-label' }, label), value, note, chart ? chart.el : null);
+    return { el, value, note, chart };
+  };
+  const rps = card('Requests / s', createChart({ width: 240, height: 44, kind: 'rps', floor: 1, format: fmt.rate, label: 'Requests per second', grid: true }));
+  const err = card('Error rate', createChart({ width: 240, height: 44, kind: 'err', floor: 0.05, format: fmt.percent, label: 'Error rate', grid: true }));
+  const backends = card('Backends available');
+  const config = card('Configuration');
+  fill($('#summary'), rps.el, err.el, backends.el, config.el);
+  return { rps, err, backends, config };
+}
+
+export function renderStats(snapshot, server) {
+  summary = summary || createSummary();
+  const t = performance.now() / 1000;
+  const totals = live.totals(null);
+  const r = live.recent(totals);
+  setText(summary.rps.value, fmt.rate(r.rps));
+  setText(summary.rps.note, `${fmt.count(totals.length ? totals[totals.length - 1].active : 0)} in flight`);
+  summary.rps.chart.update(totals.map((s) => ({ t: s.t, v: s.rps })), t);
+  setText(summary.err.value, fmt.percent(r.err));
+  setText(summary.err.note, 'failures / requests, last 5 s');
+  summary.err.value.classList.toggle('bad', r.err >= 0.05);
+  summary.err.chart.update(totals.map((s) => ({ t: s.t, v: s.err })), t);
+
+  const all = (snapshot.upstreams || []).flatMap((u) => u.backends || []);
+  const up = all.filter((b) => b.health !== 'unhealthy' && !b.ejected && b.circuit !== 'open').length;
+  setText(summary.backends.value, `${up} / ${all.length}`);
+  summary.backends.value.className = `stat-value ${up === all.length ? 'ok' : up === 0 ? 'bad' : 'warn'}`;
+  const draining = all.filter((b) => b.draining).length;
+  const open = all.filter((b) => b.circuit !== 'closed').length;
+  const n = (snapshot.upstreams || []).length;
+  setText(summary.backends.note,
+    [`${n} upstream${n === 1 ? '' : 's'}`, draining ? `${draining} draining` : '', open ? `${open} circuit${open === 1 ? '' : 's'} not closed` : '']
+      .filter(Boolean).join(' · '));
+  setText(summary.config.value, `v${snapshot.config_version}`);
+  setText(summary.config.note, server ? `Switchyard ${server.version} · up ${fmt.duration(server.uptime)}` : '');
+
+  renderUpstreams($('#upstreams'), snapshot);
+}
+
+/** Listeners and routes come from the configuration, not the live stats. */
+export function renderConfig(cfg) {
+  const listeners = cfg.listeners || [];
+  fill($('#listeners'), listeners.length
+    ? h('ul', { class: 'plain-list' }, listeners.map((l, i) => h('li', {},
+      h('span', { class: 'strong' }, l.name || `listener ${i + 1}`),
+      h('code', {}, l.bind),
+      h('span', { class: 'badge badge-neutral' }, l.tls ? 'HTTPS' : 'HTTP'),
+      l.tls && l.tls.client_ca ? h('span', { class: 'badge badge-neutral' }, 'mTLS') : null)))
+    : h('p', { class: 'muted' }, 'No listeners.'));
+
+  const routes = cfg.routes || [];
+  const upstreams = Object.keys(cfg.upstreams || {});
+  let body;
+  if (routes.length) {
+    body = h('ul', { class: 'plain-list' }, routes.map((r) => h('li', {},
+      h('span', {}, (r.hosts && r.hosts.length ? r.hosts.join(', ') : 'any host')),
+      h('code', {}, r.path_prefix || '/'),
+      h('span', { class: 'arrow', 'aria-label': 'to' }, '→'),
+      h('a', { href: `#upstream-${r.upstream.replace(/[^a-zA-Z0-9_-]/g, '-')}`, class: 'strong' }, r.upstream))));
+  } else if (upstreams.length === 1) {
+    body = h('ul', { class: 'plain-list' }, h('li', {},
+      h('span', {}, 'all traffic'), h('span', { class: 'arrow', 'aria-label': 'to' }, '→'),
+      h('span', { class: 'strong' }, upstreams[0]),
+      h('span', { class: 'muted small' }, '(no routes, one upstream)')));
+  } else {
+    body = h('p', { class: 'muted' }, 'No routes: requests get 404.');
+  }
+  fill($('#routes'), body);
+}
+
+export function renderRecentEvents() {
+  const recent = live.events.slice(-6).reverse();
+  fill($('#recent-events'), recent.length
+    ? recent.map((e) => eventItem(e))
+    : h('li', { class: 'muted empty' }, 'No events yet.'));
+}

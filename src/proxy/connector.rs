@@ -1,0 +1,278 @@
+//! How an upstream's connections are made: TCP, then TLS when the upstream's `tls` section (or
+//! `protocol = "h2"`) asks for it, speaking HTTP/1.1, HTTP/2 over TLS (`h2`) or cleartext HTTP/2
+//! with prior knowledge (`h2c`).
+//!
+//! A [`Connector`] is built once per upstream when a configuration is compiled
+//! ([`crate::upstream::Upstream::compile`]) — the rustls `ClientConfig` with its trust anchors and
+//! client certificate is made there, off the hot path — and [`super::pool`] uses it to dial.
+//! Certificates are verified against `ca_file` or the system's roots, for `server_name` or else
+//! the backend's host; `insecure_skip_verify` turns verification off and says so in the log.
+
+use crate::config::{Protocol, UpstreamConfig, UpstreamTls};
+use crate::error::ProxyError;
+use crate::listener::certs;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// A byte stream to a backend, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// How to reach the backends of one upstream.
+pub struct Connector {
+    pub protocol: Protocol,
+    /// `None`: cleartext. `Some(Err)`: TLS material that failed to load; every dial fails (502)
+    /// rather than silently falling back to cleartext.
+    tls: Option<Result<TlsConnect, String>>,
+    /// Separates pooled connections of upstreams that share a backend address but not settings.
+    pub pool_key: u64,
+}
+
+struct TlsConnect {
+    config: Arc<ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Connector {
+            protocol: Protocol::Http1,
+            tls: None,
+            pool_key: 0,
+        }
+    }
+}
+
+impl Connector {
+    /// Compiles upstream `name`'s protocol and TLS settings. Material problems were refused by
+    /// validation; if a file went bad since, the upstream answers 502 and the log says why.
+    pub fn from_config(name: &str, cfg: &UpstreamConfig) -> Connector {
+        let tls_on = match &cfg.tls {
+            Some(t) => t.enabled != Some(false),
+            None => cfg.protocol == Protocol::H2,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (cfg.protocol as u8, tls_on, format!("{:?}", cfg.tls)).hash(&mut h);
+        let default = UpstreamTls::default();
+        let tls = tls_on.then(|| {
+            let t = cfg.tls.as_ref().unwrap_or(&default);
+            let r = client_config(t, cfg.protocol == Protocol::H2);
+            match &r {
+                Err(e) => tracing::error!(upstream = name, "upstream TLS unusable: {e}"),
+                Ok(_) if t.insecure_skip_verify == Some(true) => tracing::warn!(
+                    upstream = name,
+                    "tls.insecure_skip_verify is set: backend certificates are NOT verified"
+                ),
+                Ok(_) => {}
+            }
+            r
+        });
+        Connector {
+            protocol: cfg.protocol,
+            tls,
+            pool_key: h.finish(),
+        }
+    }
+
+    /// Whether connections speak HTTP/2 (and are shared by concurrent requests).
+    pub fn is_h2(&self) -> bool {
+        matches!(self.protocol, Protocol::H2 | Protocol::H2c)
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// TCP connect, then the TLS handshake if any, all within `timeout`.
+    pub async fn dial(
+        &self,
+        address: &str,
+        socket: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Box<dyn Io>, ProxyError> {
+        let work = async {
+            let stream = match socket {
+                Some(sa) => TcpStream::connect(sa).await,
+                None => TcpStream::connect(address).await,
+            }
+            .map_err(|_| ProxyError::ConnectFailed)?;
+            let _ = stream.set_nodelay(true);
+            let tls = match &self.tls {
+                None => return Ok(Box::new(stream) as Box<dyn Io>),
+                Some(Err(_)) => return Err(ProxyError::ConnectFailed),
+                Some(Ok(t)) => t,
+            };
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => host_name(address).ok_or(ProxyError::ConnectFailed)?,
+            };
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            match connector.connect(name, stream).await {
+                Ok(s) => Ok(Box::new(s) as Box<dyn Io>),
+                Err(e) => {
+                    tracing::warn!(backend = address, "TLS handshake with backend failed: {e}");
+                    Err(ProxyError::ConnectFailed)
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout)?
+    }
+}
+
+/// The host part of `host:port` (or `[v6]:port`) as a TLS server name.
+fn host_name(address: &str) -> Option<ServerName<'static>> {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).ok()
+}
+
+fn client_config(t: &UpstreamTls, h2: bool) -> Result<TlsConnect, String> {
+    let provider = certs::provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = if t.insecure_skip_verify == Some(true) {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    } else {
+        let roots = match &t.ca_file {
+            Some(ca) => Arc::new(certs::read_roots(ca)?),
+            None => certs::system_roots(),
+        };
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&t.client_cert, &t.client_key) {
+        (Some(cert), Some(key)) => {
+            // load_pair checks that the key matches and the certificate has not expired.
+            certs::load_pair(cert, key)?;
+            builder
+                .with_client_auth_cert(certs::read_chain(cert)?, certs::read_key(key)?)
+                .map_err(|e| format!("{key}: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let server_name = match &t.server_name {
+        Some(n) => Some(
+            ServerName::try_from(n.clone())
+                .map_err(|_| format!("server_name {n:?} is not a DNS name or IP address"))?,
+        ),
+        None => None,
+    };
+    Ok(TlsConnect {
+        config: Arc::new(config),
+        server_name,
+    })
+}
+
+/// Checks an upstream `tls` section's files: `(field, message)` per problem, relative to it.
+pub fn check(t: &UpstreamTls) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if t.enabled == Some(false) {
+        return out;
+    }
+    if let Some(ca) = &t.ca_file {
+        if let Err(e) = certs::read_roots(ca) {
+            out.push(("ca_file".into(), e));
+        }
+    }
+    if let (Some(cert), Some(key)) = (&t.client_cert, &t.client_key) {
+        if let Err(e) = certs::load_pair(cert, key) {
+            out.push(("client_cert".into(), e));
+        }
+    }
+    if let Some(n) = &t.server_name {
+        if ServerName::try_from(n.as_str()).is_err() {
+            out.push((
+                "server_name".into(),
+                format!("{n:?} is not a DNS name or IP address"),
+            ));
+        }
+    }
+    out
+}
+
+/// `insecure_skip_verify`: accepts any certificate, but still checks the handshake signatures so
+/// the connection is at least bound to the key the backend presented.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_name_defaults_to_the_backend_host() {
+        assert_eq!(
+            host_name("api.internal:443"),
+            ServerName::try_from("api.internal").ok()
+        );
+        assert!(matches!(
+            host_name("127.0.0.1:8443"),
+            Some(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            host_name("[::1]:8443"),
+            Some(ServerName::IpAddress(_))
+        ));
+    }
+}

@@ -1,0 +1,325 @@
+//! Forwarding one request to an upstream: pick a backend, send on a pooled connection within
+//! the deadlines, and retry on another backend where the policy and the request allow it.
+//!
+//! A retry happens only when it is safe: the request never reached a backend (connect failure),
+//! or the method is idempotent and the body can be replayed. The retry budget, backoff with
+//! jitter and the overall deadline keep retries from turning a failing fleet into a hammered one.
+
+use super::body::{OnDone, ReqBody, RespBody, CLIENT_BODY_BROKEN, CLIENT_BODY_TOO_LARGE};
+use super::pool::SendRequest;
+use super::{error_response, is_idempotent, pool, Trace};
+use crate::error::ProxyError;
+use crate::upstream::backend::{now_ms, BackendState};
+use crate::upstream::balancer::PickCtx;
+use crate::upstream::{NoBackend, Upstream};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tracks one request on one backend until its response body is done.
+struct Inflight {
+    state: Arc<BackendState>,
+    tx: Option<SendRequest<ReqBody>>,
+    /// Set when the upstream limits connections: a finished request wakes one queued request.
+    limited: Option<Arc<Upstream>>,
+}
+
+impl Inflight {
+    fn start(state: &Arc<BackendState>, up: &Arc<Upstream>) -> Inflight {
+        state.active.fetch_add(1, Relaxed);
+        state.requests_total.fetch_add(1, Relaxed);
+        Inflight {
+            state: state.clone(),
+            tx: None,
+            limited: up.max_connections.map(|_| up.clone()),
+        }
+    }
+}
+
+impl OnDone for Inflight {
+    fn done(mut self: Box<Self>, complete: bool) {
+        if let (true, Some(tx)) = (complete, self.tx.take()) {
+            pool::checkin(&self.state.address, tx);
+        }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Relaxed);
+        if let Some(up) = &self.limited {
+            up.capacity.notify_one();
+        }
+    }
+}
+
+/// Picks a backend; when every otherwise-available backend is at `max_connections`, waits in
+/// the upstream's queue (at most `max_pending` waiters, until the deadline), as HAProxy's
+/// server `maxconn` and `maxqueue`. A full queue answers 503 at once instead of growing.
+async fn pick_or_queue(
+    up: &Upstream,
+    ctx: &PickCtx,
+    tried: &[usize],
+    deadline: Instant,
+) -> Result<usize, ProxyError> {
+    loop {
+        let waiter = up.capacity.notified();
+        match up.pick(ctx, tried) {
+            Ok(i) => return Ok(i),
+            Err(NoBackend::Full) => {}
+            Err(_) => return Err(ProxyError::NoBackend),
+        }
+        let max_pending = up.max_pending.unwrap_or(1024);
+        let queued = up.pending.fetch_add(1, Relaxed);
+        let _leave = PendingGuard(&up.pending);
+        if queued >= max_pending {
+            return Err(ProxyError::Overloaded);
+        }
+        if tokio::time::timeout_at(deadline.into(), waiter)
+            .await
+            .is_err()
+        {
+            return Err(ProxyError::Overloaded);
+        }
+    }
+}
+
+struct PendingGuard<'a>(&'a std::sync::atomic::AtomicU32);
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Records the outcome of one attempt for the breaker, passive health and counters.
+fn record(up: &Upstream, i: usize, ok: bool, status_class: usize) {
+    let s = &up.backends[i].state;
+    s.responses[status_class].fetch_add(1, Relaxed);
+    if !ok {
+        s.failures_total.fetch_add(1, Relaxed);
+    }
+    if let Some(p) = &up.breaker {
+        if let Some(change) = s.breaker.record(p, ok, now_ms()) {
+            crate::events::breaker_changed(s, change);
+        }
+    }
+    if let Some(p) = &up.passive {
+        if p.record(s, ok, &up.backends) {
+            crate::events::ejected(s, s.ejected_until_ms.load(Relaxed).saturating_sub(now_ms()));
+        }
+    }
+}
+
+/// Sends the request to a backend, retrying on another one where the policy allows.
+pub(super) async fn forward(
+    up: &Arc<Upstream>,
+    ctx: &PickCtx,
+    parts: http::request::Parts,
+    body: ReqBody,
+    trace: &mut Trace,
+) -> Response<RespBody> {
+    let policy = &up.retry;
+    let replayable = !matches!(body, ReqBody::Stream { .. });
+    let idempotent = is_idempotent(&parts.method);
+    let deadline = Instant::now() + up.request_timeout;
+    up.budget.on_request();
+
+    let mut tried: Vec<usize> = Vec::new();
+    let mut parts = Some(parts);
+    let mut body = Some(body);
+    let mut last_err = ProxyError::NoBackend;
+    // A retry already paid for from the budget, and the pause a Retry-After asked for.
+    let (mut prepaid, mut min_pause) = (false, Duration::ZERO);
+    for attempt in 0..policy.attempts.max(1) {
+        if attempt > 0 {
+            if !std::mem::take(&mut prepaid) && !up.budget.try_retry(policy.budget_ratio) {
+                break;
+            }
+            // Exponential backoff with full jitter, bounded by the overall deadline.
+            let ceiling = policy.backoff.saturating_mul(1 << (attempt - 1).min(6));
+            let pause = ceiling
+                .mul_f64(fastrand::f64())
+                .max(std::mem::take(&mut min_pause));
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let i = match pick_or_queue(up, ctx, &tried, deadline).await {
+            Ok(i) => i,
+            Err(e) if attempt == 0 => return error_response(e),
+            Err(_) => break,
+        };
+        tried.push(i);
+        let backend = &up.backends[i];
+        trace.attempts = attempt + 1;
+        trace.backend = Some(i);
+        if attempt > 0 {
+            crate::observe::metrics::retry();
+        }
+        let mut inflight = Inflight::start(&backend.state, up);
+        let more_tries = attempt + 1 < policy.attempts;
+        let keep_copy = more_tries && replayable && idempotent;
+        let (p, b) = if keep_copy {
+            let p = parts.as_ref().map(clone_parts);
+            let b = body.as_ref().map(|b| match b {
+                ReqBody::Replay(x) => ReqBody::Replay(x.clone()),
+                _ => ReqBody::Empty,
+            });
+            (p, b)
+        } else {
+            (parts.take(), body.take())
+        };
+        let (Some(p), Some(b)) = (p, b) else { break };
+        let mut req = Request::from_parts(p, b);
+
+        let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
+        let try_deadline = deadline.min(Instant::now() + per_try);
+        let started = Instant::now();
+        let result = send(up, backend, &mut req, try_deadline, trace).await;
+        let err = match result {
+            Ok((resp, tx)) => {
+                let status = resp.status();
+                let latency = started.elapsed();
+                trace.first_byte = Some(latency);
+                backend.state.observe_latency(latency.as_micros() as f64);
+                let bad = status.is_server_error();
+                record(up, i, !bad, (status.as_u16() / 100) as usize);
+                let retry_status =
+                    policy.on_status.contains(&status.as_u16()) && idempotent && replayable;
+                // Retry-After (seconds) on 503/429 is honoured: the next try waits at least that
+                // long, or there is no retry when that would pass the deadline.
+                let after = retry_after(&resp).filter(|_| matches!(status.as_u16(), 503 | 429));
+                let fits = after.is_none_or(|a| Instant::now() + a < deadline);
+                if retry_status && more_tries && fits && up.budget.try_retry(policy.budget_ratio) {
+                    prepaid = true;
+                    min_pause = after.unwrap_or_default();
+                    last_err = ProxyError::UpstreamReset;
+                    drop(resp);
+                    continue;
+                }
+                let (rparts, rbody) = resp.into_parts();
+                inflight.tx = Some(tx);
+                let body = if rbody.is_end_stream() && status != StatusCode::SWITCHING_PROTOCOLS {
+                    Box::new(inflight).done(true);
+                    RespBody::empty()
+                } else {
+                    RespBody::Stream {
+                        inner: rbody,
+                        guard: Some(Box::new(inflight)),
+                    }
+                };
+                return Response::from_parts(rparts, body);
+            }
+            Err(e) => e,
+        };
+        drop(inflight);
+        match trace.body.as_ref().map(|s| s.failed.load(Relaxed)) {
+            Some(CLIENT_BODY_BROKEN) => return error_response(ProxyError::BadRequestBody),
+            Some(CLIENT_BODY_TOO_LARGE) => return error_response(ProxyError::BodyTooLarge),
+            _ => {}
+        }
+        if err.is_backend_failure() {
+            record(up, i, false, 0);
+        }
+        last_err = err;
+        let retryable = match err {
+            ProxyError::ConnectFailed | ProxyError::ConnectTimeout => policy.on_connect_failure,
+            ProxyError::UpstreamReset => policy.on_reset && idempotent,
+            ProxyError::UpstreamTimeout => policy.on_timeout && idempotent,
+            _ => false,
+        };
+        if !retryable || Instant::now() >= deadline {
+            break;
+        }
+        // A request whose body was never sent can go again even if it was streaming.
+        if parts.is_none() && err.never_sent() {
+            let (p, b) = req.into_parts();
+            parts = Some(p);
+            body = Some(b);
+        }
+        if parts.is_none() {
+            break;
+        }
+    }
+    error_response(last_err)
+}
+
+fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::builder()
+        .method(p.method.clone())
+        .uri(p.uri.clone())
+        .version(p.version);
+    if let Some(h) = r.headers_mut() {
+        *h = p.headers.clone();
+    }
+    let (mut parts, _) = r.body(()).unwrap_or_default().into_parts();
+    parts.extensions = p.extensions.clone();
+    parts
+}
+
+/// One attempt on one backend: a pooled or new connection, and the response head within the
+/// deadline. A pooled connection the backend closed meanwhile is replaced once, transparently:
+/// hyper hands the request back when it was not sent.
+async fn send(
+    up: &Upstream,
+    backend: &crate::upstream::backend::Backend,
+    req: &mut Request<ReqBody>,
+    deadline: Instant,
+    trace: &mut Trace,
+) -> Result<(Response<Incoming>, SendRequest<ReqBody>), ProxyError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let connect_timeout = up
+        .connect_timeout
+        .min(remaining.max(Duration::from_millis(1)));
+    let t = Instant::now();
+    let mut conn = pool::checkout(
+        &up.connector,
+        &backend.address,
+        backend.socket,
+        connect_timeout,
+        up.idle_timeout,
+    )
+    .await?;
+    if !conn.reused {
+        trace.connect = Some(t.elapsed());
+    }
+    loop {
+        let r = std::mem::replace(req, Request::new(ReqBody::Empty));
+        let fut = conn.tx.try_send_request(r);
+        match tokio::time::timeout_at(deadline.into(), fut).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Ok(resp)) => return Ok((resp, conn.tx)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if conn.reused => {
+                    *req = back;
+                    let tx = pool::connect(
+                        &up.connector,
+                        &backend.address,
+                        backend.socket,
+                        connect_timeout,
+                    )
+                    .await?;
+                    conn = pool::Conn { tx, reused: false };
+                }
+                Some(back) => {
+                    *req = back;
+                    return Err(ProxyError::ConnectFailed);
+                }
+                None => return Err(ProxyError::UpstreamReset),
+            },
+        }
+    }
+}

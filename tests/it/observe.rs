@@ -1,0 +1,143 @@
+//! Monitoring as an operator sees it: Prometheus text that promtool accepts and whose counters
+//! move by exactly the requests sent; an access-log line per request with the right fields.
+
+use crate::support::*;
+use std::time::Duration;
+
+fn scrape(lb: &Lb) -> String {
+    client()
+        .get(lb.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// The value of the sample whose name and labels start with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix}"))
+}
+
+#[test]
+fn metrics_count_exactly_and_pass_promtool() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let c = client();
+    let a = be.addrs[0];
+    let key = format!(
+        "switchyard_upstream_responses_total{{upstream=\"web\",backend=\"{a}\",class=\"2xx\"}}"
+    );
+    let key5 = format!(
+        "switchyard_upstream_responses_total{{upstream=\"web\",backend=\"{a}\",class=\"5xx\"}}"
+    );
+    let before = scrape(&lb);
+    for _ in 0..7 {
+        c.get(lb.url("/")).send().unwrap();
+    }
+    for _ in 0..3 {
+        c.get(lb.url("/status/500")).send().unwrap();
+    }
+    let after = scrape(&lb);
+    assert_eq!(sample(&after, &key) - sample(&before, &key), 7.0);
+    assert_eq!(sample(&after, &key5) - sample(&before, &key5), 3.0);
+    let count =
+        format!("switchyard_upstream_response_seconds_count{{upstream=\"web\",backend=\"{a}\"}}");
+    assert_eq!(sample(&after, &count) - sample(&before, &count), 10.0);
+    // promtool is installed by scripts/test.sh (Debian's prometheus package).
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (apt-get install prometheus); scripts/test.sh does it");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(after.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && msg.trim().is_empty(),
+        "promtool: {msg}"
+    );
+}
+
+#[test]
+fn access_log_has_a_line_per_request_including_errors_switchyard_made() {
+    let be = backends(1);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = \"{}\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n[[routes]]\nupstream = \"web\"\n[upstreams.web]\nbackends = [{}]\n[upstreams.dead]\nbackends = [{{ address = \"{dead}\" }}]\nretry = {{ attempts = 1 }}\n",
+        log.display(),
+        be.list()
+    ));
+    let c = client();
+    c.post(lb.url("/hello?x=1"))
+        .header("x-request-id", "rid-1")
+        .body("12345")
+        .send()
+        .unwrap();
+    assert_eq!(c.get(lb.url("/dead")).send().unwrap().status(), 502);
+    let mut lines = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.len() >= 2
+    }));
+    assert_eq!(lines.len(), 2);
+    let ok: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(ok["request_id"], "rid-1");
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["path"], "/hello?x=1");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["bytes_in"], 5);
+    assert!(ok["bytes_out"].as_u64().unwrap() > 100);
+    assert_eq!(ok["upstream"], "web");
+    assert_eq!(ok["backend"], be.addrs[0].to_string());
+    assert_eq!(ok["attempts"], 1);
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(ok["upstream_first_byte_ms"].as_f64().is_some());
+    assert!(ok["time"].as_str().unwrap().ends_with('Z'));
+    let bad: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(bad["status"], 502);
+    assert_eq!(bad["error"], "connect_failed");
+    assert_eq!(bad["upstream"], "dead");
+    assert_eq!(bad["backend"], dead.to_string());
+}
+
+#[test]
+fn traceparent_reaches_the_backend_unchanged() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let v: serde_json::Value = client()
+        .get(lb.url("/"))
+        .header("traceparent", tp)
+        .header("tracestate", "a=1")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["headers"]["traceparent"], tp);
+    assert_eq!(v["headers"]["tracestate"], "a=1");
+}

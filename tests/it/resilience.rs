@@ -1,0 +1,263 @@
+//! Traffic only to backends that work: active health checks, circuit breakers, connection limits
+//! and retries, under load, with backends dying and coming back.
+
+use crate::support::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn backend_state(lb: &Lb, addr: &str) -> Value {
+    let v: Value = client()
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["upstreams"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn chaos_under_load_loses_no_get() {
+    let mut bs: Vec<Killable> = (0..3).map(|i| Killable::start(&format!("b{i}"))).collect();
+    let list = bs
+        .iter()
+        .map(|b| format!("{{ address = \"{}\" }}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let lb = start(&config(&format!(
+        "backends = [{list}]\n\
+         timeouts = {{ connect = \"300ms\", request = \"5s\" }}\n\
+         health_check = {{ kind = \"http\", path = \"/healthz\", interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 1, unhealthy_threshold = 2 }}\n\
+         passive_health = {{ consecutive_failures = 3, base_ejection = \"1s\" }}\n\
+         retry = {{ attempts = 3, on = [\"connect_failure\", \"reset\", \"timeout\", \"502\", \"503\"], backoff = \"5ms\", budget_ratio = 1.0 }}"
+    )));
+    let c = client();
+    assert!(eventually(Duration::from_secs(5), || (0..3).all(
+        |i| backend_state(&lb, &bs[i].addr.to_string())["health"] == "healthy"
+    )));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), lb.url("/"));
+            std::thread::spawn(move || {
+                let c = client();
+                while !stop.load(Relaxed) {
+                    match c.get(&url).send() {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Relaxed),
+                        Ok(r) => {
+                            eprintln!(
+                                "failed GET: {} {:?}",
+                                r.status(),
+                                r.headers().get("x-switchyard-error")
+                            );
+                            failed.fetch_add(1, Relaxed)
+                        }
+                        Err(e) => {
+                            eprintln!("failed GET: {e}");
+                            failed.fetch_add(1, Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    // b0 dies; its health check must notice within interval × threshold (plus one probe timeout).
+    let killed_at = Instant::now();
+    bs[0].kill();
+    let b0 = bs[0].addr.to_string();
+    assert!(eventually(Duration::from_secs(3), || backend_state(
+        &lb, &b0
+    )["health"]
+        == "unhealthy"));
+    let noticed = killed_at.elapsed();
+    assert!(
+        noticed < Duration::from_millis(200 * 2 + 150 + 300),
+        "noticed after {noticed:?}"
+    );
+    // b1 starts failing its health check while still answering traffic.
+    c.post(format!("http://{}/healthz/fail", bs[1].addr))
+        .send()
+        .unwrap();
+    let b1 = bs[1].addr.to_string();
+    assert!(eventually(Duration::from_secs(3), || backend_state(
+        &lb, &b1
+    )["health"]
+        == "unhealthy"));
+    std::thread::sleep(Duration::from_millis(500));
+    let b2_only = backend_state(&lb, &bs[2].addr.to_string())["requests_total"]
+        .as_u64()
+        .unwrap();
+    // Both come back.
+    bs[0].restart();
+    c.post(format!("http://{b1}/healthz/ok")).send().unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        backend_state(&lb, &b0)["health"] == "healthy"
+            && backend_state(&lb, &b1)["health"] == "healthy"
+    }));
+    let (r0, r1) = (
+        backend_state(&lb, &b0)["requests_total"].as_u64().unwrap(),
+        backend_state(&lb, &b1)["requests_total"].as_u64().unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(
+        backend_state(&lb, &b0)["requests_total"].as_u64().unwrap() > r0,
+        "b0 takes traffic again"
+    );
+    assert!(
+        backend_state(&lb, &b1)["requests_total"].as_u64().unwrap() > r1,
+        "b1 takes traffic again"
+    );
+    assert!(b2_only > 0);
+    assert_eq!(
+        failed.load(Relaxed),
+        0,
+        "failed GETs (ok: {})",
+        ok.load(Relaxed)
+    );
+    assert!(
+        ok.load(Relaxed) > 200,
+        "load was real: {}",
+        ok.load(Relaxed)
+    );
+    // The transitions are in the event history.
+    let ev: Value = c
+        .get(lb.admin_url("/api/v1/events/history"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let healths: Vec<&Value> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "health")
+        .collect();
+    assert!(healths
+        .iter()
+        .any(|e| e["backend"] == b0.as_str() && e["detail"] == "healthy -> unhealthy"));
+}
+
+#[test]
+fn circuit_opens_on_failures_and_answers_503() {
+    let be = backends(1);
+    let lb = start(&config(&format!(
+        "backends = [{}]\ncircuit_breaker = {{ consecutive_failures = 3, open_for = \"400ms\", half_open_probes = 1 }}\nretry = {{ attempts = 1 }}",
+        be.list()
+    )));
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(lb.url("/status/500")).send().unwrap().status(), 500);
+    }
+    let addr = be.addrs[0].to_string();
+    assert_eq!(backend_state(&lb, &addr)["circuit"], "open");
+    let r = c.get(lb.url("/")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-switchyard-error"], "no_available_backend");
+    // After open_for one probe goes through; its success closes the circuit.
+    assert!(eventually(Duration::from_secs(3), || c
+        .get(lb.url("/"))
+        .send()
+        .unwrap()
+        .status()
+        == 200));
+    assert_eq!(backend_state(&lb, &addr)["circuit"], "closed");
+    let ev: Value = c
+        .get(lb.admin_url("/api/v1/events/history"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let details: Vec<&str> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "circuit")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        details,
+        ["circuit open", "circuit half_open", "circuit closed"]
+    );
+}
+
+#[test]
+fn connection_limit_queues_then_refuses_with_reason() {
+    let be = backends(1);
+    let lb = start(&config(&format!(
+        "backends = [{}]\nmax_connections = 1\nmax_pending = 1",
+        be.list()
+    )));
+    let slow = |ms: u64| {
+        let url = lb.url(&format!("/delay/{ms}"));
+        std::thread::spawn(move || client().get(url).send().unwrap().status().as_u16())
+    };
+    let first = slow(800);
+    assert!(eventually(Duration::from_secs(3), || backend_state(
+        &lb,
+        &be.addrs[0].to_string()
+    )["active_requests"]
+        == 1));
+    let queued = slow(10);
+    std::thread::sleep(Duration::from_millis(150));
+    let r = client().get(lb.url("/")).send().unwrap();
+    assert_eq!(r.status(), 503, "queue full");
+    assert_eq!(r.headers()["x-switchyard-error"], "upstream_overloaded");
+    assert_eq!(first.join().unwrap(), 200);
+    assert_eq!(
+        queued.join().unwrap(),
+        200,
+        "the queued request ran once capacity freed"
+    );
+}
+
+#[test]
+fn unsafe_methods_are_not_retried_after_reaching_a_backend() {
+    let be = backends(2);
+    let lb = start(&config(&format!(
+        "backends = [{}]\nretry = {{ attempts = 3, on = [\"500\"] }}",
+        be.list()
+    )));
+    let c = client();
+    let before: u64 = be
+        .addrs
+        .iter()
+        .map(|a| {
+            backend_state(&lb, &a.to_string())["requests_total"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        c.post(lb.url("/status/500"))
+            .body("x")
+            .send()
+            .unwrap()
+            .status(),
+        500
+    );
+    let after: u64 = be
+        .addrs
+        .iter()
+        .map(|a| {
+            backend_state(&lb, &a.to_string())["requests_total"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(after - before, 1, "POST went to exactly one backend once");
+}

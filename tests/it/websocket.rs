@@ -1,0 +1,197 @@
+//! WebSocket through the proxy to the demo backend's `/ws` echo: over HTTP/1.1 Upgrade and over
+//! HTTP/2 extended CONNECT (RFC 8441), which Switchyard bridges to an HTTP/1.1 Upgrade.
+
+use crate::support::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Text, binary, a 1 MiB message and ping/pong, each answered in kind.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    for m in [
+        Message::Text("hello".into()),
+        Message::Binary(Bytes::from_static(&[0, 1, 2, 255])),
+        Message::Binary(Bytes::from(big)),
+        Message::Ping(Bytes::from_static(b"are you there")),
+    ] {
+        ws.send(m.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("reply in time")
+            .expect("open")
+            .expect("valid frame");
+        match m {
+            Message::Ping(p) => assert_eq!(got, Message::Pong(p)),
+            m => assert_eq!(got, m),
+        }
+    }
+}
+
+async fn next_close<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> CloseCode {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => return f.code,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+async fn ws_h1(addr: std::net::SocketAddr) -> WebSocketStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[test]
+fn websocket_over_http1_echoes_text_binary_large_ping_and_close_codes() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    be.rt.block_on(async {
+        let mut ws = ws_h1(lb.addr).await;
+        exchange(&mut ws).await;
+        // Client-initiated close: the backend echoes the code.
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Library(4000),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+        assert_eq!(next_close(&mut ws).await, CloseCode::Library(4000));
+
+        // Server-initiated close with its own code reaches the client.
+        let mut ws = ws_h1(lb.addr).await;
+        ws.send(Message::Text("close:4001".into())).await.unwrap();
+        assert_eq!(next_close(&mut ws).await, CloseCode::Library(4001));
+    });
+}
+
+#[test]
+fn websocket_tunnel_counts_as_an_active_request_until_closed() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let active = || {
+        let snap = lb.running().shared.current();
+        snap.upstreams[0].backends[0]
+            .state
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    be.rt.block_on(async {
+        let mut ws = ws_h1(lb.addr).await;
+        exchange(&mut ws).await;
+        assert_eq!(active(), 1, "an open WebSocket is an active request");
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    assert!(eventually(Duration::from_secs(5), || active() == 0));
+}
+
+/// An HTTP/2 stream as a byte stream, for a WebSocket over extended CONNECT.
+struct H2Io {
+    send: h2::SendStream<Bytes>,
+    recv: h2::RecvStream,
+    buf: Bytes,
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.buf.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(d)) => {
+                    let _ = self.recv.flow_control().release_capacity(d.len());
+                    self.buf = d;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.buf.len().min(out.remaining());
+        out.put_slice(&self.buf.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.send.reserve_capacity(buf.len());
+        match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(n)) => {
+                let chunk = Bytes::copy_from_slice(&buf[..n.min(buf.len())]);
+                let len = chunk.len();
+                self.send
+                    .send_data(chunk, false)
+                    .map_err(std::io::Error::other)?;
+                Poll::Ready(Ok(len))
+            }
+            Some(Err(e)) => Poll::Ready(Err(std::io::Error::other(e))),
+            None => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let _ = self.send.send_data(Bytes::new(), true);
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn websocket_over_http2_extended_connect_is_bridged_to_http1_upgrade() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    be.rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrive just after the handshake.
+        for _ in 0..100 {
+            if client.is_extended_connect_protocol_enabled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(client.is_extended_connect_protocol_enabled());
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}/ws", lb.addr))
+            .extension(h2::ext::Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        let (resp, send) = client.send_request(req, false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "RFC 8441: success is 200, not 101");
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+        let io = H2Io {
+            send,
+            recv: resp.into_body(),
+            buf: Bytes::new(),
+        };
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+        exchange(&mut ws).await;
+        ws.send(Message::Text("close:4002".into())).await.unwrap();
+        assert_eq!(next_close(&mut ws).await, CloseCode::Library(4002));
+    });
+}
