@@ -78,7 +78,8 @@ pub async fn serve_backend_tls(
                     let _ = builder.serve_connection_with_upgrades(io, svc).await;
                 }
                 Some(a) => {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await
                     else {
                         return;
                     };

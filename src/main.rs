@@ -208,7 +208,9 @@ fn demo_backend(
     tls: Option<(String, String)>,
 ) -> anyhow::Result<()> {
     let tls = match tls {
-        Some((cert, key)) => Some(switchyard::demo::tls_config(&cert, &key).map_err(anyhow::Error::msg)?),
+        Some((cert, key)) => {
+            Some(switchyard::demo::tls_config(&cert, &key).map_err(anyhow::Error::msg)?)
+        }
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };

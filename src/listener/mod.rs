@@ -39,7 +39,9 @@ pub enum Mode {
     Plain,
     Tls(Arc<tls::TlsListener>),
     /// Answers every request with a redirect to https on this port.
-    Redirect { https_port: u16 },
+    Redirect {
+        https_port: u16,
+    },
 }
 
 /// One bound listener: its configured address, the concrete one, and per-worker sockets.
@@ -314,12 +316,11 @@ async fn starts_with_tls(stream: &TcpStream) -> bool {
 }
 
 async fn serve_redirect(stream: TcpStream, https_port: u16, conn: Conn) {
-    let svc = service_fn(move |req| async move {
-        Ok::<_, Infallible>(redirect::respond(&req, https_port))
-    });
-    let c = conn
-        .builder
-        .serve_connection(TokioIo::new(stream), svc);
+    let svc =
+        service_fn(
+            move |req| async move { Ok::<_, Infallible>(redirect::respond(&req, https_port)) },
+        );
+    let c = conn.builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(c);
     let mut stop = conn.stop;
     tokio::select! {

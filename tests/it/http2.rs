@@ -116,7 +116,9 @@ fn rapid_reset_flood_does_not_starve_other_clients() {
     let be = backends(0);
     let stats = Arc::new(Counting::default());
     let backend = be.rt.block_on(counting_backend(stats.clone()));
-    let lb = start(&config(&format!("backends = [{{ address = \"{backend}\" }}]")));
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{backend}\" }}]"
+    )));
     let addr = lb.addr;
     let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
     // The attacker: HEADERS then RST_STREAM, as fast as the connection allows, for 3 seconds,
@@ -171,7 +173,10 @@ fn rapid_reset_flood_does_not_starve_other_clients() {
         done += 1;
     }
     let (sent, conns, errors) = flood.join().unwrap();
-    errors.iter().take(1).for_each(|e| eprintln!("attacker saw: {e}"));
+    errors
+        .iter()
+        .take(1)
+        .for_each(|e| eprintln!("attacker saw: {e}"));
     eprintln!(
         "rapid reset: {sent} streams on {conns} connection(s), {} reached the backend; \
          bystander: {done} requests, slowest {slowest:?}",
