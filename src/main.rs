@@ -140,11 +140,17 @@ fn serve_until_signal(mut running: server::Running) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => switchyard::admin::reload_from_file(&shared, "sighup"),
+                _ = usr1.recv() => {
+                    if let Some(log) = &shared.access_log {
+                        log.reopen();
+                    }
+                }
             }
         }
         tracing::info!("shutting down: no new connections, letting in-flight requests finish");

@@ -127,7 +127,9 @@ pub(super) async fn forward(
     let deadline = Instant::now() + up.request_timeout;
     up.budget.on_request();
 
-    let mut tried: Vec<usize> = Vec::new();
+    // Attempts are at most 10 (validated), so the tried set lives on the stack.
+    let mut tried_buf = [usize::MAX; 10];
+    let mut tried_len = 0;
     let mut parts = Some(parts);
     let mut body = Some(body);
     let mut last_err = ProxyError::NoBackend;
@@ -148,12 +150,13 @@ pub(super) async fn forward(
             }
             tokio::time::sleep(pause).await;
         }
-        let i = match pick_or_queue(up, ctx, &tried, deadline).await {
+        let i = match pick_or_queue(up, ctx, &tried_buf[..tried_len], deadline).await {
             Ok(i) => i,
             Err(e) if attempt == 0 => return error_response(e),
             Err(_) => break,
         };
-        tried.push(i);
+        tried_buf[tried_len.min(9)] = i;
+        tried_len = (tried_len + 1).min(10);
         let backend = &up.backends[i];
         trace.attempts = attempt + 1;
         trace.backend = Some(i);

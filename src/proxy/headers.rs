@@ -26,6 +26,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers. `Transfer-Encoding` is also removed: hyper re-frames the body.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Fast path: most messages carry none of these; one pass over the (few) header names is
+    // cheaper than nine hash lookups.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -42,6 +47,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(n);
     }
     h.remove(header::TRANSFER_ENCODING);
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(n)
 }
 
 /// Appends the client to `X-Forwarded-For` and sets proto and host.

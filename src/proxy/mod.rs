@@ -272,9 +272,13 @@ async fn serve(
         host_value.as_ref(),
     );
     let request_id = headers::ensure_request_id(&mut parts.headers);
-    if let Some(pq) = parts.uri.path_and_query() {
-        if let Ok(uri) = http::Uri::try_from(pq.as_str()) {
-            parts.uri = uri;
+    // Absolute-form (HTTP/2 `:authority`, proxies) becomes origin-form; most HTTP/1.1 requests
+    // already are, and keep their parsed URI.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        if let Some(pq) = parts.uri.path_and_query() {
+            if let Ok(uri) = http::Uri::try_from(pq.as_str()) {
+                parts.uri = uri;
+            }
         }
     }
     let client_version = parts.version;
