@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod balancer;
 pub mod breaker;
+pub mod discovery;
 pub mod health;
 pub mod outlier;
 
@@ -93,6 +94,10 @@ pub struct Upstream {
     pub capacity: tokio::sync::Notify,
     /// Requests waiting for capacity.
     pub pending: std::sync::atomic::AtomicU32,
+    /// Discovered backends must pass a health check before they take traffic: with `discovery`
+    /// and `health_check` both set, `unknown` counts as not available. Upstreams without discovery
+    /// keep giving `unknown` the benefit of the doubt, so a reload never starves them.
+    pub require_checked: bool,
 }
 
 /// Why no backend could be chosen; becomes the `x-switchyard-error` reason of a 503.
@@ -139,6 +144,7 @@ impl Upstream {
             budget: outlier::RetryBudget::default(),
             capacity: tokio::sync::Notify::new(),
             pending: std::sync::atomic::AtomicU32::new(0),
+            require_checked: cfg.discovery.is_some() && checked,
             connector: crate::proxy::connector::Connector::from_config(name, cfg),
         }
     }
@@ -160,6 +166,7 @@ impl Upstream {
         b.weight > 0
             && !s.draining.load(Relaxed)
             && s.health() != Health::Unhealthy
+            && !(self.require_checked && s.health() == Health::Unknown)
             && !s.is_ejected(now)
             && self
                 .breaker
@@ -246,6 +253,30 @@ mod tests {
         assert_eq!(
             u.pick(&PickCtx::default(), &[]),
             Err(NoBackend::NoneAvailable)
+        );
+    }
+
+    #[test]
+    fn slow_start_ramps_a_new_backend_in() {
+        let cfg = UpstreamConfig {
+            slow_start: Some(crate::config::Dur::millis(200)),
+            ..UpstreamConfig::default()
+        };
+        let backends = balancer::test_support::backends(&[1, 1]);
+        // The first backend has been available for longer than the ramp; the second just joined.
+        backends[0].state.available_since_ms.store(0, Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        backends[1]
+            .state
+            .available_since_ms
+            .store(now_ms(), Relaxed);
+        let u = Upstream::compile("t", &cfg, backends);
+        let fresh = (0..1000)
+            .filter(|_| u.pick(&PickCtx::default(), &[]) == Ok(1))
+            .count();
+        assert!(
+            fresh < 250,
+            "a backend that just joined took {fresh} of 1000"
         );
     }
 }

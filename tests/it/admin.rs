@@ -323,3 +323,54 @@ fn events_stream_reports_changes() {
     }
     panic!("no config event");
 }
+
+#[test]
+fn whole_configuration_form_and_live_state_survives_changes() {
+    let be = backends(2);
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{}\" }}]",
+        be.addrs[0]
+    )));
+    let c = client();
+    for _ in 0..5 {
+        c.get(lb.url("/")).send().unwrap();
+    }
+    let mut cfg: Value = c
+        .get(lb.admin_url("/api/v1/config"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    cfg["upstreams"]["web"]["backends"] =
+        json!([{"address": be.addrs[0].to_string()}, {"address": be.addrs[1].to_string()}]);
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"config": cfg}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = c
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let kept = &v["upstreams"][0]["backends"][0];
+    assert_eq!(kept["address"], be.addrs[0].to_string());
+    assert_eq!(
+        kept["requests_total"], 5,
+        "counters survive a change that keeps the backend"
+    );
+    assert_eq!(v["upstreams"][0]["backends"][1]["requests_total"], 0);
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"config": {"listeners": [], "upstreams": {}}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().unwrap();
+    assert!(
+        v["problems"].as_array().unwrap().len() >= 2,
+        "every problem is reported: {v}"
+    );
+}

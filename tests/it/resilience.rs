@@ -261,3 +261,54 @@ fn unsafe_methods_are_not_retried_after_reaching_a_backend() {
         .sum();
     assert_eq!(after - before, 1, "POST went to exactly one backend once");
 }
+
+#[test]
+fn passive_health_ejects_a_failing_backend() {
+    let be = backends(2);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [[routes]]\npath_prefix = \"/status\"\nupstream = \"bad\"\n[[routes]]\nupstream = \"good\"\n\
+         [upstreams.good]\nbackends = [{{ address = \"{}\" }}]\n\
+         [upstreams.bad]\nbackends = [{{ address = \"{}\" }}]\npassive_health = {{ consecutive_failures = 3, base_ejection = \"300ms\", max_ejected_percent = 100 }}\nretry = {{ attempts = 1 }}\n",
+        be.addrs[0], be.addrs[1]
+    ));
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(lb.url("/status/502")).send().unwrap().status(), 502);
+    }
+    let r = c.get(lb.url("/status/200")).send().unwrap();
+    assert_eq!(r.status(), 503, "ejected: nothing available");
+    assert_eq!(r.headers()["x-switchyard-error"], "no_available_backend");
+    let v: Value = c
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let bad = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "bad")
+        .unwrap();
+    assert_eq!(bad["backends"][0]["ejected"], true);
+    assert!(
+        eventually(Duration::from_secs(3), || c
+            .get(lb.url("/status/200"))
+            .send()
+            .unwrap()
+            .status()
+            == 200),
+        "back after the ejection"
+    );
+    let metrics = c
+        .get(lb.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains(&format!(
+        "switchyard_backend_ejections_total{{upstream=\"bad\",backend=\"{}\"}} 1",
+        be.addrs[1]
+    )));
+}
