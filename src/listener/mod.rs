@@ -166,8 +166,17 @@ pub fn run_worker(
         builder
             .http2()
             .timer(TokioTimer::new())
+            // Bounds per client connection: 256 streams (NGINX's http2_max_concurrent_streams
+            // is 128, Envoy's 2^31); 1 MiB per stream and 4 MiB per connection of flow-control
+            // window, so one connection cannot make the proxy buffer more than that.
             .max_concurrent_streams(256)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            // A header block larger than this is refused, however many CONTINUATION frames it
+            // is split into (the 2024 CONTINUATION-flood class of attacks).
             .max_header_list_size(MAX_HEADER_BYTES as u32)
+            // Rapid reset (CVE-2023-44487): a client that resets more than 50 streams before
+            // they are served gets GOAWAY ENHANCE_YOUR_CALM; see tests/it/http2.rs.
             .max_pending_accept_reset_streams(50)
             .max_local_error_reset_streams(256)
             .enable_connect_protocol();

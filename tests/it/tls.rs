@@ -265,6 +265,87 @@ fn upstream_tls_verifies_the_backend_against_its_ca() {
     assert_eq!(c.get(lb.url("/x")).send().unwrap().status(), 200);
 }
 
+/// An HTTPS backend that requires a client certificate from `client_ca` and answers with the
+/// verified subject in `x-peer`.
+async fn mtls_backend(server: &pki::Leaf, client_ca: &pki::Ca) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    let provider = switchyard::listener::certs::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca.der.clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let key = switchyard::listener::certs::load_pair(server.cert_str(), server.key_str())
+        .unwrap()
+        .key;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+                let subject = switchyard::listener::certs::subject(&peer).unwrap();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let r = http::Response::builder()
+                        .header("x-peer", subject.clone())
+                        .body(http_body_util::Full::new(bytes::Bytes::from("ok")))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn upstream_mtls_presents_the_configured_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::ca(d, "ca");
+    let clients = pki::ca(d, "clients");
+    let server = ca.leaf(d, "service", &["127.0.0.1"]);
+    let me = clients.leaf(d, "switchyard", &["lb.internal"]);
+    let be = backends(0);
+    let addr = be.rt.block_on(mtls_backend(&server, &clients));
+    let up = |extra: &str| {
+        config(&format!(
+            "backends = [{{ address = \"{addr}\" }}]\ntls = {{ ca_file = {:?}{extra} }}",
+            ca.path_str()
+        ))
+    };
+    let c = client();
+    let lb = start(&up(&format!(
+        ", client_cert = {:?}, client_key = {:?}",
+        me.cert_str(),
+        me.key_str()
+    )));
+    let r = c.get(lb.url("/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-peer"], "CN=switchyard");
+    // Without the client certificate the service refuses the handshake.
+    let lb = start(&up(""));
+    assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 502);
+}
+
 #[test]
 fn redirect_listeners_answer_308_to_https() {
     let dir = tempfile::tempdir().unwrap();
