@@ -148,6 +148,10 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         crate::upstream::health::spawn_checker(shared.clone(), stop_rx.clone());
         crate::admin::watch_config_file(shared.clone());
         listener::tls::spawn_reloader(tls_listeners, shared.clone(), stop_rx.clone());
+        // Discovery sources and cluster mode (etcd): both change configuration only through
+        // the one door; the cluster task also registers this instance with its admin address.
+        let discovered = crate::upstream::discovery::spawn(shared.clone(), stop_rx.clone());
+        crate::cluster::spawn(shared.clone(), discovered, admin, stop_rx.clone());
     }
     Ok(Running {
         shared,

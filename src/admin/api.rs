@@ -42,6 +42,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/events/history", get(history))
         .route("/metrics", get(metrics))
+        .merge(super::cluster_api::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             auth::require_token,
@@ -113,13 +114,16 @@ async fn health(State(shared): S) -> impl IntoResponse {
             json!({"healthy": healthy, "total": u.backends.len()}),
         );
     }
-    Json(json!({
+    let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": shared.started.elapsed().as_secs(),
         "config_version": snap.version,
         "upstreams": ups,
-    }))
+    });
+    // Cluster mode and discovery sources: etcd reachability, failing sources.
+    crate::cluster::status::extend_health(&shared, &mut body);
+    Json(body)
 }
 
 /// Parses a JSON body, mapping malformed JSON to 400.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster_api;
 pub mod ui;
 
 use crate::state::Shared;

@@ -157,6 +157,27 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 "at least one etcd endpoint is required",
             ));
         }
+        for (i, e) in c.etcd.iter().enumerate() {
+            if e.trim().is_empty() || e.contains(char::is_whitespace) {
+                p.push(Problem::new(
+                    format!("cluster.etcd[{i}]"),
+                    format!("{e:?} is not an endpoint like \"http://127.0.0.1:2379\""),
+                ));
+            }
+        }
+    }
+    // etcd discovery reads the etcd of [cluster]: one set of endpoints to configure and secure.
+    for (name, u) in &cfg.upstreams {
+        let etcd_discovery = u
+            .discovery
+            .as_ref()
+            .is_some_and(|d| d.etcd_prefix.is_some());
+        if etcd_discovery && cfg.cluster.as_ref().is_none_or(|c| c.etcd.is_empty()) {
+            p.push(Problem::new(
+                format!("upstreams.{name}.discovery.etcd_prefix"),
+                "needs etcd endpoints: set [cluster] etcd = [\"http://HOST:2379\"]",
+            ));
+        }
     }
     if let Some(level) = &cfg.log.level {
         if tracing_subscriber::EnvFilter::try_new(level).is_err() {
@@ -298,6 +319,34 @@ fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut Vec<Proble
             if let Err(e) = check_address(dns) {
                 p.push(Problem::new(format!("{path}.discovery.dns"), e));
             }
+        }
+        // An SRV name is a DNS name; its service and protocol labels start with '_'.
+        if let Some(srv) = &d.srv {
+            let ok = srv.trim_end_matches('.').split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+            if !ok {
+                p.push(Problem::new(
+                    format!("{path}.discovery.srv"),
+                    format!("{srv:?} is not a DNS name like \"_http._tcp.web.example.com\""),
+                ));
+            }
+        }
+        for (key, v) in [("file", &d.file), ("etcd_prefix", &d.etcd_prefix)] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                p.push(Problem::new(
+                    format!("{path}.discovery.{key}"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if d.interval.is_some_and(|i| i.get().is_zero()) {
+            p.push(Problem::new(
+                format!("{path}.discovery.interval"),
+                "must be greater than zero",
+            ));
         }
     }
     for (key, v) in [

@@ -231,3 +231,158 @@ impl Drop for Killable {
         self.kill();
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released: good enough for a test's own servers).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd (Debian's `etcd-server`) on free loopback ports with its own data directory,
+/// killed on drop. Missing `etcd` fails the test: scripts/test.sh installs it.
+pub struct Etcd {
+    child: Option<std::process::Child>,
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    peer_port: u16,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        if std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            panic!("`etcd` is not installed: apt-get install -y etcd-server (scripts/test.sh does)");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            rt,
+        };
+        e.restart();
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (as a crash would) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd on the same ports and data (after [`Etcd::stop`]) and waits until it serves.
+    pub fn restart(&mut self) {
+        let (c, p) = (self.client_port, self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "default", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{c}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{c}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{p}"),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let ok = eventually(Duration::from_secs(20), || self.get("/ready").is_ok());
+        assert!(ok, "etcd did not become ready on port {c}");
+    }
+
+    fn client(&self) -> Result<etcd_client::Client, String> {
+        let ep = self.endpoint();
+        self.rt.block_on(async move {
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(Duration::from_secs(3));
+            etcd_client::Client::connect([ep], Some(opts))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// The value at `key` (`Ok(None)` when absent).
+    pub fn get(&self, key: &str) -> Result<Option<String>, String> {
+        let mut c = self.client()?;
+        self.rt.block_on(async move {
+            let r = c.get(key, None).await.map_err(|e| e.to_string())?;
+            Ok(r.kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        })
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        let mut c = self.client().unwrap();
+        self.rt.block_on(c.put(key, value, None)).unwrap();
+    }
+
+    /// Puts `key` attached to a new lease of `ttl_s` seconds; returns the lease ID.
+    pub fn put_with_lease(&self, key: &str, value: &str, ttl_s: i64) -> i64 {
+        let mut c = self.client().unwrap();
+        self.rt.block_on(async move {
+            let lease = c.lease_grant(ttl_s, None).await.unwrap().id();
+            let opts = etcd_client::PutOptions::new().with_lease(lease);
+            c.put(key, value, Some(opts)).await.unwrap();
+            lease
+        })
+    }
+
+    /// Keeps `lease` alive (every 500ms) until the returned handle is aborted or dropped with
+    /// the runtime.
+    pub fn keep_alive(&self, lease: i64) -> tokio::task::JoinHandle<()> {
+        let mut c = self.client().unwrap();
+        self.rt.spawn(async move {
+            let Ok((mut keeper, mut stream)) = c.lease_keep_alive(lease).await else {
+                return;
+            };
+            loop {
+                if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// GET `url` and parse JSON (`Value::Null` on any failure, so it can be polled).
+pub fn get_json(c: &reqwest::blocking::Client, url: &str) -> serde_json::Value {
+    c.get(url)
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or(serde_json::Value::Null)
+}

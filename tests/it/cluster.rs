@@ -1,0 +1,234 @@
+//! Cluster mode against a real etcd: instances converge on changes made through any of them,
+//! keep serving while etcd is down and catch up when it returns, and refuse an invalid
+//! configuration written to etcd directly. Also: two instances share a port (SO_REUSEPORT).
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn cluster_config(etcd: &Etcd, prefix: &str, backend: std::net::SocketAddr) -> String {
+    format!(
+        "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\n\
+         [cluster]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\n\n\
+         [upstreams.web]\nbackends = [{{ address = \"{backend}\" }}]\n",
+        etcd.endpoint()
+    )
+}
+
+fn three(etcd: &Etcd, prefix: &str, backend: std::net::SocketAddr) -> Vec<Lb> {
+    (0..3)
+        .map(|_| start(&cluster_config(etcd, prefix, backend)))
+        .collect()
+}
+
+fn cluster_of(c: &reqwest::blocking::Client, lb: &Lb) -> Value {
+    get_json(c, &lb.admin_url("/api/v1/cluster"))
+}
+
+fn etcd_state(c: &reqwest::blocking::Client, lb: &Lb) -> Value {
+    get_json(c, &lb.admin_url("/health"))["cluster"]["etcd"].clone()
+}
+
+/// Every instance connected to etcd and running the same revision of the shared configuration.
+fn converged(c: &reqwest::blocking::Client, lbs: &[Lb]) -> bool {
+    let states: Vec<Value> = lbs.iter().map(|lb| cluster_of(c, lb)).collect();
+    states.iter().all(|s| s["etcd"] == "connected")
+        && states[0]["config_revision"].as_i64().unwrap_or(0) > 0
+        && states
+            .iter()
+            .all(|s| s["config_revision"] == states[0]["config_revision"])
+}
+
+fn backend_of(c: &reqwest::blocking::Client, lb: &Lb) -> String {
+    get_backend(c, &lb.url("/")).1
+}
+
+fn swap_backend(
+    c: &reqwest::blocking::Client,
+    lb: &Lb,
+    add: std::net::SocketAddr,
+    remove: std::net::SocketAddr,
+) {
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"add": [{"address": add.to_string()}], "remove": [remove.to_string()]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+}
+
+#[test]
+fn three_instances_serve_a_change_made_on_one_within_a_second() {
+    let etcd = Etcd::start();
+    let b = backends(2);
+    let lbs = three(&etcd, "/sy-three", b.addrs[0]);
+    let c = client();
+    assert!(eventually(Duration::from_secs(15), || converged(&c, &lbs)));
+    // Every instance registered itself (with a lease) and is listed by each of them.
+    assert!(eventually(Duration::from_secs(10), || {
+        let list = cluster_of(&c, &lbs[2])["instances"].clone();
+        list.as_array().is_some_and(|l| l.len() == 3)
+    }));
+
+    let t = Instant::now();
+    swap_backend(&c, &lbs[1], b.addrs[1], b.addrs[0]);
+    let deadline = t + Duration::from_secs(1);
+    for lb in &lbs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            eventually(left, || backend_of(&c, lb) == "b1"),
+            "not converged after {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    for lb in &lbs {
+        assert!((0..4).all(|_| backend_of(&c, lb) == "b1"));
+    }
+    let stored = etcd.get("/sy-three/config").unwrap().unwrap();
+    assert!(stored.contains(&b.addrs[1].to_string()), "{stored}");
+    assert!(!stored.contains(&b.addrs[0].to_string()), "{stored}");
+    assert!(eventually(Duration::from_secs(5), || converged(&c, &lbs)));
+}
+
+#[test]
+fn instances_keep_serving_without_etcd_and_catch_up_when_it_returns() {
+    let mut etcd = Etcd::start();
+    let b = backends(3);
+    let lbs = three(&etcd, "/sy-outage", b.addrs[0]);
+    let c = client();
+    assert!(eventually(Duration::from_secs(15), || converged(&c, &lbs)));
+
+    etcd.stop();
+    for lb in &lbs {
+        assert!(eventually(Duration::from_secs(15), || {
+            etcd_state(&c, lb) == "unreachable"
+        }));
+        assert!((0..5).all(|_| get_backend(&c, &lb.url("/")) == (200, "b0".into())));
+    }
+    // A change made meanwhile takes effect where it was made...
+    swap_backend(&c, &lbs[0], b.addrs[1], b.addrs[0]);
+    assert_eq!(backend_of(&c, &lbs[0]), "b1");
+    assert_eq!(backend_of(&c, &lbs[1]), "b0");
+
+    // ...and reaches the others once etcd is back.
+    etcd.restart();
+    for lb in &lbs {
+        assert!(eventually(Duration::from_secs(15), || {
+            backend_of(&c, lb) == "b1"
+        }));
+    }
+    assert!(eventually(Duration::from_secs(10), || converged(&c, &lbs)));
+
+    // Changes flow again, from any instance.
+    swap_backend(&c, &lbs[2], b.addrs[2], b.addrs[1]);
+    for lb in &lbs {
+        assert!(eventually(Duration::from_secs(2), || {
+            backend_of(&c, lb) == "b2"
+        }));
+    }
+}
+
+#[test]
+fn invalid_configuration_written_to_etcd_is_rejected_by_every_instance() {
+    let etcd = Etcd::start();
+    let b = backends(2);
+    let lbs = three(&etcd, "/sy-invalid", b.addrs[0]);
+    let c = client();
+    assert!(eventually(Duration::from_secs(15), || converged(&c, &lbs)));
+    let versions: Vec<Value> = lbs
+        .iter()
+        .map(|lb| get_json(&c, &lb.admin_url("/health"))["config_version"].clone())
+        .collect();
+
+    let bad = [
+        // Well-formed, invalid: the address has no port.
+        "[upstreams.web]\nbackends = [{ address = \"nowhere\" }]\n",
+        // A typo'd key is refused too, not silently dropped.
+        "[upstreams.web]\nbakends = []\n",
+        // Not TOML at all.
+        "[upstreams.web\n",
+    ];
+    let expect = [
+        "upstreams.web.backends[0].address",
+        "unknown key",
+        "invalid TOML",
+    ];
+    for (doc, why) in bad.iter().zip(expect) {
+        etcd.put("/sy-invalid/config", doc);
+        for lb in &lbs {
+            assert!(
+                eventually(Duration::from_secs(5), || {
+                    let r = &cluster_of(&c, lb)["rejected"];
+                    r["error"].as_str().is_some_and(|e| e.contains(why))
+                }),
+                "{why}: {}",
+                cluster_of(&c, lb)
+            );
+            assert_eq!(
+                get_json(&c, &lb.admin_url("/health"))["cluster"]["rejected"],
+                true
+            );
+            assert_eq!(get_backend(&c, &lb.url("/")), (200, "b0".into()));
+        }
+    }
+    for (lb, v) in lbs.iter().zip(&versions) {
+        assert_eq!(&get_json(&c, &lb.admin_url("/health"))["config_version"], v);
+    }
+
+    // A valid document written directly is applied everywhere and clears the report.
+    etcd.put(
+        "/sy-invalid/config",
+        &format!(
+            "[upstreams.web]\nbackends = [{{ address = \"{}\" }}]\n",
+            b.addrs[1]
+        ),
+    );
+    for lb in &lbs {
+        assert!(eventually(Duration::from_secs(5), || {
+            backend_of(&c, lb) == "b1"
+        }));
+        assert!(cluster_of(&c, lb)["rejected"].is_null());
+    }
+}
+
+#[test]
+fn two_instances_share_a_listening_port() {
+    let b = backends(2);
+    let port = free_port();
+    let cfg = |backend: std::net::SocketAddr| {
+        format!(
+            "workers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n\
+             [upstreams.web]\nbackends = [{{ address = \"{backend}\" }}]\n"
+        )
+    };
+    let old = start(&cfg(b.addrs[0]));
+    let new = start(&cfg(b.addrs[1]));
+    assert_eq!(old.addr, new.addr);
+    // A fresh connection per request, so the kernel spreads them over both instances.
+    let c = reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = new.url("/");
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        let (status, name) = get_backend(&c, &url);
+        assert_eq!(status, 200);
+        seen.insert(name);
+        seen.len() == 2
+    }));
+
+    // The old instance leaves (a binary upgrade); the new one serves everything.
+    drop(old);
+    assert!(eventually(Duration::from_secs(10), || {
+        (0..20).all(|_| {
+            c.get(&url)
+                .send()
+                .ok()
+                .and_then(|r| r.headers().get("x-demo-backend").cloned())
+                .is_some_and(|v| v == "b1")
+        })
+    }));
+}

@@ -1,0 +1,334 @@
+//! Service discovery: DNS A and SRV answers from an in-test DNS server, a watched JSON file, and
+//! etcd registrations with leases. Discovered backends are health-checked before they take
+//! traffic, a failing source keeps the last known set, and API changes do not wipe them.
+
+use crate::support::*;
+use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+use hickory_resolver::proto::rr::rdata::SRV;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// A tiny authoritative DNS server: answers from a table the tests edit, SERVFAIL for names
+/// marked failing. One per process, because the resolver override is process-wide.
+struct Dns {
+    zone: Mutex<HashMap<(String, RecordType), Vec<RData>>>,
+    failing: Mutex<HashSet<String>>,
+}
+
+fn fqdn(name: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    if n.ends_with('.') {
+        n
+    } else {
+        format!("{n}.")
+    }
+}
+
+impl Dns {
+    fn set(&self, name: &str, t: RecordType, data: Vec<RData>) {
+        self.zone.lock().unwrap().insert((fqdn(name), t), data);
+    }
+    fn set_a(&self, name: &str, ips: &[&str]) {
+        let data = ips
+            .iter()
+            .map(|ip| RData::A(ip.parse::<Ipv4Addr>().unwrap().into()))
+            .collect();
+        self.set(name, RecordType::A, data);
+    }
+    /// (priority, weight, port, target) records.
+    fn set_srv(&self, name: &str, records: &[(u16, u16, u16, &str)]) {
+        let data = records
+            .iter()
+            .map(|&(p, w, port, t)| {
+                RData::SRV(SRV::new(p, w, port, Name::from_ascii(fqdn(t)).unwrap()))
+            })
+            .collect();
+        self.set(name, RecordType::SRV, data);
+    }
+    fn fail(&self, name: &str, on: bool) {
+        let mut f = self.failing.lock().unwrap();
+        if on {
+            f.insert(fqdn(name));
+        } else {
+            f.remove(&fqdn(name));
+        }
+    }
+
+    fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let req = Message::from_vec(query).ok()?;
+        let q = req.queries().first()?.clone();
+        let name = fqdn(&q.name().to_ascii());
+        let mut resp = Message::new();
+        resp.set_id(req.id())
+            .set_message_type(MessageType::Response)
+            .set_op_code(req.op_code())
+            .set_authoritative(true)
+            .set_recursion_desired(req.recursion_desired())
+            .set_recursion_available(true)
+            .add_query(q.clone());
+        if self.failing.lock().unwrap().contains(&name) {
+            resp.set_response_code(ResponseCode::ServFail);
+            return resp.to_vec().ok();
+        }
+        let zone = self.zone.lock().unwrap();
+        for data in zone.get(&(name, q.query_type())).into_iter().flatten() {
+            // TTL 1s: the discovery loop must re-resolve at least that often.
+            resp.add_answer(Record::from_rdata(q.name().clone(), 1, data.clone()));
+        }
+        resp.set_response_code(ResponseCode::NoError);
+        resp.to_vec().ok()
+    }
+}
+
+fn dns() -> &'static Arc<Dns> {
+    static DNS: OnceLock<Arc<Dns>> = OnceLock::new();
+    DNS.get_or_init(|| {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr: SocketAddr = sock.local_addr().unwrap();
+        let dns = Arc::new(Dns {
+            zone: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashSet::new()),
+        });
+        let d = dns.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if let Some(out) = d.answer(&buf[..n]) {
+                    let _ = sock.send_to(&out, from);
+                }
+            }
+        });
+        switchyard::upstream::discovery::dns::set_nameservers(vec![addr]);
+        dns
+    })
+}
+
+/// Backend names seen over `n` requests.
+fn seen(c: &reqwest::blocking::Client, lb: &Lb, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| get_backend(c, &lb.url("/")).1)
+        .collect::<BTreeSet<_>>()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Waits until `n` requests in a row are served by exactly the backends `want`.
+fn serves_exactly(c: &reqwest::blocking::Client, lb: &Lb, want: &[&str]) -> bool {
+    eventually(Duration::from_secs(10), || seen(c, lb, 12) == names(want))
+}
+
+/// Addresses (with weights) of upstream `web` in the running configuration.
+fn running_backends(lb: &Lb) -> Vec<(String, u32)> {
+    let snap = lb.running().shared.current();
+    let mut v: Vec<(String, u32)> = snap.config.upstreams["web"]
+        .backends
+        .iter()
+        .map(|b| (b.address.clone(), b.weight))
+        .collect();
+    v.sort();
+    v
+}
+
+fn discovery_state(c: &reqwest::blocking::Client, lb: &Lb) -> Value {
+    get_json(c, &lb.admin_url("/health"))["discovery"]["web"].clone()
+}
+
+const CHECK: &str =
+    "health_check = { kind = \"http\", path = \"/healthz\", interval = \"100ms\", healthy_threshold = 1 }";
+
+/// Demo backends on the same port of several loopback addresses, named by their address.
+fn same_port_backends(b: &Backends, ips: &[&str]) -> u16 {
+    'again: for _ in 0..50 {
+        let port = free_port();
+        for ip in ips {
+            let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            if b.rt
+                .block_on(switchyard::demo::spawn_backend(addr, ip))
+                .is_err()
+            {
+                continue 'again;
+            }
+        }
+        return port;
+    }
+    panic!("no port free on every address");
+}
+
+#[test]
+fn dns_discovery_follows_a_record_changes_and_survives_failures() {
+    let d = dns();
+    let b = backends(0);
+    let port = same_port_backends(&b, &["127.0.0.1", "127.0.0.2"]);
+    d.set_a("web-a.sy.test", &["127.0.0.1"]);
+    let lb = start(&config(&format!(
+        "discovery = {{ dns = \"web-a.sy.test:{port}\", interval = \"200ms\" }}\n{CHECK}"
+    )));
+    let c = client();
+    assert!(serves_exactly(&c, &lb, &["127.0.0.1"]));
+
+    d.set_a("web-a.sy.test", &["127.0.0.1", "127.0.0.2"]);
+    assert!(serves_exactly(&c, &lb, &["127.0.0.1", "127.0.0.2"]));
+
+    d.set_a("web-a.sy.test", &["127.0.0.2"]);
+    assert!(serves_exactly(&c, &lb, &["127.0.0.2"]));
+    assert_eq!(
+        running_backends(&lb),
+        vec![(format!("127.0.0.2:{port}"), 1)]
+    );
+
+    // A failing DNS keeps the last known set and says so.
+    d.fail("web-a.sy.test", true);
+    assert!(eventually(Duration::from_secs(10), || {
+        discovery_state(&c, &lb)["state"] == "failing"
+    }));
+    let st = discovery_state(&c, &lb);
+    assert_eq!(st["backends"], 1, "{st}");
+    assert!(st["error"].as_str().is_some_and(|e| !e.is_empty()), "{st}");
+    assert_eq!(seen(&c, &lb, 8), names(&["127.0.0.2"]));
+    d.fail("web-a.sy.test", false);
+    assert!(eventually(Duration::from_secs(10), || {
+        discovery_state(&c, &lb)["state"] == "ok"
+    }));
+}
+
+#[test]
+fn dns_srv_discovery_uses_ports_weights_and_the_best_priority() {
+    let d = dns();
+    let b = backends(3);
+    let p: Vec<u16> = b.addrs.iter().map(|a| a.port()).collect();
+    d.set_a("host.srv.sy.test", &["127.0.0.1"]);
+    d.set_srv(
+        "_http._tcp.srv.sy.test",
+        &[
+            (10, 1, p[0], "host.srv.sy.test"),
+            (10, 3, p[1], "host.srv.sy.test"),
+            // A higher priority value is a fallback: not used while the others exist.
+            (20, 1, p[2], "host.srv.sy.test"),
+        ],
+    );
+    let lb = start(&config(&format!(
+        "algorithm = \"weighted_round_robin\"\n\
+         discovery = {{ srv = \"_http._tcp.srv.sy.test\", interval = \"200ms\" }}\n{CHECK}"
+    )));
+    let c = client();
+    assert!(serves_exactly(&c, &lb, &["b0", "b1"]));
+    let mut want = vec![
+        (format!("127.0.0.1:{}", p[0]), 1),
+        (format!("127.0.0.1:{}", p[1]), 3),
+    ];
+    want.sort();
+    assert_eq!(running_backends(&lb), want);
+    let counts = (0..40).fold(HashMap::<String, u32>::new(), |mut m, _| {
+        *m.entry(get_backend(&c, &lb.url("/")).1).or_default() += 1;
+        m
+    });
+    // Smooth weighted round robin: 1 in 4 to b0 (exactly, unless a health check blinked).
+    assert!((8..=12).contains(&counts["b0"]), "{counts:?}");
+
+    d.set_srv(
+        "_http._tcp.srv.sy.test",
+        &[(10, 2, p[2], "host.srv.sy.test")],
+    );
+    assert!(serves_exactly(&c, &lb, &["b2"]));
+    assert_eq!(
+        running_backends(&lb),
+        vec![(format!("127.0.0.1:{}", p[2]), 2)]
+    );
+}
+
+fn write_file(path: &std::path::Path, text: &str) {
+    // Atomically, as the module documentation asks of writers.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn file_discovery_follows_the_file_and_health_checks_new_backends() {
+    let b = backends(3);
+    let c = client();
+    let (a0, a1, a2) = (b.addrs[0], b.addrs[1], b.addrs[2]);
+    // b2 fails its health checks: discovered, it must not take traffic.
+    c.post(format!("http://{a2}/healthz/fail")).send().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    write_file(&file, &format!(r#"[{{"address": "{a0}"}}]"#));
+    let lb = start(&config(&format!(
+        "discovery = {{ file = \"{}\", interval = \"100ms\" }}\n{CHECK}",
+        file.display()
+    )));
+    assert!(serves_exactly(&c, &lb, &["b0"]));
+
+    write_file(
+        &file,
+        &format!(
+            r#"{{"backends": [{{"address": "{a0}"}}, {{"address": "{a1}", "weight": 2}}, {{"address": "{a2}"}}]}}"#
+        ),
+    );
+    assert!(serves_exactly(&c, &lb, &["b0", "b1"]));
+    assert_eq!(running_backends(&lb).len(), 3);
+    assert_eq!(seen(&c, &lb, 20), names(&["b0", "b1"]), "b2 is unhealthy");
+    c.post(format!("http://{a2}/healthz/ok")).send().unwrap();
+    assert!(serves_exactly(&c, &lb, &["b0", "b1", "b2"]));
+
+    // A broken file keeps the last known set, and is reported.
+    write_file(&file, "[{\"address\": ");
+    assert!(eventually(Duration::from_secs(10), || {
+        discovery_state(&c, &lb)["state"] == "failing"
+    }));
+    assert_eq!(running_backends(&lb).len(), 3);
+
+    // An API change that drops a discovered backend does not stick: the source owns the list.
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&serde_json::json!({"remove": [a0.to_string()]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(eventually(Duration::from_secs(5), || {
+        running_backends(&lb).contains(&(a0.to_string(), 1))
+    }));
+
+    write_file(&file, &format!(r#"[{{"address": "{a1}"}}]"#));
+    assert!(serves_exactly(&c, &lb, &["b1"]));
+    assert_eq!(running_backends(&lb), vec![(a1.to_string(), 1)]);
+    assert_eq!(discovery_state(&c, &lb)["state"], "ok");
+}
+
+#[test]
+fn etcd_registered_backend_takes_traffic_and_leaves_when_its_lease_expires() {
+    let etcd = Etcd::start();
+    let b = backends(2);
+    let (a0, a1) = (b.addrs[0], b.addrs[1]);
+    let prefix = "/sy-disc";
+    let lb = start(&format!(
+        "{}\ndiscovery = {{ etcd_prefix = \"{prefix}/services/web/\" }}\n{CHECK}\n\n\
+         [cluster]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\n",
+        config("").trim_end(),
+        etcd.endpoint()
+    ));
+    let c = client();
+    let entry = |a: SocketAddr| format!(r#"{{"address": "{a}", "weight": 1}}"#);
+    let l0 = etcd.put_with_lease(&format!("{prefix}/services/web/b0"), &entry(a0), 10);
+    let _k0 = etcd.keep_alive(l0);
+    // The shortest lease etcd grants is about 2s; b1's is kept alive, then let go.
+    let l1 = etcd.put_with_lease(&format!("{prefix}/services/web/b1"), &entry(a1), 2);
+    let k1 = etcd.keep_alive(l1);
+    assert!(serves_exactly(&c, &lb, &["b0", "b1"]));
+
+    k1.abort();
+    let only_b0 = vec![(a0.to_string(), 1)];
+    assert!(eventually(Duration::from_secs(10), || {
+        running_backends(&lb) == only_b0
+    }));
+    assert_eq!(seen(&c, &lb, 10), names(&["b0"]));
+    let st = get_json(&c, &lb.admin_url("/api/v1/discovery"));
+    assert_eq!(st["upstreams"]["web"]["state"], "ok", "{st}");
+    assert_eq!(st["upstreams"]["web"]["backends"], 1, "{st}");
+}
