@@ -48,13 +48,18 @@ function createCard(name) {
     h('button', { class: 'btn btn-primary', type: 'submit' }, 'Add backend'),
     error);
   form.addEventListener('submit', (e) => { e.preventDefault(); addBackend(name, addr, weight, error); });
+  form.addEventListener('input', () => {
+    error.hidden = true;
+    addr.removeAttribute('aria-invalid');
+    weight.removeAttribute('aria-invalid');
+  });
 
   const el = h('section', { class: 'panel upstream', id: `upstream-${id}`, 'aria-labelledby': `up-h-${id}`, 'data-upstream': name },
     h('div', { class: 'panel-head up-head' },
       h('div', {},
         h('h2', { id: `up-h-${id}` }, h('span', { class: 'muted small up-kind' }, 'Upstream'), ' ', name, ' ', badge),
         summary),
-      h('div', { class: 'up-chart', title: 'Requests per second, last 5 minutes' }, chart.el)),
+      h('div', { class: 'up-chart' }, chart.el, h('div', { class: 'chart-caption', 'aria-hidden': 'true' }, 'requests / s'))),
     h('div', { class: 'table-wrap' },
       h('table', { class: 'backends' },
         h('caption', { class: 'visually-hidden' }, `Backends of ${name}`),
@@ -82,7 +87,7 @@ function updateCard(card, u, t) {
     h('span', { class: healthy === backends.length ? 'ok' : healthy === 0 ? 'bad' : 'warn' }, `${healthy}/${backends.length} available`),
     h('span', {}, `${fmt.rate(r.rps)} req/s`),
     h('span', {}, `${fmt.percent(r.err)} errors`));
-  card.chart.update(totals.map((s) => ({ t: s.t, v: s.rps })), t);
+  card.chart.update(totals.map((s) => ({ t: s.t, v: s.rps })), t, live.chartWindow());
 
   const addresses = new Set();
   for (const b of backends) {
@@ -162,9 +167,9 @@ function updateRow(row, b, series, t) {
   setText(row.err.value, fmt.percent(r.err));
   setText(row.lat.value, fmt.ms(b.latency_ewma_ms));
   row.err.value.classList.toggle('bad', r.err >= 0.05);
-  row.rps.chart.update(series.map((s) => ({ t: s.t, v: s.rps })), t);
-  row.err.chart.update(series.map((s) => ({ t: s.t, v: s.err })), t);
-  row.lat.chart.update(series.filter((s) => s.lat > 0).map((s) => ({ t: s.t, v: s.lat })), t);
+  row.rps.chart.update(series.map((s) => ({ t: s.t, v: s.rps })), t, live.chartWindow());
+  row.err.chart.update(series.map((s) => ({ t: s.t, v: s.err })), t, live.chartWindow());
+  row.lat.chart.update(series.filter((s) => s.lat > 0).map((s) => ({ t: s.t, v: s.lat })), t, live.chartWindow());
   const draining = Boolean(b.draining);
   setText(row.drain, draining ? 'Undrain' : 'Drain');
   row.drain.setAttribute('aria-label', `${draining ? 'Undrain' : 'Drain'} ${row.address}`);

@@ -40,8 +40,8 @@ export function createChart(opts) {
     preserveAspectRatio: 'none',
   }, children);
 
-  function update(points, now) {
-    const win = opts.window || 300;
+  function update(points, now, window) {
+    const win = window || opts.window || 300;
     const visible = points.filter((p) => now - p.t <= win && Number.isFinite(p.v));
     const peak = visible.reduce((m, p) => Math.max(m, p.v), 0);
     const top = Math.max(opts.floor || 1, peak * 1.15);
@@ -67,13 +67,15 @@ export function createChart(opts) {
     line.setAttribute('d', dLine || 'M0,0');
     area.setAttribute('d', dArea || 'M0,0');
     const last = visible[visible.length - 1];
+    dot.style.visibility = last ? 'visible' : 'hidden';
     if (last) {
       dot.setAttribute('cx', x(last.t).toFixed(1));
       dot.setAttribute('cy', y(last.v).toFixed(1));
     }
     const fmt = opts.format || String;
     if (maxLabel) maxLabel.textContent = `${fmt(top)}`;
-    const text = `${opts.label || 'value'}, last ${Math.round(win / 60)} minutes: now ${last ? fmt(last.v) : 'no data'}, peak ${fmt(peak)}`;
+    const span = win < 90 ? `${Math.round(win)} seconds` : `${Math.round(win / 60)} minutes`;
+    const text = `${opts.label || 'value'}, last ${span}: now ${last ? fmt(last.v) : 'no data'}, peak ${fmt(peak)}`;
     title.textContent = text;
     el.setAttribute('aria-label', text);
   }

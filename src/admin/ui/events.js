@@ -26,7 +26,7 @@ export function eventItem(e) {
     h('span', { class: 'where' },
       e.upstream ? h('span', { class: 'strong' }, e.upstream) : null,
       e.backend ? h('code', {}, e.backend) : null),
-    h('span', { class: 'detail' }, e.detail));
+    h('span', { class: 'detail' }, String(e.detail).replaceAll('->', '→')));
 }
 
 let wired = false;

@@ -24,6 +24,8 @@ export const live = {
   series(upstream, address) { return backendSeries.get(key(upstream, address)) || []; },
   /** Samples summed over an upstream (or every upstream with name null). */
   totals(upstream) { return totalSeries.get(upstream ?? '') || []; },
+  /** The charts' time span: grows with the data from one minute up to WINDOW. */
+  chartWindow() { return Math.min(WINDOW, Math.max(60, now() - startedAt)); },
   /** req/s and error rate over the last `seconds`, for steadier numbers than one sample. */
   recent(samples, seconds = 5) { return windowed(samples, seconds); },
   /** Ask for fresh state now (after an action) instead of waiting for the next sample. */
@@ -36,6 +38,7 @@ const backendSeries = new Map();
 const totalSeries = new Map();
 const key = (u, a) => `${u}\u0000${a}`;
 const now = () => performance.now() / 1000;
+const startedAt = now();
 
 function emit(kind, value) {
   for (const fn of listeners[kind]) {
@@ -93,8 +96,9 @@ function ingest(snapshot) {
 
 function push(series, t, req, fail, lat, active) {
   const prev = series[series.length - 1];
-  let rps = 0;
-  let err = 0;
+  // The first sample has nothing to compare with: no rate yet (NaN is left out of the charts).
+  let rps = NaN;
+  let err = NaN;
   if (prev) {
     const dt = Math.max(0.001, t - prev.t);
     // A counter that went down belongs to a backend that was removed and added again.
@@ -154,7 +158,7 @@ export async function start() {
 function connect() {
   if (source) source.close();
   const token = getToken();
-  const url = `/api/v1/events${token ? `?token=${encodeURIComponent(token)}` : ''}`;
+  const url = `/api/v1/events${token ? `?token=${queryToken(token)}` : ''}`;
   source = new EventSource(url);
   source.onopen = () => { retryDelay = 1000; };
   source.addEventListener('stats', (e) => {
@@ -182,6 +186,15 @@ function connect() {
       connect();
     }, retryDelay);
   };
+}
+
+/**
+ * The token as it goes into the query string. The server compares the raw query value, so a
+ * token made of characters that are legal in a query as they are (letters, digits, base64's
+ * + / =, and the like) is sent unencoded; anything else has to be percent-encoded.
+ */
+function queryToken(token) {
+  return /^[A-Za-z0-9\-._~+/=!$'()*,;:@]*$/.test(token) ? token : encodeURIComponent(token);
 }
 
 /** Called after a new token was entered: the stream needs it in its URL. */

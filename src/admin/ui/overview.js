@@ -20,7 +20,11 @@ function createSummary() {
   const rps = card('Requests / s', createChart({ width: 240, height: 44, kind: 'rps', floor: 1, format: fmt.rate, label: 'Requests per second', grid: true }));
   const err = card('Error rate', createChart({ width: 240, height: 44, kind: 'err', floor: 0.05, format: fmt.percent, label: 'Error rate', grid: true }));
   const backends = card('Backends available');
+  backends.bar = h('div', { class: 'health-bar', 'aria-hidden': 'true' });
+  backends.legend = h('div', { class: 'legend' });
+  backends.el.append(backends.bar, backends.legend);
   const config = card('Configuration');
+  config.el.append(h('a', { class: 'stat-link', href: '#/config' }, 'Edit configuration →'));
   fill($('#summary'), rps.el, err.el, backends.el, config.el);
   return { rps, err, backends, config };
 }
@@ -32,26 +36,46 @@ export function renderStats(snapshot, server) {
   const r = live.recent(totals);
   setText(summary.rps.value, fmt.rate(r.rps));
   setText(summary.rps.note, `${fmt.count(totals.length ? totals[totals.length - 1].active : 0)} in flight`);
-  summary.rps.chart.update(totals.map((s) => ({ t: s.t, v: s.rps })), t);
+  summary.rps.chart.update(totals.map((s) => ({ t: s.t, v: s.rps })), t, live.chartWindow());
   setText(summary.err.value, fmt.percent(r.err));
   setText(summary.err.note, 'failures / requests, last 5 s');
   summary.err.value.classList.toggle('bad', r.err >= 0.05);
-  summary.err.chart.update(totals.map((s) => ({ t: s.t, v: s.err })), t);
+  summary.err.chart.update(totals.map((s) => ({ t: s.t, v: s.err })), t, live.chartWindow());
 
   const all = (snapshot.upstreams || []).flatMap((u) => u.backends || []);
   const up = all.filter((b) => b.health !== 'unhealthy' && !b.ejected && b.circuit !== 'open').length;
   setText(summary.backends.value, `${up} / ${all.length}`);
   summary.backends.value.className = `stat-value ${up === all.length ? 'ok' : up === 0 ? 'bad' : 'warn'}`;
-  const draining = all.filter((b) => b.draining).length;
-  const open = all.filter((b) => b.circuit !== 'closed').length;
   const n = (snapshot.upstreams || []).length;
+  const open = all.filter((b) => b.circuit !== 'closed').length;
   setText(summary.backends.note,
-    [`${n} upstream${n === 1 ? '' : 's'}`, draining ? `${draining} draining` : '', open ? `${open} circuit${open === 1 ? '' : 's'} not closed` : '']
+    [`${n} upstream${n === 1 ? '' : 's'}`, open ? `${open} circuit${open === 1 ? '' : 's'} not closed` : '']
       .filter(Boolean).join(' · '));
+  renderHealthBar(summary.backends, all);
   setText(summary.config.value, `v${snapshot.config_version}`);
   setText(summary.config.note, server ? `Switchyard ${server.version} · up ${fmt.duration(server.uptime)}` : '');
 
   renderUpstreams($('#upstreams'), snapshot);
+}
+
+/** One segment per state, proportional to how many backends are in it. */
+function renderHealthBar(card, all) {
+  const down = (b) => b.health === 'unhealthy' || b.ejected || b.circuit === 'open';
+  const groups = [
+    ['ok', 'healthy', all.filter((b) => !down(b) && !b.draining && b.health === 'healthy').length],
+    ['unknown', 'unchecked', all.filter((b) => !down(b) && !b.draining && b.health !== 'healthy').length],
+    ['warn', 'draining', all.filter((b) => !down(b) && b.draining).length],
+    ['bad', 'down', all.filter(down).length],
+  ].filter((g) => g[2] > 0);
+  const key = groups.map((g) => g.join(':')).join(',');
+  if (card.bar.dataset.key === key) return;
+  card.bar.dataset.key = key;
+  fill(card.bar, groups.map(([cls, , count]) => {
+    const seg = h('span', { class: `seg-${cls}` });
+    seg.style.flexGrow = String(count);
+    return seg;
+  }));
+  fill(card.legend, groups.map(([cls, label, count]) => h('span', {}, h('i', { class: `seg-${cls}` }), `${count} ${label}`)));
 }
 
 /** Listeners and routes come from the configuration, not the live stats. */
