@@ -15,4 +15,5 @@ mod observe;
 mod pki;
 mod resilience;
 mod tls;
+mod ui;
 mod websocket;
