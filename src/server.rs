@@ -145,6 +145,16 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     };
     {
         let _enter = control.enter();
+        if let Some(exporter) = shared
+            .current()
+            .config
+            .log
+            .otlp_endpoint
+            .as_deref()
+            .and_then(crate::observe::otlp::Exporter::start)
+        {
+            let _ = shared.otlp.set(Arc::new(exporter));
+        }
         crate::upstream::health::spawn_checker(shared.clone(), stop_rx.clone());
         crate::admin::watch_config_file(shared.clone());
         listener::tls::spawn_reloader(tls_listeners, shared.clone(), stop_rx.clone());

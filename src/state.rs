@@ -111,6 +111,8 @@ pub struct Shared {
     written: Mutex<Option<String>>,
     /// The access log, when `log.access` is not "off" (set at start; changes need a restart).
     pub access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
+    /// OTLP span exporter, when `log.otlp_endpoint` is set (set once at start).
+    pub otlp: std::sync::OnceLock<Arc<crate::observe::otlp::Exporter>>,
 }
 
 /// An accepted change.
@@ -166,6 +168,7 @@ impl Shared {
             apply_lock: Mutex::new(()),
             written: Mutex::new(None),
             access_log,
+            otlp: std::sync::OnceLock::new(),
         }
     }
 

@@ -312,4 +312,8 @@ pub struct LogConfig {
     pub access_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
+    /// OTLP/HTTP collector base URL (e.g. `http://127.0.0.1:4318`): export a span per request
+    /// and per upstream attempt. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }

@@ -179,6 +179,17 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
             ));
         }
     }
+    if let Some(ep) = &cfg.log.otlp_endpoint {
+        let ok = ep
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        if !ok {
+            p.push(Problem::new(
+                "log.otlp_endpoint",
+                format!("{ep:?} is not an http:// URL of an OTLP/HTTP collector"),
+            ));
+        }
+    }
     if let Some(level) = &cfg.log.level {
         if tracing_subscriber::EnvFilter::try_new(level).is_err() {
             p.push(Problem::new(

@@ -178,11 +178,29 @@ pub(super) async fn forward(
         };
         let (Some(p), Some(b)) = (p, b) else { break };
         let mut req = Request::from_parts(p, b);
+        // With tracing on, this attempt is a child span and the backend continues from it.
+        let attempt_span = trace.otel.as_ref().map(|(ctx, _)| {
+            let id = crate::observe::otlp::random_span_id();
+            if let Ok(v) = http::HeaderValue::try_from(ctx.header_for(id)) {
+                req.headers_mut().insert("traceparent", v);
+            }
+            (id, std::time::SystemTime::now())
+        });
 
         let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
         let try_deadline = deadline.min(Instant::now() + per_try);
         let started = Instant::now();
         let result = send(up, backend, &mut req, try_deadline, trace).await;
+        if let (Some((id, start)), Some((ctx, Some(exporter)))) = (attempt_span, &trace.otel) {
+            exporter.record(attempt_span_of(
+                *ctx,
+                id,
+                start,
+                &backend.address,
+                attempt,
+                &result,
+            ));
+        }
         let err = match result {
             Ok((resp, tx)) => {
                 let status = resp.status();
@@ -249,6 +267,42 @@ pub(super) async fn forward(
         }
     }
     error_response(last_err)
+}
+
+fn attempt_span_of<T>(
+    ctx: crate::observe::otlp::TraceCtx,
+    id: [u8; 8],
+    start: std::time::SystemTime,
+    backend: &str,
+    attempt: u32,
+    result: &Result<(Response<Incoming>, T), ProxyError>,
+) -> crate::observe::otlp::Span {
+    use serde_json::json;
+    let mut attrs = vec![
+        ("server.address", json!(backend)),
+        ("switchyard.attempt", json!(attempt + 1)),
+    ];
+    let error = match result {
+        Ok((r, _)) => {
+            attrs.push(("http.response.status_code", json!(r.status().as_u16())));
+            r.status().is_server_error()
+        }
+        Err(e) => {
+            attrs.push(("error.type", json!(e.reason())));
+            true
+        }
+    };
+    crate::observe::otlp::Span {
+        ctx,
+        span_id: id,
+        parent: Some(ctx.span_id),
+        name: "switchyard.upstream_attempt",
+        kind: 3,
+        start,
+        end: std::time::SystemTime::now(),
+        attrs,
+        error,
+    }
 }
 
 fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {

@@ -15,20 +15,19 @@ pub mod router;
 mod upgrade;
 
 use crate::error::ProxyError;
-use crate::observe::access_log::{rfc3339, Entry};
+use crate::observe::request::Observer;
 use crate::state::Shared;
 use crate::upstream::balancer::{hash_bytes, PickCtx};
 use crate::upstream::HashKey;
-use body::{BodyStats, OnDone, ReqBody, RespBody};
+use body::{BodyStats, ReqBody, RespBody};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 /// What the proxy learned while serving a request, for the access log.
 #[derive(Default)]
@@ -41,6 +40,11 @@ pub struct Trace {
     pub first_byte: Option<Duration>,
     pub body: Option<Arc<BodyStats>>,
     pub bytes_in: u64,
+    /// The server span and the exporter, when OTLP export is on.
+    pub otel: Option<(
+        crate::observe::otlp::TraceCtx,
+        Option<Arc<crate::observe::otlp::Exporter>>,
+    )>,
 }
 
 /// What the listener knows about the client connection.
@@ -90,118 +94,17 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<RespBody> {
     let mut trace = Trace::default();
-    let Some(log) = shared.access_log.clone() else {
+    let otlp = shared.otlp.get().cloned();
+    if shared.access_log.is_none() && otlp.is_none() {
         return serve(shared, conn, req, &mut trace).await;
-    };
-    let started = Instant::now();
-    let header_str = |n: header::HeaderName| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let mut entry = Entry {
-        time: rfc3339(SystemTime::now()),
-        client: conn.client.to_string(),
-        method: req.method().to_string(),
-        host: header_str(header::HOST)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
-        protocol: match req.version() {
-            Version::HTTP_2 => "HTTP/2.0",
-            Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        },
-        user_agent: header_str(header::USER_AGENT),
-        referer: header_str(header::REFERER),
-        tls_version: conn.tls_version,
-        tls_client: conn.tls_client.clone(),
-        ..Entry::default()
-    };
+    }
+    let observer = Observer::begin(shared.access_log.clone(), otlp, conn, &req);
+    trace.otel = observer
+        .trace_ctx()
+        .map(|c| (c, shared.otlp.get().cloned()));
     let mut resp = serve(shared, conn, req, &mut trace).await;
-    entry.status = resp.status().as_u16();
-    entry.request_id = resp
-        .headers()
-        .get(headers::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    entry.error = resp
-        .headers()
-        .get(X_SWITCHYARD_ERROR)
-        .and_then(|v| crate::error::reason_from_header(v.as_bytes()));
-    entry.attempts = trace.attempts;
-    entry.upstream_connect_ms = trace.connect.map(|d| d.as_secs_f64() * 1e3);
-    entry.upstream_first_byte_ms = trace.first_byte.map(|d| d.as_secs_f64() * 1e3);
-    if let Some(up) = &trace.upstream {
-        entry.upstream = Some(up.name.clone());
-        entry.backend = trace
-            .backend
-            .and_then(|i| up.backends.get(i))
-            .map(|b| b.address.clone());
-    }
-    let logger = LogOnDone {
-        entry,
-        log,
-        started,
-        sent: 0,
-        inner: None,
-        trace_body: trace.body.take(),
-        bytes_in: trace.bytes_in,
-    };
-    match resp.body_mut() {
-        RespBody::Stream { guard, .. } => {
-            let mut logger = Box::new(logger);
-            logger.inner = guard.take();
-            *guard = Some(logger);
-        }
-        RespBody::Full(b) => {
-            let mut logger = Box::new(logger);
-            logger.sent = b.as_ref().map_or(0, |b| b.len() as u64);
-            logger.done(true);
-        }
-    }
+    observer.attach(&mut resp, trace);
     resp
-}
-
-/// Writes the access-log line when the response body is done, then runs the inner guard.
-struct LogOnDone {
-    entry: Entry,
-    log: Arc<crate::observe::access_log::AccessLog>,
-    started: Instant,
-    sent: u64,
-    inner: Option<Box<dyn OnDone>>,
-    trace_body: Option<Arc<BodyStats>>,
-    bytes_in: u64,
-}
-
-impl OnDone for LogOnDone {
-    fn on_data(&mut self, n: usize) {
-        self.sent += n as u64;
-        if let Some(i) = self.inner.as_mut() {
-            i.on_data(n);
-        }
-    }
-    fn done(mut self: Box<Self>, complete: bool) {
-        if let Some(i) = self.inner.take() {
-            i.done(complete);
-        }
-        let mut e = std::mem::take(&mut self.entry);
-        e.bytes_out = self.sent;
-        e.bytes_in = self
-            .trace_body
-            .as_ref()
-            .map_or(self.bytes_in, |s| s.bytes.load(Relaxed));
-        e.duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        if !complete && e.error.is_none() {
-            e.error = Some("downstream_closed");
-        }
-        self.log.log(&e);
-    }
 }
 
 /// Serves one request: checks, route, forward, response headers.

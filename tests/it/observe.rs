@@ -141,3 +141,93 @@ fn traceparent_reaches_the_backend_unchanged() {
     assert_eq!(v["headers"]["traceparent"], tp);
     assert_eq!(v["headers"]["tracestate"], "a=1");
 }
+
+#[test]
+fn otlp_spans_reach_a_collector_and_the_backend_continues_the_trace() {
+    use std::sync::{Arc, Mutex};
+    // An in-test OTLP/HTTP collector: records every POSTed JSON body.
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let be = backends(1);
+    let sink = got.clone();
+    let collector = be.rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let sink = sink.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                assert_eq!(req.uri().path(), "/v1/traces");
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                sink.lock()
+                                    .unwrap()
+                                    .push(serde_json::from_slice(&body).unwrap());
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    });
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"off\"\notlp_endpoint = \"http://{collector}\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{}]\n",
+        be.list()
+    ));
+    let tid = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let v: serde_json::Value = client()
+        .get(lb.url("/traced"))
+        .header("traceparent", format!("00-{tid}-00f067aa0ba902b7-01"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let seen = v["headers"]["traceparent"].as_str().unwrap().to_string();
+    assert!(
+        seen.starts_with(&format!("00-{tid}-")),
+        "backend continues the client's trace: {seen}"
+    );
+    let backend_parent = seen.split('-').nth(2).unwrap().to_string();
+    let mut spans = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        spans = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        spans.len() >= 2
+    }));
+    let server = spans
+        .iter()
+        .find(|s| s["name"] == "switchyard.request")
+        .expect("server span");
+    let attempt = spans
+        .iter()
+        .find(|s| s["name"] == "switchyard.upstream_attempt")
+        .expect("attempt span");
+    assert_eq!(server["traceId"], tid);
+    assert_eq!(server["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(attempt["parentSpanId"], server["spanId"]);
+    assert_eq!(
+        attempt["spanId"],
+        backend_parent.as_str(),
+        "the backend's parent is the attempt span"
+    );
+}

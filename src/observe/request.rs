@@ -1,0 +1,182 @@
+//! Per-request observation: the access-log line and the OTLP server span, both finished when
+//! the response body is done (so bytes out and duration are true), through the body's
+//! [`OnDone`] guard. Only built when the access log or tracing is on; otherwise the request path
+//! does none of this work.
+
+use super::access_log::{rfc3339, AccessLog, Entry};
+use super::otlp::{Exporter, Span, TraceCtx};
+use crate::proxy::body::{OnDone, RespBody};
+use crate::proxy::{headers, ConnInfo, Trace, X_SWITCHYARD_ERROR};
+use http::{header, Request, Response, Version};
+use serde_json::json;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub struct Observer {
+    entry: Entry,
+    log: Option<Arc<AccessLog>>,
+    otlp: Option<Arc<Exporter>>,
+    ctx: Option<TraceCtx>,
+    started: Instant,
+    started_at: SystemTime,
+    sent: u64,
+    inner: Option<Box<dyn OnDone>>,
+    trace: Trace,
+}
+
+impl Observer {
+    pub fn begin<B>(
+        log: Option<Arc<AccessLog>>,
+        otlp: Option<Arc<Exporter>>,
+        conn: &ConnInfo,
+        req: &Request<B>,
+    ) -> Observer {
+        let h = |n: header::HeaderName| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let started_at = SystemTime::now();
+        let ctx = otlp.as_ref().map(|_| {
+            TraceCtx::from_traceparent(
+                req.headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok()),
+            )
+        });
+        let entry = Entry {
+            time: rfc3339(started_at),
+            client: conn.client.to_string(),
+            method: req.method().to_string(),
+            host: h(header::HOST)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            user_agent: h(header::USER_AGENT),
+            referer: h(header::REFERER),
+            tls_version: conn.tls_version,
+            tls_client: conn.tls_client.clone(),
+            ..Entry::default()
+        };
+        Observer {
+            entry,
+            log,
+            otlp,
+            ctx,
+            started: Instant::now(),
+            started_at,
+            sent: 0,
+            inner: None,
+            trace: Trace::default(),
+        }
+    }
+
+    /// The server span's context, for the upstream attempts' child spans.
+    pub fn trace_ctx(&self) -> Option<TraceCtx> {
+        self.ctx
+    }
+
+    /// Takes what the proxy learned and hooks the observer to the end of the response body.
+    pub fn attach(mut self, resp: &mut Response<RespBody>, trace: Trace) {
+        let e = &mut self.entry;
+        e.status = resp.status().as_u16();
+        e.request_id = resp
+            .headers()
+            .get(headers::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        e.error = resp
+            .headers()
+            .get(X_SWITCHYARD_ERROR)
+            .and_then(|v| crate::error::reason_from_header(v.as_bytes()));
+        e.attempts = trace.attempts;
+        e.upstream_connect_ms = trace.connect.map(|d| d.as_secs_f64() * 1e3);
+        e.upstream_first_byte_ms = trace.first_byte.map(|d| d.as_secs_f64() * 1e3);
+        if let Some(up) = &trace.upstream {
+            e.upstream = Some(up.name.clone());
+            e.backend = trace
+                .backend
+                .and_then(|i| up.backends.get(i))
+                .map(|b| b.address.clone());
+        }
+        self.trace = trace;
+        let mut me = Box::new(self);
+        match resp.body_mut() {
+            RespBody::Stream { guard, .. } => {
+                me.inner = guard.take();
+                *guard = Some(me);
+            }
+            RespBody::Full(b) => {
+                me.sent = b.as_ref().map_or(0, |b| b.len() as u64);
+                me.done(true);
+            }
+        }
+    }
+}
+
+impl OnDone for Observer {
+    fn on_data(&mut self, n: usize) {
+        self.sent += n as u64;
+        if let Some(i) = self.inner.as_mut() {
+            i.on_data(n);
+        }
+    }
+
+    fn done(mut self: Box<Self>, complete: bool) {
+        if let Some(i) = self.inner.take() {
+            i.done(complete);
+        }
+        let mut e = std::mem::take(&mut self.entry);
+        e.bytes_out = self.sent;
+        e.bytes_in = self
+            .trace
+            .body
+            .as_ref()
+            .map_or(self.trace.bytes_in, |s| s.bytes.load(Relaxed));
+        e.duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        if !complete && e.error.is_none() {
+            e.error = Some("downstream_closed");
+        }
+        if let (Some(otlp), Some(ctx)) = (&self.otlp, self.ctx) {
+            let mut attrs = vec![
+                ("http.request.method", json!(e.method)),
+                ("url.path", json!(e.path)),
+                ("server.address", json!(e.host)),
+                ("client.address", json!(e.client)),
+                ("http.response.status_code", json!(e.status)),
+                ("switchyard.request_id", json!(e.request_id)),
+            ];
+            if let Some(u) = &e.upstream {
+                attrs.push(("switchyard.upstream", json!(u)));
+            }
+            if let Some(r) = e.error {
+                attrs.push(("error.type", json!(r)));
+            }
+            otlp.record(Span {
+                ctx,
+                span_id: ctx.span_id,
+                parent: ctx.parent,
+                name: "switchyard.request",
+                kind: 2,
+                start: self.started_at,
+                end: SystemTime::now(),
+                attrs,
+                error: e.status >= 500,
+            });
+        }
+        if let Some(log) = &self.log {
+            log.log(&e);
+        }
+    }
+}
