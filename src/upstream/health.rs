@@ -83,10 +83,9 @@ pub fn spawn_checker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     keep
                 });
                 for (key, (policy, state)) in wanted {
-                    if !running.contains_key(&key) {
-                        let task = tokio::spawn(check_loop(policy.clone(), state));
-                        running.insert(key, (policy, task));
-                    }
+                    running
+                        .entry(key)
+                        .or_insert_with(|| (policy.clone(), tokio::spawn(check_loop(policy, state))));
                 }
             }
             tokio::select! {
