@@ -44,6 +44,30 @@ pub enum Mode {
     },
 }
 
+thread_local! {
+    /// Upgraded (WebSocket) tunnels open on this worker. hyper hands an upgraded connection over
+    /// and forgets it, so shutdown counts tunnels here to give them the grace period too, as
+    /// HAProxy's soft-stop does, rather than cutting them at once. A tunnel's task runs on the
+    /// worker's single-threaded runtime, so the count is per worker thread.
+    static OPEN_TUNNELS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts an upgraded tunnel on the current worker while it lives.
+pub struct Tunnel(());
+
+impl Tunnel {
+    pub fn open() -> Tunnel {
+        OPEN_TUNNELS.with(|n| n.set(n.get() + 1));
+        Tunnel(())
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        OPEN_TUNNELS.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
 /// One bound listener: its configured address, the concrete one, and per-worker sockets.
 pub struct Bound {
     pub addr: SocketAddr,
@@ -248,13 +272,23 @@ pub fn run_worker(
             let notified = tracker.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if tracker.open.load(Relaxed) == 0 {
+            let tunnels = OPEN_TUNNELS.with(|n| n.get());
+            if tracker.open.load(Relaxed) == 0 && tunnels == 0 {
                 break;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Tunnels have no close to wait on here; look again every 100 ms.
+            let wake = async {
+                if tunnels == 0 {
+                    notified.await
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+            };
+            if tokio::time::timeout_at(deadline, wake).await.is_err() {
                 tracing::warn!(
                     worker = index,
                     open = tracker.open.load(Relaxed),
+                    tunnels = OPEN_TUNNELS.with(|n| n.get()),
                     "grace period over; closing connections"
                 );
                 break;

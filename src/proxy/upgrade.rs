@@ -7,9 +7,10 @@
 //! Once both sides have switched, the two connections are taken over from hyper and bytes are
 //! copied both ways until either side closes or nothing moves for the upstream's idle timeout.
 //! The request stays counted as active on its backend while the tunnel is open, so
-//! least_connections sees long-lived WebSockets.
+//! least_connections sees long-lived WebSockets; at shutdown open tunnels get the grace period.
 
 use super::body::RespBody;
+use crate::listener::Tunnel;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -105,6 +106,7 @@ pub fn splice(client: ClientUpgrade, resp: &mut Response<RespBody>, idle: Durati
         let (Ok(c), Ok(b)) = tokio::join!(client.on, backend) else {
             return;
         };
+        let _open = Tunnel::open();
         pump(TokioIo::new(c), TokioIo::new(b), idle).await;
         if let Some(g) = guard {
             g.done(false);

@@ -98,6 +98,37 @@ fn websocket_tunnel_counts_as_an_active_request_until_closed() {
     assert!(eventually(Duration::from_secs(5), || active() == 0));
 }
 
+#[test]
+fn open_websockets_get_the_grace_period_at_shutdown() {
+    let be = backends(1);
+    let mut lb = start(&config(&format!("backends = [{}]", be.list())));
+    let mut ws = be.rt.block_on(ws_h1(lb.addr));
+    let running = lb.running.take().unwrap();
+    let stopping = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        running.shutdown();
+        t.elapsed()
+    });
+    be.rt.block_on(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ws.send(Message::Text("still here".into())).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        assert_eq!(
+            got.unwrap().unwrap().unwrap(),
+            Message::Text("still here".into()),
+            "the tunnel works while the server drains"
+        );
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+    });
+    let took = stopping.join().unwrap();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(8),
+        "shutdown waited for the tunnel, then ended when it closed: {took:?}"
+    );
+}
+
 /// An HTTP/2 stream as a byte stream, for a WebSocket over extended CONNECT.
 struct H2Io {
     send: h2::SendStream<Bytes>,
