@@ -191,6 +191,7 @@ try {
 
   // Let the charts gather some history, then take the overview at desktop and phone widths.
   await page.waitForTimeout(Number(process.env.UI_CHART_SECONDS || 25) * 1000);
+  await page.mouse.move(0, 0); // no hover highlight in the picture
   await page.screenshot({ path: join(shotDir, 'ui-overview.png'), fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
   // The backends as cards, just below the sticky header.
@@ -240,7 +241,7 @@ try {
   const invalidEdit = current.replace(/(address = "[^"]+")/, '$1\nweight = 20000');
   await editor.fill(invalidEdit);
   await page.locator('#validation[data-state="invalid"]').waitFor();
-  const shown = await validation.textContent();
+  const shown = await validation.innerText();
   if (!/weight/.test(shown) || !/10000/.test(shown)) throw new Error(`validation shows: ${shown}`);
   if (!(await page.getByRole('button', { name: 'Apply changes' }).isDisabled())) throw new Error('Apply is enabled for an invalid configuration');
   await editor.press('Control+s'); // the editor's apply shortcut must not apply an invalid edit
