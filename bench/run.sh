@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-B]
+# usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-w MINUTES] [-B] [-j]
 #   -d SECONDS   measured time of each load run (default 10; each is preceded by a 2 s warm-up)
 #   -s LIST      comma-separated scenarios (default a,b,c,d,e,f,g):
 #                  a  HTTP/1.1 keep-alive, 64 connections        (wrk)
@@ -11,7 +11,11 @@
 #                  g  apply a change to an upstream of 10,000 backends: library timing
 #                     (cargo bench --bench apply) and live, through the admin API, under wrk load
 #                  p  criterion microbenchmark of every balancer's pick (cargo bench --bench balancers)
+#   -w MINUTES   before each scenario, wait up to MINUTES for the machine to be quiet (other
+#                processes using < 10% of the CPUs over 3 s); the busy figure is printed either way
 #   -B           do not run `cargo build --release` first
+#   -j           also run Switchyard with jemalloc preloaded (LD_PRELOAD of Debian's libjemalloc2):
+#                an experiment for the allocator recommendation in BENCHMARKS.md, not a default
 #
 # Side-by-side on loopback, as ../shared/peerbench/run.sh: the three nginx origins and the load
 # generator pinned to CPU 0, each proxy under test alone on CPU 1 with one worker. Prints one
@@ -21,11 +25,12 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-D=10; SCEN=a,b,c,d,e,f,g; BUILD=1
-while getopts d:s:Bh o; do
+D=10; SCEN=a,b,c,d,e,f,g; BUILD=1; JE=; WAIT=0
+while getopts d:s:w:Bjh o; do
   case $o in
-    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; B) BUILD=0 ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; B) BUILD=0 ;;
+    j) JE=$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -1); [ -n "$JE" ] || echo "no libjemalloc.so.2 (apt-get install libjemalloc2); -j ignored" >&2 ;;
+    *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 W=/tmp/switchyard-bench
@@ -52,12 +57,23 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 wait_port() { local i; for i in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-cpu_ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+cpu_ticks() { # "utime stime" in clock ticks, summed over pids
+  local u=0 s=0 p a b; for p in "$@"; do [ -r "/proc/$p/stat" ] && read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat") && u=$((u + a)) && s=$((s + b)); done; echo "$u $s"; }
+# cpu_per_req "U0 S0" "U1 S1" REQUESTS: prints "total usr+sys" in microseconds per request
+cpu_per_req() { awk -v a="$1" -v b="$2" -v hz="$HZ" -v n="${3:-0}" 'BEGIN{ split(a, x, " "); split(b, y, " ");
+  if (n <= 0) { print "- -"; exit } u=(y[1]-x[1])/hz*1e6/n; s=(y[2]-x[2])/hz*1e6/n; printf "%.2f %.1f+%.1f", u+s, u, s }'; }
 mem_kib() { # sum of a /proc/PID/status field (VmRSS, VmHWM) over pids
   local f=$1 s=0 p r; shift
   for p in "$@"; do r=$(awk -v f="$f:" '$1==f{print $2}' "/proc/$p/status" 2>/dev/null); s=$((s + ${r:-0})); done; echo $s; }
 mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
-load() { echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"; }
+busy() { # % of all CPUs busy over 3 s (nothing of ours runs while this samples)
+  local a b; a=$(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); sleep 3
+  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN{ split(a, x, " "); split(b, y, " "); d=(y[1]-x[1])+(y[2]-x[2]); printf "%.0f", d>0 ? 100*(y[1]-x[1])/d : 0 }'; }
+load() { # waits for a quiet machine (-w), then says how quiet it is
+  local b t0=$SECONDS; b=$(busy)
+  while [ "$b" -ge 10 ] && [ $((SECONDS - t0)) -lt $((WAIT * 60)) ]; do sleep 10; b=$(busy); done
+  echo "# machine before this: ${b}% CPU busy (other processes), load average $(cut -d' ' -f1-3 /proc/loadavg)$([ $((SECONDS - t0)) -gt 5 ] && echo ", after waiting $((SECONDS - t0)) s")"; }
 to_ms() { awk -v v="$1" 'BEGIN{ if (v=="") {print "-"; exit} n=v+0; u=v; sub(/^[0-9.]+/,"",u);
   if (u=="us") n/=1000; else if (u=="s") n*=1000; else if (u=="m") n*=60000; printf "%.3f", n }'; }
 
@@ -80,11 +96,12 @@ wait_port 9001 && wait_port 9002 && wait_port 9003 || { echo "origins failed: $(
 
 # name h1-port h2-port command (the proxies under test; those not installed are left out)
 PROXIES=("switchyard 8083 8083 $SY run --config $here/switchyard.toml")
+[ -n "$JE" ] && PROXIES+=("sy+jemalloc 8083 8083 env LD_PRELOAD=$JE $SY run --config $here/switchyard.toml")
 command -v haproxy >/dev/null && PROXIES+=("haproxy 8081 8091 haproxy -f $here/haproxy.cfg -db")
 PROXIES+=("nginx 8082 8092 nginx -c $here/nginx-proxy.conf -p $W/")
 
-HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB; }
-ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s\n" "$@"; }
+HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB usr+sys_us; }
+ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" "$@"; }
 
 # wrk_row NAME PORT CONNS [wrk args...]: warm-up, then the measured run; PIDS = tree to account
 wrk_row() {
@@ -97,11 +114,11 @@ wrk_row() {
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out"); reqs=$(awk '/requests in/{print $1}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")"); p99=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
   errs=$(awk '/Non-2xx/{s+=$NF} /Socket errors/{gsub(/,/,""); s+=$4+$6+$8+$10} END{print s+0}' <<<"$out")
-  if [ "$PIDS" = - ]; then cpu=-; rss=-; else
-    cpu=$(awk -v t=$((t1-t0)) -v hz="$HZ" -v n="${reqs:-0}" 'BEGIN{ if (n>0) printf "%.2f", t/hz*1e6/n; else print "-" }')
+  if [ "$PIDS" = - ]; then cpu="- -"; rss=-; else
+    cpu=$(cpu_per_req "$t0" "$t1" "$reqs")
     rss=$(mib "$(mem_kib VmHWM $PIDS)")
   fi
-  ROW "$name" "${rps:--}" "$p50" "$p99" "$errs" "$cpu" "$rss"
+  ROW "$name" "${rps:--}" "$p50" "$p99" "$errs" ${cpu% *} "$rss" ${cpu#* }
 }
 
 # h2_row NAME PORT: h2load warm-up, then measured run with a per-request log for percentiles
@@ -120,9 +137,9 @@ h2_row() {
   lat=$(cut -f3 "$W/h2-$name.log" | sort -n | awk '{v[NR]=$1} END{ if (NR==0) {print "- -"; exit}
         printf "%.3f %.3f", v[int(NR*0.5)+1]/1000, v[int(NR*0.99)+1]/1000 }')
   rm -f "$W/h2-$name.log"
-  cpu=$(awk -v t=$((t1-t0)) -v hz="$HZ" -v n="${done_:-0}" 'BEGIN{ if (n>0) printf "%.2f", t/hz*1e6/n; else print "-" }')
+  cpu=$(cpu_per_req "$t0" "$t1" "$done_")
   rss=$(mib "$(mem_kib VmHWM $PIDS)")
-  ROW "$name" "${rps:--}" ${lat% *} ${lat#* } "$errs" "$cpu" "$rss"
+  ROW "$name" "${rps:--}" ${lat% *} ${lat#* } "$errs" ${cpu% *} "$rss" ${cpu#* }
 }
 
 # with_proxy "SPEC" FN ARGS...: starts the proxy of SPEC pinned to CPU 1, runs FN, stops it
@@ -186,7 +203,9 @@ mem_row() { # name port: idle RSS after 3 s, then 10,000 idle keep-alive connect
 if has f; then
   echo; echo "== (f) memory: RSS idle (3 s after start), then holding 10,000 idle keep-alive client connections (bench/idle_conns.py)"; load
   printf "%-16s %12s %10s %10s %14s %12s %14s\n" proxy idle_RSS_MiB conns_ok conn_errs RSS_10k_MiB peak_MiB KiB_per_conn
-  MEM=("switchyard-demo 8086 8086 $SY run --config $here/switchyard-demo.toml" "${PROXIES[@]:1}")
+  MEM=("switchyard-demo 8086 8086 $SY run --config $here/switchyard-demo.toml")
+  [ -n "$JE" ] && MEM+=("sy-demo+jemalloc 8086 8086 env LD_PRELOAD=$JE $SY run --config $here/switchyard-demo.toml")
+  for s in "${PROXIES[@]:1}"; do case $s in sy+*) ;; *) MEM+=("$s") ;; esac; done
   for s in "${MEM[@]}"; do with_proxy "$s" mem_row; done
 fi
 
@@ -251,8 +270,8 @@ PY
     errs=$(awk '/Non-2xx/{s+=$NF} /Socket errors/{gsub(/,/,""); s+=$4+$6+$8+$10} END{print s+0}' <<<"$out")
     p99=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
     printf "%-10s %10s %14s %14s %10s %10s %9s\n" changes http_200 api_p50_ms api_max_ms wrk_req/s wrk_errors p99_ms
-    awk -v rps="$rps" -v errs="$errs" -v p99="$p99" '{n++; if ($1==200) ok++; t[n]=$2*1000}
-      END{ asort(t); printf "%-10s %10s %14.1f %14.1f %10s %10s %9s\n", n, ok+0, t[int(n/2)+1], t[n], rps, errs, p99 }' "$W/api-times"
+    sort -k2 -n "$W/api-times" | awk -v rps="$rps" -v errs="$errs" -v p99="$p99" '{n++; if ($1==200) ok++; t[n]=$2*1000}
+      END{ printf "%-10s %10s %14.1f %14.1f %10s %10s %9s\n", n, ok+0, t[int(n/2)+1], t[n], rps, errs, p99 }'
     grep -q '^200' "$W/api-times" || echo "(update-config answered: $(head -1 "$W/api-times"); $(head -c 200 "$W/api-last"))"
     echo "(API time is the whole HTTP round trip: parse, validate, compile, swap, and the write-back of the 10,000-line config file with fsync)"
   else
@@ -260,4 +279,4 @@ PY
   fi
   stop "$BIG"
 fi
-echo; load
+echo; WAIT=0; load
