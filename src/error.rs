@@ -28,6 +28,20 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Every variant, for metrics and lookups.
+    pub const ALL: [ProxyError; 10] = [
+        ProxyError::NoRoute,
+        ProxyError::NoBackend,
+        ProxyError::Overloaded,
+        ProxyError::ConnectFailed,
+        ProxyError::ConnectTimeout,
+        ProxyError::UpstreamReset,
+        ProxyError::UpstreamTimeout,
+        ProxyError::BadRequestBody,
+        ProxyError::BodyTooLarge,
+        ProxyError::BadRequest,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -76,17 +90,8 @@ impl ProxyError {
 
 /// The `&'static` reason for an `x-switchyard-error` value, for the access log.
 pub fn reason_from_header(v: &[u8]) -> Option<&'static str> {
-    const ALL: [ProxyError; 10] = [
-        ProxyError::NoRoute,
-        ProxyError::NoBackend,
-        ProxyError::Overloaded,
-        ProxyError::ConnectFailed,
-        ProxyError::ConnectTimeout,
-        ProxyError::UpstreamReset,
-        ProxyError::UpstreamTimeout,
-        ProxyError::BadRequestBody,
-        ProxyError::BodyTooLarge,
-        ProxyError::BadRequest,
-    ];
-    ALL.iter().map(|e| e.reason()).find(|r| r.as_bytes() == v)
+    ProxyError::ALL
+        .iter()
+        .map(|e| e.reason())
+        .find(|r| r.as_bytes() == v)
 }

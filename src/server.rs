@@ -111,7 +111,8 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         .map_err(|e| StartError::Invalid(format!("cannot open access log: {e}")))?;
     let shared = Shared::with_access_log(cfg, opts.config_path.clone(), access_log);
     let (stop, stop_rx) = watch::channel(false);
-    let listeners = bound.iter().map(|b| b.addr).collect();
+    let listeners: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
+    let _ = shared.bound.set(listeners.clone());
 
     let mut per_worker: Vec<Vec<listener::WorkerSocket>> =
         (0..workers).map(|_| Vec::new()).collect();

@@ -113,6 +113,8 @@ pub struct Shared {
     pub access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
     /// OTLP span exporter, when `log.otlp_endpoint` is set (set once at start).
     pub otlp: std::sync::OnceLock<Arc<crate::observe::otlp::Exporter>>,
+    /// The concrete addresses the listeners are bound to (a configured port 0 shows its port).
+    pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
 }
 
 /// An accepted change.
@@ -169,6 +171,7 @@ impl Shared {
             written: Mutex::new(None),
             access_log,
             otlp: std::sync::OnceLock::new(),
+            bound: std::sync::OnceLock::new(),
         }
     }
 

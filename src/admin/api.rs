@@ -351,7 +351,12 @@ pub fn upstreams_json(shared: &Shared) -> Value {
         .config
         .listeners
         .iter()
-        .map(|l| json!({"name": l.name, "bind": l.bind, "tls": l.tls.is_some()}))
+        .enumerate()
+        .map(|(i, l)| {
+            // The concrete address when bound (port 0 shows its real port).
+            let bound = shared.bound.get().and_then(|b| b.get(i)).map(|a| a.to_string());
+            json!({"name": l.name, "bind": l.bind, "address": bound.unwrap_or_else(|| l.bind.clone()), "tls": l.tls.is_some()})
+        })
         .collect();
     json!({"config_version": snap.version, "upstreams": ups, "listeners": listeners, "routes": snap.config.routes})
 }

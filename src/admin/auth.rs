@@ -27,6 +27,30 @@ pub fn configured_token(shared: &Shared) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// Decodes `%XX` escapes and `+` (as browsers encode query strings).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -56,7 +80,7 @@ pub async fn require_token(
             req.uri()
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-                .map(str::to_string)
+                .map(percent_decode)
         })
         .flatten();
     match bearer.or(query) {
@@ -69,5 +93,13 @@ pub async fn require_token(
             ),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decodes_query_tokens() {
+        assert_eq!(super::percent_decode("a%2Bb%26c+d%zz"), "a+b&c d%zz");
     }
 }

@@ -68,7 +68,8 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
         let path = format!("listeners[{i}]");
         match l.bind.parse::<SocketAddr>() {
             Ok(a) => {
-                if !binds.insert(a) {
+                // Port 0 picks a fresh port for each listener, so it can repeat.
+                if a.port() != 0 && !binds.insert(a) {
                     p.push(Problem::new(
                         format!("{path}.bind"),
                         format!("{a} is bound by another listener"),

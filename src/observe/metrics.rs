@@ -8,7 +8,8 @@
 
 use crate::error::ProxyError;
 use crate::state::Shared;
-use crate::upstream::backend::{Health, LATENCY_BUCKETS_S};
+use crate::upstream::backend::{BackendState, Health, LATENCY_BUCKETS_S};
+use crate::upstream::breaker::Circuit;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -21,19 +22,7 @@ static TLS_HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 
-const ERRORS: [ProxyError; 10] = [
-    ProxyError::NoRoute,
-    ProxyError::NoBackend,
-    ProxyError::Overloaded,
-    ProxyError::ConnectFailed,
-    ProxyError::ConnectTimeout,
-    ProxyError::UpstreamReset,
-    ProxyError::UpstreamTimeout,
-    ProxyError::BadRequestBody,
-    ProxyError::BodyTooLarge,
-    ProxyError::BadRequest,
-];
-static MADE: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];
+static MADE: [AtomicU64; ProxyError::ALL.len()] = [const { AtomicU64::new(0) }; 10];
 
 pub fn reload(ok: bool) {
     if ok { &RELOADS_OK } else { &RELOADS_FAILED }.fetch_add(1, Relaxed);
@@ -61,7 +50,7 @@ pub fn access_log_dropped() {
 }
 /// An error response Switchyard made itself.
 pub fn error_made(e: ProxyError) {
-    if let Some(i) = ERRORS.iter().position(|x| *x == e) {
+    if let Some(i) = ProxyError::ALL.iter().position(|x| *x == e) {
         MADE[i].fetch_add(1, Relaxed);
     }
 }
@@ -72,192 +61,174 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+/// Writes one metric family: HELP, TYPE, then `name{labels} value` per sample.
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+fn one(v: &AtomicU64) -> [(String, u64); 1] {
+    [(String::new(), v.load(Relaxed))]
+}
+
+fn result(ok: &AtomicU64, failed: &AtomicU64) -> [(String, u64); 2] {
+    [
+        ("result=\"ok\"".into(), ok.load(Relaxed)),
+        ("result=\"failed\"".into(), failed.load(Relaxed)),
+    ]
 }
 
 /// The whole exposition.
 pub fn render(shared: &Shared) -> String {
     let snap = shared.current();
     let mut o = String::with_capacity(16 * 1024);
-    head(
+    let version = [(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)];
+    family(
         &mut o,
         "switchyard_build_info",
         "gauge",
         "Build information.",
+        version,
     );
-    let _ = writeln!(
-        o,
-        "switchyard_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    head(
+    family(
         &mut o,
         "switchyard_config_version",
         "gauge",
         "Version of the running configuration.",
+        [(String::new(), snap.version)],
     );
-    let _ = writeln!(o, "switchyard_config_version {}", snap.version);
-    head(
+    family(
         &mut o,
         "switchyard_config_reloads_total",
         "counter",
         "Configuration changes attempted, by result.",
+        result(&RELOADS_OK, &RELOADS_FAILED),
     );
-    let _ = writeln!(
-        o,
-        "switchyard_config_reloads_total{{result=\"ok\"}} {}",
-        RELOADS_OK.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "switchyard_config_reloads_total{{result=\"failed\"}} {}",
-        RELOADS_FAILED.load(Relaxed)
-    );
-    head(
+    family(
         &mut o,
         "switchyard_downstream_connections_total",
         "counter",
         "Client connections accepted.",
+        one(&CONNECTIONS_TOTAL),
     );
-    let _ = writeln!(
-        o,
-        "switchyard_downstream_connections_total {}",
-        CONNECTIONS_TOTAL.load(Relaxed)
-    );
-    head(
+    family(
         &mut o,
         "switchyard_downstream_connections_open",
         "gauge",
         "Client connections open now.",
+        one(&CONNECTIONS_OPEN),
     );
-    let _ = writeln!(
-        o,
-        "switchyard_downstream_connections_open {}",
-        CONNECTIONS_OPEN.load(Relaxed)
-    );
-    head(
+    family(
         &mut o,
         "switchyard_tls_handshakes_total",
         "counter",
         "TLS handshakes with clients, by result.",
+        result(&TLS_HANDSHAKES, &TLS_HANDSHAKE_FAILURES),
     );
-    let _ = writeln!(
-        o,
-        "switchyard_tls_handshakes_total{{result=\"ok\"}} {}",
-        TLS_HANDSHAKES.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "switchyard_tls_handshakes_total{{result=\"failed\"}} {}",
-        TLS_HANDSHAKE_FAILURES.load(Relaxed)
-    );
-    head(
+    family(
         &mut o,
         "switchyard_retries_total",
         "counter",
         "Retries of a request on another try.",
+        one(&RETRIES),
     );
-    let _ = writeln!(o, "switchyard_retries_total {}", RETRIES.load(Relaxed));
-    head(
+    family(
         &mut o,
         "switchyard_access_log_dropped_total",
         "counter",
         "Access log lines dropped because the writer fell behind.",
+        one(&ACCESS_LOG_DROPPED),
     );
-    let _ = writeln!(
-        o,
-        "switchyard_access_log_dropped_total {}",
-        ACCESS_LOG_DROPPED.load(Relaxed)
-    );
-    head(
+    let made = ProxyError::ALL.iter().zip(MADE.iter()).map(|(e, n)| {
+        (
+            format!("reason=\"{}\",code=\"{}\"", e.reason(), e.status().as_u16()),
+            n.load(Relaxed),
+        )
+    });
+    family(
         &mut o,
         "switchyard_errors_total",
         "counter",
         "Responses Switchyard made itself, by reason.",
+        made,
     );
-    for (e, n) in ERRORS.iter().zip(MADE.iter()) {
-        let _ = writeln!(
-            o,
-            "switchyard_errors_total{{reason=\"{}\",code=\"{}\"}} {}",
-            e.reason(),
-            e.status().as_u16(),
-            n.load(Relaxed)
-        );
-    }
 
-    type Row<'a> = (&'a str, &'a crate::upstream::backend::Backend);
-    let rows: Vec<Row<'_>> = snap
+    let rows: Vec<(String, &BackendState)> = snap
         .upstreams
         .iter()
-        .flat_map(|u| u.backends.iter().map(move |b| (u.name.as_str(), b)))
+        .flat_map(|u| {
+            u.backends.iter().map(move |b| {
+                (
+                    format!(
+                        "upstream=\"{}\",backend=\"{}\"",
+                        esc(&u.name),
+                        esc(&b.address)
+                    ),
+                    &*b.state,
+                )
+            })
+        })
         .collect();
-    let lbl = |u: &str, b: &str| format!("upstream=\"{}\",backend=\"{}\"", esc(u), esc(b));
-
-    head(
+    let per = |o: &mut String, name: &str, kind: &str, help: &str, f: fn(&BackendState) -> u64| {
+        family(
+            o,
+            name,
+            kind,
+            help,
+            rows.iter().map(|(l, s)| (l.clone(), f(s))),
+        );
+    };
+    let classes = rows.iter().flat_map(|(l, s)| {
+        ["error", "1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| (format!("{l},class=\"{c}\""), s.responses[i].load(Relaxed)))
+    });
+    family(
         &mut o,
         "switchyard_upstream_responses_total",
         "counter",
         "Backend responses by status class; class=\"error\" counts exchanges that got no response.",
+        classes,
     );
-    for (u, b) in &rows {
-        for (i, class) in ["error", "1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .enumerate()
-        {
-            let _ = writeln!(
-                o,
-                "switchyard_upstream_responses_total{{{},class=\"{class}\"}} {}",
-                lbl(u, &b.address),
-                b.state.responses[i].load(Relaxed)
-            );
-        }
-    }
-    head(
+    per(
         &mut o,
         "switchyard_upstream_requests_total",
         "counter",
         "Requests sent to a backend (each try counts).",
+        |s| s.requests_total.load(Relaxed),
     );
-    for (u, b) in &rows {
-        let _ = writeln!(
-            o,
-            "switchyard_upstream_requests_total{{{}}} {}",
-            lbl(u, &b.address),
-            b.state.requests_total.load(Relaxed)
-        );
-    }
-    head(
+    per(
         &mut o,
         "switchyard_upstream_active_requests",
         "gauge",
         "Requests in flight on a backend.",
+        |s| s.active.load(Relaxed) as u64,
     );
-    for (u, b) in &rows {
-        let _ = writeln!(
-            o,
-            "switchyard_upstream_active_requests{{{}}} {}",
-            lbl(u, &b.address),
-            b.state.active.load(Relaxed)
-        );
-    }
-    head(
-        &mut o,
-        "switchyard_upstream_response_seconds",
-        "histogram",
-        "Time from sending a request to a backend to its response head.",
-    );
-    for (u, b) in &rows {
-        let l = lbl(u, &b.address);
+
+    let _ = writeln!(o, "# HELP switchyard_upstream_response_seconds Time from sending a request to a backend to its response head.\n# TYPE switchyard_upstream_response_seconds histogram");
+    for (l, s) in &rows {
         let mut cum = 0;
         for (i, le) in LATENCY_BUCKETS_S.iter().enumerate() {
-            cum += b.state.latency_buckets[i].load(Relaxed);
+            cum += s.latency_buckets[i].load(Relaxed);
             let _ = writeln!(
                 o,
                 "switchyard_upstream_response_seconds_bucket{{{l},le=\"{le}\"}} {cum}"
             );
         }
-        cum += b.state.latency_buckets[LATENCY_BUCKETS_S.len()].load(Relaxed);
+        cum += s.latency_buckets[LATENCY_BUCKETS_S.len()].load(Relaxed);
         let _ = writeln!(
             o,
             "switchyard_upstream_response_seconds_bucket{{{l},le=\"+Inf\"}} {cum}"
@@ -265,86 +236,54 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(
             o,
             "switchyard_upstream_response_seconds_sum{{{l}}} {}",
-            b.state.latency_sum_us.load(Relaxed) as f64 / 1e6
+            s.latency_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(o, "switchyard_upstream_response_seconds_count{{{l}}} {cum}");
     }
-    head(
+    let health = rows.iter().flat_map(|(l, s)| {
+        let h = s.health();
+        [Health::Unknown, Health::Healthy, Health::Unhealthy]
+            .map(|x| (format!("{l},state=\"{}\"", x.name()), (h == x) as u64))
+    });
+    family(
         &mut o,
         "switchyard_backend_health",
         "gauge",
         "Active health state (1 for the current state).",
+        health,
     );
-    for (u, b) in &rows {
-        let h = b.state.health();
-        for s in [Health::Unknown, Health::Healthy, Health::Unhealthy] {
-            let _ = writeln!(
-                o,
-                "switchyard_backend_health{{{},state=\"{}\"}} {}",
-                lbl(u, &b.address),
-                s.name(),
-                (h == s) as u8
-            );
-        }
-    }
-    head(
+    let circuit = rows.iter().flat_map(|(l, s)| {
+        let c = s.breaker.state();
+        [Circuit::Closed, Circuit::Open, Circuit::HalfOpen]
+            .map(|x| (format!("{l},state=\"{}\"", x.name()), (c == x) as u64))
+    });
+    family(
         &mut o,
         "switchyard_backend_circuit_state",
         "gauge",
         "Circuit breaker state (1 for the current state).",
+        circuit,
     );
-    for (u, b) in &rows {
-        let c = b.state.breaker.state();
-        for s in ["closed", "open", "half_open"] {
-            let _ = writeln!(
-                o,
-                "switchyard_backend_circuit_state{{{},state=\"{s}\"}} {}",
-                lbl(u, &b.address),
-                (c.name() == s) as u8
-            );
-        }
-    }
-    head(
+    per(
         &mut o,
         "switchyard_backend_health_changes_total",
         "counter",
         "Active health transitions.",
+        |s| s.health_changes.load(Relaxed),
     );
-    for (u, b) in &rows {
-        let _ = writeln!(
-            o,
-            "switchyard_backend_health_changes_total{{{}}} {}",
-            lbl(u, &b.address),
-            b.state.health_changes.load(Relaxed)
-        );
-    }
-    head(
+    per(
         &mut o,
         "switchyard_backend_circuit_opens_total",
         "counter",
         "Times the circuit breaker opened.",
+        |s| s.circuit_opens.load(Relaxed),
     );
-    for (u, b) in &rows {
-        let _ = writeln!(
-            o,
-            "switchyard_backend_circuit_opens_total{{{}}} {}",
-            lbl(u, &b.address),
-            b.state.circuit_opens.load(Relaxed)
-        );
-    }
-    head(
+    per(
         &mut o,
         "switchyard_backend_ejections_total",
         "counter",
         "Passive-health ejections.",
+        |s| s.ejections.load(Relaxed) as u64,
     );
-    for (u, b) in &rows {
-        let _ = writeln!(
-            o,
-            "switchyard_backend_ejections_total{{{}}} {}",
-            lbl(u, &b.address),
-            b.state.ejections.load(Relaxed)
-        );
-    }
     o
 }

@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// How to reach the backends of one upstream.
+/// How to reach the backends of one upstream. Cheap to clone (the TLS config is shared).
+#[derive(Clone)]
 pub struct Connector {
     pub protocol: Protocol,
     /// `None`: cleartext. `Some(Err)`: TLS material that failed to load; every dial fails (502)
@@ -35,6 +36,7 @@ pub struct Connector {
     pub pool_key: u64,
 }
 
+#[derive(Clone)]
 struct TlsConnect {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,

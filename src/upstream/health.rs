@@ -7,15 +7,18 @@
 //! unhealthy at its first failure, since it has no track record to give it credit.
 
 use super::backend::{BackendState, Health};
-use crate::config::{validate::parse_status_range, CheckKind, HealthCheckConfig};
+use crate::config::{
+    validate::parse_status_range, CheckKind, HealthCheckConfig, Protocol, UpstreamTls,
+};
+use crate::proxy::connector::{Connector, Io};
 use crate::state::Shared;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -32,6 +35,8 @@ pub struct CheckPolicy {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// The upstream's protocol and TLS settings: a change restarts the checker.
+    pub transport: (Protocol, Option<UpstreamTls>),
 }
 
 impl CheckPolicy {
@@ -49,6 +54,7 @@ impl CheckPolicy {
             timeout: c.timeout.map_or(Duration::from_secs(2), |d| d.get()),
             healthy_threshold: c.healthy_threshold.unwrap_or(2),
             unhealthy_threshold: c.unhealthy_threshold.unwrap_or(3),
+            transport: (Protocol::Http1, None),
         }
     }
 }
@@ -67,25 +73,31 @@ pub fn spawn_checker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     let Some(hc) = &up.config.health_check else {
                         continue;
                     };
-                    let policy = CheckPolicy::from_config(hc);
+                    let mut policy = CheckPolicy::from_config(hc);
+                    policy.transport = (up.config.protocol, up.config.tls.clone());
                     for b in &up.backends {
-                        wanted.insert(
-                            (up.name.clone(), b.address.clone()),
-                            (policy.clone(), b.state.clone()),
+                        let task = (
+                            policy.clone(),
+                            b.state.clone(),
+                            up.connector.clone(),
+                            b.socket,
                         );
+                        wanted.insert((up.name.clone(), b.address.clone()), task);
                     }
                 }
                 running.retain(|key, (policy, task)| {
-                    let keep = wanted.get(key).is_some_and(|(p, _)| p == policy);
+                    let keep = wanted.get(key).is_some_and(|(p, ..)| p == policy);
                     if !keep {
                         task.abort();
                     }
                     keep
                 });
-                for (key, (policy, state)) in wanted {
-                    running
-                        .entry(key)
-                        .or_insert_with(|| (policy.clone(), tokio::spawn(check_loop(policy, state))));
+                for (key, (policy, state, connector, socket)) in wanted {
+                    running.entry(key).or_insert_with(|| {
+                        let task =
+                            tokio::spawn(check_loop(policy.clone(), state, connector, socket));
+                        (policy, task)
+                    });
                 }
             }
             tokio::select! {
@@ -99,10 +111,15 @@ pub fn spawn_checker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     });
 }
 
-async fn check_loop(policy: CheckPolicy, state: Arc<BackendState>) {
+async fn check_loop(
+    policy: CheckPolicy,
+    state: Arc<BackendState>,
+    connector: Connector,
+    socket: Option<SocketAddr>,
+) {
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     loop {
-        let ok = check_once(&policy, &state.address).await;
+        let ok = check_once(&policy, &connector, &state.address, socket).await;
         if ok {
             ok_run += 1;
             fail_run = 0;
@@ -129,50 +146,88 @@ async fn check_loop(policy: CheckPolicy, state: Arc<BackendState>) {
     }
 }
 
-/// One probe; true when the backend passed.
-pub async fn check_once(policy: &CheckPolicy, address: &str) -> bool {
-    tokio::time::timeout(policy.timeout, probe(policy, address))
+/// One probe; true when the backend passed. The connection is made like the proxy's own
+/// (TLS, SNI, client certificate, ALPN), so a check tests the path real traffic takes.
+pub async fn check_once(
+    policy: &CheckPolicy,
+    connector: &Connector,
+    address: &str,
+    socket: Option<SocketAddr>,
+) -> bool {
+    let probe = async {
+        let Ok(io) = connector.dial(address, socket, policy.timeout).await else {
+            return false;
+        };
+        match policy.kind {
+            CheckKind::Tcp => true,
+            CheckKind::Http if connector.is_h2() => http2_probe(policy, address, io).await,
+            CheckKind::Http => http_probe(policy, address, io).await,
+            CheckKind::Grpc => grpc_probe(policy, address, io).await,
+        }
+    };
+    tokio::time::timeout(policy.timeout, probe)
         .await
         .unwrap_or(false)
 }
 
-async fn probe(policy: &CheckPolicy, address: &str) -> bool {
-    let Ok(stream) = TcpStream::connect(address).await else {
-        return false;
-    };
-    match policy.kind {
-        CheckKind::Tcp => true,
-        CheckKind::Http => http_probe(policy, address, stream).await,
-        CheckKind::Grpc => grpc_probe(policy, address, stream).await,
-    }
+fn check_request<B>(policy: &CheckPolicy, address: &str, body: B) -> Option<http::Request<B>> {
+    let host = policy.host.as_deref().unwrap_or(address);
+    http::Request::get(policy.path.as_str())
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "switchyard-health-check")
+        .body(body)
+        .ok()
 }
 
-async fn http_probe(policy: &CheckPolicy, address: &str, stream: TcpStream) -> bool {
+fn status_ok(policy: &CheckPolicy, s: http::StatusCode) -> bool {
+    (policy.expect.0..=policy.expect.1).contains(&s.as_u16())
+}
+
+async fn http_probe(policy: &CheckPolicy, address: &str, io: Box<dyn Io>) -> bool {
     let Ok((mut tx, conn)) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await
     else {
         return false;
     };
     tokio::spawn(conn);
-    let host = policy.host.as_deref().unwrap_or(address);
-    let req = http::Request::get(policy.path.as_str())
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "switchyard-health-check")
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::new());
-    let Ok(req) = req else { return false };
+    let Some(mut req) = check_request(policy, address, Empty::new()) else {
+        return false;
+    };
+    req.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     match tx.send_request(req).await {
         Ok(resp) => {
-            let s = resp.status().as_u16();
+            let ok = status_ok(policy, resp.status());
             let _ = resp.into_body().collect().await;
-            (policy.expect.0..=policy.expect.1).contains(&s)
+            ok
         }
         Err(_) => false,
     }
 }
 
+async fn http2_probe(policy: &CheckPolicy, address: &str, io: Box<dyn Io>) -> bool {
+    let Ok((mut tx, conn)) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(io),
+    )
+    .await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let Some(req) = check_request(policy, address, Empty::new()) else {
+        return false;
+    };
+    match tx.send_request(req).await {
+        Ok(resp) => status_ok(policy, resp.status()),
+        Err(_) => false,
+    }
+}
+
 /// gRPC health v1 `Check` with an empty service name over h2c: SERVING (1) in the reply passes.
-async fn grpc_probe(policy: &CheckPolicy, address: &str, stream: TcpStream) -> bool {
+async fn grpc_probe(policy: &CheckPolicy, address: &str, stream: Box<dyn Io>) -> bool {
     let Ok((mut tx, conn)) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(stream),

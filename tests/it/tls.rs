@@ -528,3 +528,44 @@ fn pem(label: &str, der: &[u8]) -> String {
         lines.join("\n")
     )
 }
+
+#[test]
+fn health_checks_reach_tls_backends_the_way_traffic_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::ca(d, "ca");
+    let leaf = ca.leaf(d, "backend", &["127.0.0.1"]);
+    let be = backends(0);
+    let tls = switchyard::demo::tls_config(leaf.cert_str(), leaf.key_str()).unwrap();
+    let addr = be
+        .rt
+        .block_on(switchyard::demo::spawn_backend_tls(
+            "127.0.0.1:0".parse().unwrap(),
+            "secure",
+            Some(tls),
+        ))
+        .unwrap();
+    let c = client();
+    for protocol in ["http1", "h2"] {
+        let lb = start(&config(&format!(
+            "backends = [{{ address = \"{addr}\" }}]\nprotocol = \"{protocol}\"\ntls = {{ ca_file = {:?} }}\n\
+             health_check = {{ kind = \"http\", path = \"/healthz\", interval = \"200ms\", timeout = \"1s\" }}",
+            ca.path_str()
+        )));
+        let health = || -> serde_json::Value {
+            let v: serde_json::Value = c
+                .get(lb.admin_url("/api/v1/upstreams"))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            v["upstreams"][0]["backends"][0]["health"].clone()
+        };
+        assert!(
+            eventually(Duration::from_secs(5), || health() == "healthy"),
+            "{protocol}: {}",
+            health()
+        );
+        assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 200);
+    }
+}

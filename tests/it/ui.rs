@@ -84,11 +84,19 @@ health_check = {{ kind = "http", path = "/healthz", interval = "300ms", timeout 
 "#
     ));
 
+    // Screenshots go to docs/ only when asked (SWITCHYARD_UPDATE_SCREENSHOTS=1), so a test run
+    // leaves the tree clean.
+    let tmp_shots = tempfile::tempdir().expect("tempdir");
+    let shots = if std::env::var_os("SWITCHYARD_UPDATE_SCREENSHOTS").is_some() {
+        root.join("docs")
+    } else {
+        tmp_shots.path().to_path_buf()
+    };
     let mut child = Command::new("node")
         .arg(ui.join("ui_test.mjs"))
         .arg(lb.admin_url("/"))
         .arg(lb.url("/"))
-        .arg(root.join("docs"))
+        .arg(&shots)
         .args(["--add", &spare.to_string()])
         .args(["--kill", &configured[1].to_string()])
         .current_dir(&ui)

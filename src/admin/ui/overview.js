@@ -84,7 +84,7 @@ export function renderConfig(cfg) {
   fill($('#listeners'), listeners.length
     ? h('ul', { class: 'plain-list' }, listeners.map((l, i) => h('li', {},
       h('span', { class: 'strong' }, l.name || `listener ${i + 1}`),
-      h('code', {}, l.bind),
+      h('code', {}, l.address || l.bind),
       h('span', { class: 'badge badge-neutral' }, l.tls ? 'HTTPS' : 'HTTP'),
       l.tls && l.tls.client_ca ? h('span', { class: 'badge badge-neutral' }, 'mTLS') : null)))
     : h('p', { class: 'muted' }, 'No listeners.'));
