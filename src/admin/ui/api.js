@@ -115,6 +115,7 @@ export const api = {
   removeBackend: (upstream, address) =>
     request('DELETE', `/api/v1/upstreams/${enc(upstream)}/backends/${enc(address)}`),
   eventHistory: () => request('GET', '/api/v1/events/history').then((r) => r.data),
+  cluster: () => request('GET', '/api/v1/cluster').then((r) => r.data),
 };
 
 function enc(s) { return encodeURIComponent(s); }

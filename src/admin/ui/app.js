@@ -5,7 +5,7 @@ import { api, getToken, setToken, onUnauthorized } from './api.js';
 import { showConfig, configChanged } from './config.js';
 import { $, h, fill, setText } from './dom.js';
 import { renderEventLog } from './events.js';
-import { renderConfig, renderRecentEvents, renderStats } from './overview.js';
+import { renderCluster, renderConfig, renderRecentEvents, renderStats } from './overview.js';
 import { live, start, reconnect } from './live.js';
 
 const VIEWS = ['overview', 'config', 'events'];
@@ -135,14 +135,22 @@ async function loadServer() {
   } catch { /* shown as offline by the stream */ }
 }
 
+async function loadCluster() {
+  try {
+    renderCluster(await api.cluster());
+  } catch { /* not fatal: the panel stays hidden */ }
+}
+
 async function main() {
   route();
   await loadServer();
   await loadConfig();
   await start();
   renderRecentEvents();
-  // Uptime ticks locally; re-sync occasionally.
+  // Uptime ticks locally; re-sync occasionally. Cluster membership changes slowly.
   setInterval(loadServer, 60_000);
+  await loadCluster();
+  setInterval(loadCluster, 5_000);
   document.body.dataset.ready = 'true';
 }
 

@@ -115,3 +115,25 @@ export function renderRecentEvents() {
     ? recent.map((e) => eventItem(e))
     : h('li', { class: 'muted empty' }, 'No events yet.'));
 }
+
+/**
+ * Cluster mode: etcd reachability and every registered instance with the shared configuration
+ * revision it runs (equal everywhere once converged). Hidden when cluster mode is off.
+ */
+export function renderCluster(c) {
+  const panel = $('#cluster-panel');
+  panel.hidden = !c || !c.enabled;
+  if (panel.hidden) return;
+  const ok = c.etcd === 'connected' || c.etcd === 'ok';
+  const head = h('p', {},
+    h('span', { class: `badge ${ok ? 'badge-ok' : 'badge-bad'}` }, `etcd ${c.etcd || 'unknown'}`), ' ',
+    h('code', {}, (c.endpoints || []).join(', ')), ' ',
+    h('span', { class: 'muted small' }, `prefix ${c.prefix || ''} · shared revision ${c.config_revision ?? '—'}`),
+    c.rejected ? h('span', { class: 'badge badge-bad' }, `rejected: ${c.rejected}`) : null);
+  const rows = (c.instances || []).map((i) => h('li', {},
+    h('span', { class: 'strong' }, i.id === c.id ? `${i.id} (this)` : i.id),
+    h('code', {}, i.admin || '—'),
+    h('span', { class: `badge ${i.config_revision === c.config_revision ? 'badge-ok' : 'badge-warn'}` }, `rev ${i.config_revision}`),
+    h('span', { class: 'muted small' }, `v${i.config_version} · seen ${fmt.duration(Math.max(0, Date.now() / 1000 - i.last_seen))} ago`)));
+  fill($('#cluster'), head, rows.length ? h('ul', { class: 'plain-list' }, rows) : h('p', { class: 'muted' }, 'No instances registered.'));
+}
