@@ -2,12 +2,12 @@
 //! live state, map errors to responses. Every change validates the whole resulting configuration
 //! first; an invalid one gets 422 with the field path and changes nothing anywhere.
 
-use super::auth;
-use crate::config::{self, BackendConfig, Config, ConfigError, Format};
+use super::{auth, config_api};
+use crate::config::{self, BackendConfig, ConfigError};
 use crate::state::{ApplyError, Shared};
 use crate::upstream::backend::now_ms;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-type S = State<Arc<Shared>>;
+pub(super) type S = State<Arc<Shared>>;
 
 /// Admin request bodies above this are refused (413): a configuration of 10,000 backends is
 /// about 400 KiB of JSON.
@@ -28,11 +28,14 @@ const MAX_BODY: usize = 4 << 20;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/update-config", post(update_config))
-        .route("/api/v1/config", get(get_config).put(put_config))
-        .route("/api/v1/config/validate", post(validate_config))
-        .route("/api/v1/config/versions", get(versions))
-        .route("/api/v1/config/rollback", post(rollback))
+        .route("/update-config", post(config_api::update_config))
+        .route(
+            "/api/v1/config",
+            get(config_api::get_config).put(config_api::put_config),
+        )
+        .route("/api/v1/config/validate", post(config_api::validate_config))
+        .route("/api/v1/config/versions", get(config_api::versions))
+        .route("/api/v1/config/rollback", post(config_api::rollback))
         .route("/api/v1/upstreams", get(upstreams))
         .route("/api/v1/upstreams/{name}/backends", post(add_backend))
         .route(
@@ -97,7 +100,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn applied(a: crate::state::Applied) -> Json<Value> {
+pub(super) fn applied(a: crate::state::Applied) -> Json<Value> {
     Json(json!({"config_version": a.version, "changes": a.changes}))
 }
 
@@ -127,194 +130,8 @@ async fn health(State(shared): S) -> impl IntoResponse {
 }
 
 /// Parses a JSON body, mapping malformed JSON to 400.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
-}
-
-/// A whole configuration from a body: JSON by content type (or a leading `{`), TOML otherwise.
-/// Syntax errors are 400; unknown keys and invalid values are 422 with their paths.
-fn parse_config_body(headers: &HeaderMap, body: &[u8]) -> Result<Config, ApiError> {
-    let text =
-        std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let format =
-        if ct.contains("json") || (!ct.contains("toml") && text.trim_start().starts_with('{')) {
-            Format::Json
-        } else {
-            Format::Toml
-        };
-    config::parse_config(text, format, None).map_err(|e| {
-        // A problem without a path is a syntax error: the body could not be read at all.
-        if e.problems.len() == 1 && e.problems[0].path.is_empty() {
-            ApiError::BadRequest(e.problems[0].message.clone())
-        } else {
-            ApiError::Invalid(e)
-        }
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Patch {
-    upstream: Option<String>,
-    #[serde(default)]
-    add: Vec<BackendConfig>,
-    #[serde(default)]
-    remove: Vec<String>,
-    config: Option<Value>,
-}
-
-/// The brief's endpoint: add/remove servers of an upstream, or replace the whole configuration.
-async fn update_config(
-    State(shared): S,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let patch: Patch = parse_json(&body)?;
-    if let Some(whole) = patch.config {
-        let text = whole.to_string();
-        let cfg = parse_config_body(&json_headers(&headers), text.as_bytes())?;
-        return Ok(applied(shared.apply_checked(
-            cfg,
-            "api /update-config",
-            true,
-            None,
-        )?));
-    }
-    let mut cfg = (*shared.current().config).clone();
-    let name = match patch.upstream {
-        Some(n) => n,
-        None if cfg.upstreams.len() == 1 => {
-            cfg.upstreams.keys().next().cloned().unwrap_or_default()
-        }
-        None => {
-            return Err(ApiError::Invalid(ConfigError::one(
-                "upstream",
-                "several upstreams exist; name one",
-            )))
-        }
-    };
-    let up = cfg
-        .upstreams
-        .get_mut(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
-    for (i, addr) in patch.remove.iter().enumerate() {
-        let before = up.backends.len();
-        up.backends.retain(|b| &b.address != addr);
-        if up.backends.len() == before {
-            return Err(ApiError::Invalid(ConfigError::one(
-                format!("remove[{i}]"),
-                format!("{addr} is not a backend of {name}"),
-            )));
-        }
-    }
-    up.backends.extend(patch.add);
-    Ok(applied(shared.apply_checked(
-        cfg,
-        "api /update-config",
-        true,
-        None,
-    )?))
-}
-
-fn json_headers(_: &HeaderMap) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    h
-}
-
-#[derive(Deserialize)]
-struct FormatQuery {
-    format: Option<String>,
-}
-
-async fn get_config(State(shared): S, Query(q): Query<FormatQuery>) -> Response {
-    let snap = shared.current();
-    let etag = format!("\"{}\"", snap.version);
-    if q.format.as_deref() == Some("toml") {
-        return (
-            [
-                (header::ETAG, etag),
-                (header::CONTENT_TYPE, "application/toml".into()),
-            ],
-            config::to_toml(&snap.config),
-        )
-            .into_response();
-    }
-    ([(header::ETAG, etag)], Json(&*snap.config)).into_response()
-}
-
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-        None | Some("*") => Ok(None),
-        Some(v) => v
-            .trim()
-            .trim_start_matches("W/")
-            .trim_matches('"')
-            .parse()
-            .map(Some)
-            .map_err(|_| {
-                ApiError::BadRequest(format!("If-Match {v:?} is not an ETag of this API"))
-            }),
-    }
-}
-
-async fn put_config(
-    State(shared): S,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let expect = if_match(&headers)?;
-    let cfg = parse_config_body(&headers, &body)?;
-    let a = shared.apply_checked(cfg, "api PUT /api/v1/config", true, expect)?;
-    Ok(([(header::ETAG, format!("\"{}\"", a.version))], applied(a)).into_response())
-}
-
-async fn validate_config(
-    State(shared): S,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let cfg = parse_config_body(&headers, &body)?;
-    let changes = config::diff::diff(&shared.current().config, &cfg);
-    Ok(Json(json!({"valid": true, "changes": changes})))
-}
-
-async fn versions(State(shared): S) -> Json<Value> {
-    let v = shared.versions();
-    Json(json!({"current": shared.current().version, "versions": v}))
-}
-
-#[derive(Deserialize)]
-struct Rollback {
-    version: u64,
-}
-
-async fn rollback(State(shared): S, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
-    let r: Rollback = parse_json(&body)?;
-    let target = shared
-        .versions()
-        .into_iter()
-        .find(|v| v.version == r.version)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "version {} is not among the kept versions",
-                r.version
-            ))
-        })?;
-    let cfg = (*target.config).clone();
-    Ok(applied(shared.apply_checked(
-        cfg,
-        &format!("rollback to version {}", r.version),
-        true,
-        None,
-    )?))
 }
 
 /// Every upstream and backend with live state.

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod cluster_api;
+mod config_api;
 pub mod ui;
 
 use crate::state::Shared;

@@ -7,6 +7,7 @@ pub mod load;
 pub mod schema;
 pub mod size;
 pub mod validate;
+mod validate_upstream;
 
 pub use duration::Dur;
 pub use load::{load_file, parse_config, ConfigError, Format};

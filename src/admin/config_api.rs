@@ -1,0 +1,201 @@
+//! Admin API: the configuration as a whole — `POST /update-config` (the brief's endpoint, both
+//! forms), `GET|PUT /api/v1/config` with ETag and If-Match, the dry-run `validate`, versions and
+//! rollback. Every change goes through [`Shared::apply_checked`].
+
+use super::api::{applied, parse_json, ApiError, S};
+use crate::config::{self, BackendConfig, Config, ConfigError, Format};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// A whole configuration from a body: JSON by content type (or a leading `{`), TOML otherwise.
+/// Syntax errors are 400; unknown keys and invalid values are 422 with their paths.
+fn parse_config_body(headers: &HeaderMap, body: &[u8]) -> Result<Config, ApiError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format =
+        if ct.contains("json") || (!ct.contains("toml") && text.trim_start().starts_with('{')) {
+            Format::Json
+        } else {
+            Format::Toml
+        };
+    config::parse_config(text, format, None).map_err(|e| {
+        // A problem without a path is a syntax error: the body could not be read at all.
+        if e.problems.len() == 1 && e.problems[0].path.is_empty() {
+            ApiError::BadRequest(e.problems[0].message.clone())
+        } else {
+            ApiError::Invalid(e)
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Patch {
+    upstream: Option<String>,
+    #[serde(default)]
+    add: Vec<BackendConfig>,
+    #[serde(default)]
+    remove: Vec<String>,
+    config: Option<Value>,
+}
+
+/// The brief's endpoint: add/remove servers of an upstream, or replace the whole configuration.
+pub(super) async fn update_config(
+    State(shared): S,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let patch: Patch = parse_json(&body)?;
+    if let Some(whole) = patch.config {
+        let text = whole.to_string();
+        let cfg = parse_config_body(&json_headers(&headers), text.as_bytes())?;
+        return Ok(applied(shared.apply_checked(
+            cfg,
+            "api /update-config",
+            true,
+            None,
+        )?));
+    }
+    let mut cfg = (*shared.current().config).clone();
+    let name = match patch.upstream {
+        Some(n) => n,
+        None if cfg.upstreams.len() == 1 => {
+            cfg.upstreams.keys().next().cloned().unwrap_or_default()
+        }
+        None => {
+            return Err(ApiError::Invalid(ConfigError::one(
+                "upstream",
+                "several upstreams exist; name one",
+            )))
+        }
+    };
+    let up = cfg
+        .upstreams
+        .get_mut(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
+    for (i, addr) in patch.remove.iter().enumerate() {
+        let before = up.backends.len();
+        up.backends.retain(|b| &b.address != addr);
+        if up.backends.len() == before {
+            return Err(ApiError::Invalid(ConfigError::one(
+                format!("remove[{i}]"),
+                format!("{addr} is not a backend of {name}"),
+            )));
+        }
+    }
+    up.backends.extend(patch.add);
+    Ok(applied(shared.apply_checked(
+        cfg,
+        "api /update-config",
+        true,
+        None,
+    )?))
+}
+
+fn json_headers(_: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
+#[derive(Deserialize)]
+pub(super) struct FormatQuery {
+    format: Option<String>,
+}
+
+pub(super) async fn get_config(State(shared): S, Query(q): Query<FormatQuery>) -> Response {
+    let snap = shared.current();
+    let etag = format!("\"{}\"", snap.version);
+    if q.format.as_deref() == Some("toml") {
+        return (
+            [
+                (header::ETAG, etag),
+                (header::CONTENT_TYPE, "application/toml".into()),
+            ],
+            config::to_toml(&snap.config),
+        )
+            .into_response();
+    }
+    ([(header::ETAG, etag)], Json(&*snap.config)).into_response()
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        None | Some("*") => Ok(None),
+        Some(v) => v
+            .trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .parse()
+            .map(Some)
+            .map_err(|_| {
+                ApiError::BadRequest(format!("If-Match {v:?} is not an ETag of this API"))
+            }),
+    }
+}
+
+pub(super) async fn put_config(
+    State(shared): S,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let expect = if_match(&headers)?;
+    let cfg = parse_config_body(&headers, &body)?;
+    let a = shared.apply_checked(cfg, "api PUT /api/v1/config", true, expect)?;
+    Ok(([(header::ETAG, format!("\"{}\"", a.version))], applied(a)).into_response())
+}
+
+pub(super) async fn validate_config(
+    State(shared): S,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let cfg = parse_config_body(&headers, &body)?;
+    let changes = config::diff::diff(&shared.current().config, &cfg);
+    Ok(Json(json!({"valid": true, "changes": changes})))
+}
+
+pub(super) async fn versions(State(shared): S) -> Json<Value> {
+    let v = shared.versions();
+    Json(json!({"current": shared.current().version, "versions": v}))
+}
+
+#[derive(Deserialize)]
+pub(super) struct Rollback {
+    version: u64,
+}
+
+pub(super) async fn rollback(
+    State(shared): S,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let r: Rollback = parse_json(&body)?;
+    let target = shared
+        .versions()
+        .into_iter()
+        .find(|v| v.version == r.version)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "version {} is not among the kept versions",
+                r.version
+            ))
+        })?;
+    let cfg = (*target.config).clone();
+    Ok(applied(shared.apply_checked(
+        cfg,
+        &format!("rollback to version {}", r.version),
+        true,
+        None,
+    )?))
+}
