@@ -165,7 +165,10 @@ pub(super) async fn forward(
         }
         let mut inflight = Inflight::start(&backend.state, up);
         let more_tries = attempt + 1 < policy.attempts;
-        let keep_copy = more_tries && replayable && idempotent;
+        // A copy is kept only if a retry could follow a request the backend saw: an unsent
+        // request comes back from hyper (`take_message`), so connect-failure retries need none.
+        let retry_after_send = policy.on_reset || policy.on_timeout || !policy.on_status.is_empty();
+        let keep_copy = more_tries && replayable && idempotent && retry_after_send;
         let (p, b) = if keep_copy {
             let p = parts.as_ref().map(clone_parts);
             let b = body.as_ref().map(|b| match b {
