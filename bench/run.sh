@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-w MINUTES] [-B] [-j]
+# usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-r ROUNDS] [-w MINUTES] [-B] [-j]
 #   -d SECONDS   measured time of each load run (default 10; each is preceded by a 2 s warm-up)
 #   -s LIST      comma-separated scenarios (default a,b,c,d,e,f,g):
 #                  a  HTTP/1.1 keep-alive, 64 connections        (wrk)
@@ -11,6 +11,8 @@
 #                  g  apply a change to an upstream of 10,000 backends: library timing
 #                     (cargo bench --bench apply) and live, through the admin API, under wrk load
 #                  p  criterion microbenchmark of every balancer's pick (cargo bench --bench balancers)
+#   -r ROUNDS    run the proxies of scenarios a-e ROUNDS times, interleaved (A B C A B C ...), and
+#                add a table of the per-proxy medians (default 1): steadier figures on a noisy host
 #   -w MINUTES   before each scenario, wait up to MINUTES for the machine to be quiet (other
 #                processes using < 10% of the CPUs over 3 s); the busy figure is printed either way
 #   -B           do not run `cargo build --release` first
@@ -25,12 +27,12 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-D=10; SCEN=a,b,c,d,e,f,g; BUILD=1; JE=; WAIT=0
-while getopts d:s:w:Bjh o; do
+D=10; SCEN=a,b,c,d,e,f,g; BUILD=1; JE=; WAIT=0; ROUNDS=1
+while getopts d:s:r:w:Bjh o; do
   case $o in
-    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; B) BUILD=0 ;;
+    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;;
     j) JE=$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -1); [ -n "$JE" ] || echo "no libjemalloc.so.2 (apt-get install libjemalloc2); -j ignored" >&2 ;;
-    *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 W=/tmp/switchyard-bench
@@ -69,7 +71,7 @@ mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 busy() { # % of all CPUs busy over 3 s (nothing of ours runs while this samples)
   local a b; a=$(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); sleep 3
   b=$(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
-  awk -v a="$a" -v b="$b" 'BEGIN{ split(a, x, " "); split(b, y, " "); d=(y[1]-x[1])+(y[2]-x[2]); printf "%.0f", d>0 ? 100*(y[1]-x[1])/d : 0 }'; }
+  awk -v a="$a" -v b="$b" 'BEGIN{ split(a, x, " "); split(b, y, " "); d=(y[1]-x[1])+(y[2]-x[2]); printf "%.0f", (d > 0) ? 100 * (y[1] - x[1]) / d : 0 }'; }
 load() { # waits for a quiet machine (-w), then says how quiet it is
   local b t0=$SECONDS; b=$(busy)
   while [ "$b" -ge 10 ] && [ $((SECONDS - t0)) -lt $((WAIT * 60)) ]; do sleep 10; b=$(busy); done
@@ -101,7 +103,32 @@ command -v haproxy >/dev/null && PROXIES+=("haproxy 8081 8091 haproxy -f $here/h
 PROXIES+=("nginx 8082 8092 nginx -c $here/nginx-proxy.conf -p $W/")
 
 HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB usr+sys_us; }
-ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" "$@"; }
+ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" "$@"; printf "%s\n" "$*" >>"$W/rows"; }
+# MEDIANS: after a scenario run with -r > 1, the median of each column per proxy
+MEDIANS() {
+  [ "$ROUNDS" -gt 1 ] && [ -s "$W/rows" ] || { rm -f "$W/rows"; return 0; }
+  echo "-- median of $ROUNDS rounds"; HDR
+  python3 - "$W/rows" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    rows.setdefault(f[0], []).append(f[1:])
+def med(vals, plus=False):
+    try:
+        if plus:
+            u = statistics.median(float(v.split("+")[0]) for v in vals)
+            s = statistics.median(float(v.split("+")[1]) for v in vals)
+            return f"{u:.1f}+{s:.1f}"
+        return f"{statistics.median(float(v) for v in vals):.2f}"
+    except ValueError:
+        return "-"
+for name, rs in rows.items():
+    cols = list(zip(*rs))
+    out = [med(c, plus=(i == 6)) for i, c in enumerate(cols)]
+    print(f"{name:<16} {out[0]:>10} {out[1]:>9} {out[2]:>9} {out[3]:>8} {out[4]:>11} {out[5]:>8} {out[6]:>12}")
+PY
+  rm -f "$W/rows"; }
 
 # wrk_row NAME PORT CONNS [wrk args...]: warm-up, then the measured run; PIDS = tree to account
 wrk_row() {
@@ -157,8 +184,9 @@ h2() { h2_row "$1" "$3"; }
 
 scenario_h1() { # title conns
   echo; echo "== $1"; load; HDR
-  PIDS=-; wrk_row direct 9001 "$2" ${EXTRA[@]+"${EXTRA[@]}"}
-  local s; for s in "${PROXIES[@]}"; do with_proxy "$s" h1 "$2"; done
+  PIDS=-; wrk_row direct 9001 "$2" ${EXTRA[@]+"${EXTRA[@]}"}; rm -f "$W/rows"
+  local s r; for r in $(seq "$ROUNDS"); do for s in "${PROXIES[@]}"; do with_proxy "$s" h1 "$2"; done; done
+  MEDIANS
 }
 
 EXTRA=()
@@ -173,7 +201,9 @@ fi
 if has d; then
   echo; echo "== (d) HTTP/2 h2c (prior knowledge): h2load -c64 -m10 -t1 -D $D"; load
   if command -v h2load >/dev/null; then
-    HDR; for s in "${PROXIES[@]}"; do with_proxy "$s" h2; done
+    HDR; rm -f "$W/rows"
+    for r in $(seq "$ROUNDS"); do for s in "${PROXIES[@]}"; do with_proxy "$s" h2; done; done
+    MEDIANS
   else echo "h2load not installed (apt-get install nghttp2-client)"; fi
 fi
 
@@ -181,11 +211,13 @@ if has e; then
   echo; echo "== (e) Switchyard workers = 1 vs 2, both on CPU 1: wrk -t1 -c64 -d${D}s (keep-alive), then -c64 'Connection: close'"; load; HDR
   W1="switchyard-w1 8083 8083 $SY run --config $here/switchyard.toml"
   W2="switchyard-w2 8084 8084 $SY run --config $here/switchyard-w2.toml"
-  with_proxy "$W1" h1 64; with_proxy "$W2" h1 64
-  EXTRA=(-H "Connection: close")
-  W1=${W1/switchyard-w1/w1-close}; W2=${W2/switchyard-w2/w2-close}
-  with_proxy "$W1" h1 64; with_proxy "$W2" h1 64
-  EXTRA=()
+  rm -f "$W/rows"
+  for r in $(seq "$ROUNDS"); do
+    EXTRA=(); with_proxy "$W1" h1 64; with_proxy "$W2" h1 64
+    EXTRA=(-H "Connection: close")
+    with_proxy "${W1/switchyard-w1/w1-close}" h1 64; with_proxy "${W2/switchyard-w2/w2-close}" h1 64
+  done
+  EXTRA=(); MEDIANS
 fi
 
 mem_row() { # name port: idle RSS after 3 s, then 10,000 idle keep-alive connections
