@@ -31,7 +31,7 @@ D=10; SCEN=a,b,c,d,e,f,g; BUILD=1; JE=; WAIT=0; ROUNDS=1
 while getopts d:s:r:w:Bjh o; do
   case $o in
     d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;;
-    j) JE=$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -1); [ -n "$JE" ] || echo "no libjemalloc.so.2 (apt-get install libjemalloc2); -j ignored" >&2 ;;
+    j) JE=$(ldconfig -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $NF; exit}'); [ -n "$JE" ] || echo "no libjemalloc.so.2 (apt-get install libjemalloc2); -j ignored" >&2 ;;
     *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
