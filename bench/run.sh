@@ -75,7 +75,9 @@ busy() { # % of all CPUs busy over 3 s (nothing of ours runs while this samples)
 load() { # waits for a quiet machine (-w), then says how quiet it is
   local b t0=$SECONDS; b=$(busy)
   while [ "$b" -ge 10 ] && [ $((SECONDS - t0)) -lt $((WAIT * 60)) ]; do sleep 10; b=$(busy); done
-  echo "# machine before this: ${b}% CPU busy (other processes), load average $(cut -d' ' -f1-3 /proc/loadavg)$([ $((SECONDS - t0)) -gt 5 ] && echo ", after waiting $((SECONDS - t0)) s")"; }
+  echo "# machine before this: ${b}% CPU busy (other processes), load average $(cut -d' ' -f1-3 /proc/loadavg), $(tw) sockets in TIME_WAIT$([ $((SECONDS - t0)) -gt 5 ] && echo ", after waiting $((SECONDS - t0)) s")"; }
+tw() { ss -tan state time-wait 2>/dev/null | tail -n +2 | wc -l; }
+
 to_ms() { awk -v v="$1" 'BEGIN{ if (v=="") {print "-"; exit} n=v+0; u=v; sub(/^[0-9.]+/,"",u);
   if (u=="us") n/=1000; else if (u=="s") n*=1000; else if (u=="m") n*=60000; printf "%.3f", n }'; }
 
@@ -93,8 +95,13 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs, $(awk -F': ' '/model na
 echo "# switchyard $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'); $(nginx -v 2>&1); $(command -v haproxy >/dev/null && haproxy -v | head -1 | cut -d' ' -f1-3); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 load
 
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in 9001 9002 9003 8081 8082 8083 8084 8086 8091 8092; do
+  in_use $p && { echo "port $p is already in use (another benchmark or test running?): ss -ltnp | grep :$p" >&2; exit 1; }
+done
 start origins 0 nginx -c "$here/origins.nginx.conf" -p "$W/"; ORIGINS=$PID
-wait_port 9001 && wait_port 9002 && wait_port 9003 || { echo "origins failed: $(cat "$W/origins.log")"; exit 1; }
+wait_port 9001 && wait_port 9002 && wait_port 9003 && kill -0 "$ORIGINS" 2>/dev/null \
+  || { echo "origins failed: $(cat "$W/origins.log")"; exit 1; }
 
 # name h1-port h2-port command (the proxies under test; those not installed are left out)
 PROXIES=("switchyard 8083 8083 $SY run --config $here/switchyard.toml")
@@ -173,8 +180,10 @@ h2_row() {
 with_proxy() {
   local spec=$1 name port2 port; shift
   read -r name port port2 _ <<<"$spec"
+  if in_use "$port"; then echo "$name: port $port is in use by another process; skipped"; return; fi
   start "$name" 1 ${spec#* * * }
-  if ! wait_port "$port"; then echo "$name: did not start: $(tail -3 "$W/$name.log")"; stop "$PID"; return; fi
+  if ! wait_port "$port" || ! kill -0 "$PID" 2>/dev/null; then echo "$name: did not start: $(tail -3 "$W/$name.log")"; stop "$PID"; return; fi
+  if ! kill -0 "$ORIGINS" 2>/dev/null; then echo "the origins exited; stopping" >&2; exit 1; fi
   PIDS=$(tree "$PID" | tr '\n' ' ')
   "$@" "$name" "$port" "$port2"
   stop "$PID"; sleep 0.5
@@ -266,6 +275,7 @@ if has g; then
   (cd "$root" && cargo bench --bench apply 2>"$W/apply-build.log") || tail -20 "$W/apply-build.log"
 
   echo; echo "== (g2) the same, live: POST /update-config every 0.5 s (remove / re-add a backend) while wrk -t1 -c64 -d${D}s loads that upstream"; load
+  for p in 9004 8085 5085; do in_use $p && { echo "port $p is already in use; (g2) skipped" >&2; exit 1; }; done
   start origin-any 0 nginx -c "$here/origin-any.nginx.conf" -p "$W/"
   wait_port 9004 || { echo "origin-any failed"; exit 1; }
   python3 - "$W/big.toml" <<'PY'
