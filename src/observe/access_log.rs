@@ -8,11 +8,15 @@
 use crate::config::{AccessFormat, LogConfig};
 use serde::Serialize;
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::SystemTime;
 
 /// Lines buffered between the workers and the writer thread.
-const QUEUE: usize = 16 * 1024;
+const QUEUE: usize = 64 * 1024;
+/// How often the writer wakes to drain the queue. Polling instead of blocking on the channel
+/// means a worker's send never has to wake a parked thread (a futex call and a context switch
+/// per request, measured at ~15 µs per request on a shared core); a line waits at most this long.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One request as logged.
 #[derive(Serialize, Debug, Clone, Default)]
@@ -110,25 +114,30 @@ fn writer(
     open: impl Fn() -> std::io::Result<Box<dyn Write + Send>>,
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, first);
-    while let Ok(msg) = rx.recv() {
-        let mut next = Some(msg);
+    loop {
         // Write everything queued, then flush once: a burst costs one write(2).
-        while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
-            match m {
-                Msg::Line(l) => {
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Line(l)) => {
                     let _ = out.write_all(l.as_bytes());
                     let _ = out.write_all(b"\n");
                 }
-                Msg::Reopen => {
+                Ok(Msg::Reopen) => {
                     let _ = out.flush();
                     match open() {
                         Ok(f) => out = std::io::BufWriter::with_capacity(64 * 1024, f),
                         Err(e) => tracing::error!("cannot reopen access log: {e}"),
                     }
                 }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
             }
         }
         let _ = out.flush();
+        std::thread::sleep(DRAIN_EVERY);
     }
 }
 
