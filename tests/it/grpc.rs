@@ -70,6 +70,9 @@ fn trailer_status() -> Status {
 /// `Echo/Bidi` echoes each message as it arrives.
 struct Unary(&'static str);
 
+/// Makes the test server's health service answer NOT_SERVING.
+static NOT_SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl tonic::server::UnaryService<Bytes> for Unary {
     type Response = Bytes;
     type Future = BoxFut<Response<Bytes>>;
@@ -85,6 +88,15 @@ impl tonic::server::UnaryService<Bytes> for Unary {
                 "slow" => {
                     tokio::time::sleep(Duration::from_secs(3)).await;
                     Ok(Response::new(Bytes::new()))
+                }
+                // grpc.health.v1 HealthCheckResponse { status: SERVING (1) | NOT_SERVING (2) }.
+                "health" => {
+                    let status = if NOT_SERVING.load(std::sync::atomic::Ordering::Relaxed) {
+                        2
+                    } else {
+                        1
+                    };
+                    Ok(Response::new(Bytes::from(vec![0x08, status])))
                 }
                 _ => {
                     let id = req.metadata().get("x-id").cloned();
@@ -148,6 +160,7 @@ async fn grpc_backend() -> SocketAddr {
                             "/test.Echo/Unary" => g.unary(Unary("echo"), req).await,
                             "/test.Echo/Fail" => g.unary(Unary("fail"), req).await,
                             "/test.Echo/Slow" => g.unary(Unary("slow"), req).await,
+                            "/grpc.health.v1.Health/Check" => g.unary(Unary("health"), req).await,
                             "/test.Echo/Stream" => g.server_streaming(ServerStream, req).await,
                             "/test.Echo/Bidi" => g.streaming(Bidi, req).await,
                             _ => Status::unimplemented("no such method").into_http(),
@@ -297,4 +310,41 @@ fn errors_switchyard_makes_on_grpc_calls_are_grpc_statuses() {
     // A plain HTTP client still gets the HTTP status.
     let r = client().get(down.url("/")).send().unwrap();
     assert_eq!(r.status(), 502);
+}
+
+#[test]
+fn grpc_health_checks_follow_the_serving_status() {
+    let be = backends(0);
+    let addr = be.rt.block_on(grpc_backend());
+    let lb = lb_for(&format!(
+        "backends = [{{ address = \"{addr}\" }}]\nprotocol = \"h2c\"\n\
+         health_check = {{ kind = \"grpc\", interval = \"200ms\", timeout = \"1s\", healthy_threshold = 1, unhealthy_threshold = 1 }}"
+    ));
+    let c = client();
+    let health = || -> serde_json::Value {
+        let v: serde_json::Value = c
+            .get(lb.admin_url("/api/v1/upstreams"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["upstreams"][0]["backends"][0]["health"].clone()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || health() == "healthy"),
+        "{}",
+        health()
+    );
+    NOT_SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || health() == "unhealthy"),
+        "{}",
+        health()
+    );
+    NOT_SERVING.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || health() == "healthy"),
+        "{}",
+        health()
+    );
 }
