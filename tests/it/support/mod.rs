@@ -258,7 +258,9 @@ impl Etcd {
             .output()
             .is_err()
         {
-            panic!("`etcd` is not installed: apt-get install -y etcd-server (scripts/test.sh does)");
+            panic!(
+                "`etcd` is not installed: apt-get install -y etcd-server (scripts/test.sh does)"
+            );
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
