@@ -320,16 +320,7 @@ fn grpc_health_checks_follow_the_serving_status() {
         "backends = [{{ address = \"{addr}\" }}]\nprotocol = \"h2c\"\n\
          health_check = {{ kind = \"grpc\", interval = \"200ms\", timeout = \"1s\", healthy_threshold = 1, unhealthy_threshold = 1 }}"
     ));
-    let c = client();
-    let health = || -> serde_json::Value {
-        let v: serde_json::Value = c
-            .get(lb.admin_url("/api/v1/upstreams"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        v["upstreams"][0]["backends"][0]["health"].clone()
-    };
+    let health = || first_backend(&lb, 0)["health"].clone();
     assert!(
         eventually(Duration::from_secs(5), || health() == "healthy"),
         "{}",

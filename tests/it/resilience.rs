@@ -8,13 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn backend_state(lb: &Lb, addr: &str) -> Value {
-    let v: Value = client()
-        .get(lb.admin_url("/api/v1/upstreams"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    v["upstreams"][0]["backends"]
+    upstreams(lb)["upstreams"][0]["backends"]
         .as_array()
         .unwrap()
         .iter()

@@ -552,15 +552,7 @@ fn health_checks_reach_tls_backends_the_way_traffic_does() {
              health_check = {{ kind = \"http\", path = \"/healthz\", interval = \"200ms\", timeout = \"1s\" }}",
             ca.path_str()
         )));
-        let health = || -> serde_json::Value {
-            let v: serde_json::Value = c
-                .get(lb.admin_url("/api/v1/upstreams"))
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
-            v["upstreams"][0]["backends"][0]["health"].clone()
-        };
+        let health = || first_backend(&lb, 0)["health"].clone();
         assert!(
             eventually(Duration::from_secs(5), || health() == "healthy"),
             "{protocol}: {}",

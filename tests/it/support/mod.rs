@@ -388,3 +388,18 @@ pub fn get_json(c: &reqwest::blocking::Client, url: &str) -> serde_json::Value {
         .and_then(|r| r.json())
         .unwrap_or(serde_json::Value::Null)
 }
+
+/// `GET /api/v1/upstreams` of a running Switchyard.
+pub fn upstreams(lb: &Lb) -> serde_json::Value {
+    client()
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// The live state of backend `i` of the first upstream.
+pub fn first_backend(lb: &Lb, i: usize) -> serde_json::Value {
+    upstreams(lb)["upstreams"][0]["backends"][i].clone()
+}
