@@ -93,8 +93,10 @@ pub fn start(toml_text: &str) -> Lb {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, toml_text).unwrap();
-    let (cfg, _) = switchyard::config::load_file(&path)
+    let (mut cfg, _) = switchyard::config::load_file(&path)
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    // Never the default 127.0.0.1:5000: tests run in parallel, and a demo may be running.
+    cfg.admin.listen.get_or_insert_with(|| "127.0.0.1:0".into());
     let running = server::start(
         cfg,
         Options {
