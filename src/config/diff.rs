@@ -85,11 +85,63 @@ fn upstream_diff(name: &str, o: &UpstreamConfig, n: &UpstreamConfig, out: &mut V
             b.address
         ));
     }
-    let strip = |u: &UpstreamConfig| UpstreamConfig {
+    // Other settings: name each top-level key that changed (`health_check`, `retry`, ...).
+    let fields = |u: &UpstreamConfig| match serde_json::to_value(UpstreamConfig {
         backends: Vec::new(),
         ..u.clone()
+    }) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
     };
-    if strip(o) != strip(n) {
-        out.push(format!("upstreams.{name}: settings changed"));
+    let (a, b) = (fields(o), fields(n));
+    let mut keys: Vec<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        out.push(format!("upstreams.{name}.{k}: changed"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, Dur, HealthCheckConfig};
+
+    #[test]
+    fn names_backends_and_changed_settings() {
+        let mut old = Config::default();
+        let up = UpstreamConfig {
+            backends: vec![BackendConfig {
+                address: "10.0.0.1:80".into(),
+                weight: 1,
+                drain: false,
+            }],
+            ..UpstreamConfig::default()
+        };
+        old.upstreams.insert("web".into(), up);
+        let mut new = old.clone();
+        let web = new.upstreams.get_mut("web").unwrap();
+        web.backends[0].weight = 3;
+        web.backends.push(BackendConfig {
+            address: "10.0.0.2:80".into(),
+            weight: 1,
+            drain: false,
+        });
+        web.health_check = Some(HealthCheckConfig {
+            interval: Some(Dur::secs(1)),
+            ..HealthCheckConfig::default()
+        });
+        assert_eq!(
+            diff(&old, &new),
+            [
+                "upstreams.web: backend 10.0.0.1:80 weight 1 -> 3",
+                "upstreams.web: added backend 10.0.0.2:80 (weight 1)",
+                "upstreams.web.health_check: changed",
+            ]
+        );
     }
 }
