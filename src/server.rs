@@ -183,11 +183,6 @@ impl Running {
             .unwrap_or_else(tokio::runtime::Handle::current)
     }
 
-    /// A receiver that turns true when shutdown begins.
-    pub fn stopping(&self) -> watch::Receiver<bool> {
-        self.stop.subscribe()
-    }
-
     /// Stops accepting, lets in-flight requests finish within the grace period, and returns.
     pub fn shutdown(mut self) {
         self.begin_shutdown();
