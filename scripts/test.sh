@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v protoc   >/dev/null || need+=(protobuf-compiler)
+# etcd-client's protos import google/protobuf/*.proto, which only libprotobuf-dev ships
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v chromium >/dev/null || need+=(chromium)
 command -v etcd     >/dev/null || need+=(etcd-server)
 command -v promtool >/dev/null || need+=(prometheus)
