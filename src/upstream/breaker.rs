@@ -57,7 +57,9 @@ impl BreakerPolicy {
     }
 }
 
+/// `repr(C)`: `state`, the one field a pick reads, first (see `BackendState`).
 #[derive(Default)]
+#[repr(C)]
 pub struct Breaker {
     state: AtomicU8,
     open_until_ms: AtomicU64,

@@ -2,8 +2,9 @@
 //!
 //! Each backend owns virtual points on a 64-bit ring in proportion to its weight; a key goes to
 //! the first point at or after its hash, so adding one backend to N moves about 1/(N+1) of keys.
-//! A bucket index over the sorted ring makes a lookup O(1) instead of a binary search, so the cost
-//! does not grow with the fleet. If the owner is unavailable the walk continues clockwise, which
+//! A bucket table over the hash space, built with the ring, gives most keys their owner in one
+//! read and the rest a ring position to start from, so a lookup is O(1) and does not grow with
+//! the fleet. If the owner is unavailable the walk continues clockwise, which
 //! spreads that backend's keys over its neighbours instead of piling them onto one.
 //! Hashes are FNV-1a with a 64-bit finaliser: stable across processes, so every Switchyard
 //! instance of a cluster maps a key to the same backend.
@@ -12,10 +13,15 @@ use super::{Backend, Balancer, PickCtx};
 
 pub struct ConsistentHash {
     ring: Vec<(u64, u32)>,
-    /// `index[b]` = first ring position whose hash >> shift is ≥ b.
-    index: Vec<u32>,
+    /// One entry per bucket of the hash space (`hash >> shift`), four buckets per ring point.
+    /// Most buckets hold no ring point, so every key in them has the same owner: the entry is
+    /// that owner (`DIRECT` set), and a lookup touches this table and nothing else. A bucket
+    /// holding points stores the ring position of its first point, where a short walk starts.
+    buckets: Vec<u32>,
     shift: u32,
 }
+
+const DIRECT: u32 = 1 << 31;
 
 /// Stable 64-bit hash of bytes.
 pub fn hash_bytes(data: &[u8]) -> u64 {
@@ -67,22 +73,46 @@ impl ConsistentHash {
             }
         }
         ring.sort_unstable_by_key(|p| p.0);
-        let bits = ring
-            .len()
-            .max(1)
+        // Four buckets per point (a power of two): about 78% of buckets hold no point.
+        let bits = (ring.len().max(1) * 4)
             .next_power_of_two()
             .trailing_zeros()
-            .max(1);
+            .clamp(1, 31);
         let shift = 64 - bits;
-        let mut index = Vec::with_capacity(1 << bits);
+        let mut buckets = Vec::with_capacity(1 << bits);
         let mut pos = 0usize;
         for bucket in 0..(1u64 << bits) {
-            while pos < ring.len() && (ring[pos].0 >> shift) < bucket {
+            let first = pos;
+            while pos < ring.len() && (ring[pos].0 >> shift) == bucket {
                 pos += 1;
             }
-            index.push(pos as u32);
+            buckets.push(if pos > first || ring.is_empty() {
+                first as u32
+            } else {
+                // No point in this bucket: its keys all go to the next point (wrapping).
+                ring[pos % ring.len()].1 | DIRECT
+            });
         }
-        ConsistentHash { ring, index, shift }
+        ConsistentHash {
+            ring,
+            buckets,
+            shift,
+        }
+    }
+
+    /// Ring position of the first point at or after `hash` (wrapping to 0).
+    fn position(&self, hash: u64) -> usize {
+        let e = self.buckets[(hash >> self.shift) as usize];
+        let mut i = if e & DIRECT != 0 {
+            // Only reached when the owner was unavailable: find the point itself.
+            self.ring.partition_point(|p| p.0 < hash)
+        } else {
+            e as usize
+        };
+        while i < self.ring.len() && self.ring[i].0 < hash {
+            i += 1;
+        }
+        i % self.ring.len()
     }
 }
 
@@ -97,10 +127,11 @@ impl Balancer for ConsistentHash {
         if len == 0 {
             return None;
         }
-        let mut i = self.index[(ctx.hash >> self.shift) as usize] as usize;
-        while i < len && self.ring[i].0 < ctx.hash {
-            i += 1;
+        let e = self.buckets[(ctx.hash >> self.shift) as usize];
+        if e & DIRECT != 0 && ok((e & !DIRECT) as usize) {
+            return Some((e & !DIRECT) as usize);
         }
+        let i = self.position(ctx.hash);
         let mut last = u32::MAX;
         for k in 0..len {
             let b = self.ring[(i + k) % len].1;
@@ -133,6 +164,32 @@ mod tests {
             })
             .count();
         assert!((1800..3200).contains(&moved), "moved {moved} of {keys}");
+    }
+
+    #[test]
+    fn bucket_table_agrees_with_the_ring() {
+        let b = backends(&[1, 2, 3, 1, 1, 4, 2]);
+        let ch = ConsistentHash::new(&b);
+        let mut h: u64 = 7;
+        for _ in 0..50_000 {
+            h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+            let ring_owner = ch
+                .ring
+                .iter()
+                .find(|p| p.0 >= h)
+                .unwrap_or(&ch.ring[0])
+                .1 as usize;
+            let ctx = PickCtx { hash: h };
+            assert_eq!(ch.pick(&b, &ctx, &mut |_| true), Some(ring_owner));
+            // And when that owner is out, the next distinct owner clockwise.
+            let next = ch.pick(&b, &ctx, &mut |i| i != ring_owner).unwrap();
+            let start = ch.ring.partition_point(|p| p.0 < h);
+            let want = (0..ch.ring.len())
+                .map(|k| ch.ring[(start + k) % ch.ring.len()].1 as usize)
+                .find(|&o| o != ring_owner)
+                .unwrap();
+            assert_eq!(next, want);
+        }
     }
 
     #[test]

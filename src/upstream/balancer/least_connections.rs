@@ -9,7 +9,7 @@ use super::{scan_from, Backend, Balancer, PickCtx};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 const EXACT_UP_TO: usize = 16;
-const SAMPLES: usize = 4;
+const SAMPLES: usize = 2;
 
 #[derive(Default)]
 pub struct LeastConnections {
