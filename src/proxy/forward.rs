@@ -365,12 +365,12 @@ async fn send(
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if conn.reused => {
                     *req = back;
-                    let tx = pool::connect(
+                    let tx = Box::pin(pool::connect(
                         &up.connector,
                         &backend.address,
                         backend.socket,
                         connect_timeout,
-                    )
+                    ))
                     .await?;
                     conn = pool::Conn { tx, reused: false };
                 }

@@ -138,13 +138,15 @@ pub async fn checkout(
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<Conn, ProxyError> {
+    // The dialling futures (TCP, TLS, h2 handshakes) are boxed: inline they would widen every
+    // request's future by kilobytes, copied on each request, to serve the rare pool miss.
     if c.is_h2() {
-        return checkout_h2(c, address, socket, connect_timeout).await;
+        return Box::pin(checkout_h2(c, address, socket, connect_timeout)).await;
     }
     if let Some(tx) = take_idle(c.pool_key, address, idle_timeout) {
         return Ok(Conn { tx, reused: true });
     }
-    connect(c, address, socket, connect_timeout)
+    Box::pin(connect(c, address, socket, connect_timeout))
         .await
         .map(|tx| Conn { tx, reused: false })
 }

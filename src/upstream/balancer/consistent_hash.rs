@@ -173,12 +173,7 @@ mod tests {
         let mut h: u64 = 7;
         for _ in 0..50_000 {
             h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
-            let ring_owner = ch
-                .ring
-                .iter()
-                .find(|p| p.0 >= h)
-                .unwrap_or(&ch.ring[0])
-                .1 as usize;
+            let ring_owner = ch.ring.iter().find(|p| p.0 >= h).unwrap_or(&ch.ring[0]).1 as usize;
             let ctx = PickCtx { hash: h };
             assert_eq!(ch.pick(&b, &ctx, &mut |_| true), Some(ring_owner));
             // And when that owner is out, the next distinct owner clockwise.

@@ -24,7 +24,10 @@ impl Random {
             return Random { slots: Vec::new() };
         }
         // Scaled weights: each slot holds `total` units; a backend needs `weight * n` of them.
-        let mut scaled: Vec<u64> = backends.iter().map(|b| b.weight as u64 * n as u64).collect();
+        let mut scaled: Vec<u64> = backends
+            .iter()
+            .map(|b| b.weight as u64 * n as u64)
+            .collect();
         let mut slots = vec![
             Slot {
                 threshold: u32::MAX,
