@@ -10,14 +10,15 @@
 
 pub mod certs;
 pub mod redirect;
+mod sniff;
 pub mod tls;
 
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 use http::{header, HeaderValue};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -180,16 +181,13 @@ pub fn run_worker(
         }
     };
     rt.block_on(async move {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .max_buf_size(MAX_HEADER_BYTES)
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             // Bounds per client connection: 256 streams (NGINX's http2_max_concurrent_streams
             // is 128, Envoy's 2^31); 1 MiB per stream and 4 MiB per connection of flow-control
             // window, so one connection cannot make the proxy buffer more than that.
@@ -204,6 +202,7 @@ pub fn run_worker(
             .max_pending_accept_reset_streams(50)
             .max_local_error_reset_streams(256)
             .enable_connect_protocol();
+        let builder = Builders { h1, h2 };
         let builder = Arc::new(builder);
         let tracker = Arc::new(Tracker::default());
         for WorkerSocket {
@@ -307,6 +306,15 @@ pub fn run_worker(
     });
 }
 
+/// How long a client may take to send a request head (and its first bytes).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// hyper's server settings for each protocol, shared by a worker's connections.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
 type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 type RequestFuture = std::pin::Pin<
     Box<
@@ -318,7 +326,7 @@ type RequestFuture = std::pin::Pin<
 /// What serving one connection needs besides the socket.
 struct Conn {
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     stop: watch::Receiver<bool>,
     hsts: Option<HeaderValue>,
 }
@@ -381,16 +389,7 @@ async fn serve_redirect(stream: TcpStream, https_port: u16, conn: Conn) {
         service_fn(
             move |req| async move { Ok::<_, Infallible>(redirect::respond(&req, https_port)) },
         );
-    let c = conn.builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(c);
-    let mut stop = conn.stop;
-    tokio::select! {
-        _ = c.as_mut() => {}
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-            c.as_mut().graceful_shutdown();
-            let _ = c.await;
-        }
-    }
+    serve_with(stream, svc, &conn.builder, conn.stop).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) connection until it closes, or
@@ -402,13 +401,13 @@ where
     let Conn {
         shared,
         builder,
-        mut stop,
+        stop,
         hsts,
     } = conn;
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (shared, info, hsts) = (shared.clone(), info.clone(), hsts.clone());
         // Boxed: hyper keeps the slot for the in-flight request's future for the whole life of
-        // the connection, so an inline 6 KiB proxy future would be held by every idle
+        // the connection, so an inline 5 KiB proxy future would be held by every idle
         // keep-alive connection. Boxed, it lives only while the request does.
         let fut: RequestFuture = Box::pin(async move {
             // Errors Switchyard makes on a gRPC call must be spoken in gRPC; decide before the
@@ -427,14 +426,53 @@ where
         });
         fut
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-            // Stop taking new requests on this connection; let the in-flight ones finish.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    serve_with(io, svc, &builder, stop).await;
+}
+
+/// Detects the protocol, then runs hyper's HTTP/1 (with upgrades) or HTTP/2 server on the
+/// connection; on shutdown, stops taking requests and lets the in-flight ones finish.
+async fn serve_with<IO, S, B>(
+    mut io: IO,
+    svc: S,
+    builder: &Builders,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // The header-read timeout covers the wait for the first bytes too (slow clients).
+    let first = tokio::select! {
+        r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff::sniff(&mut io)) => r,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+    };
+    let Ok(Ok((prefix, h2))) = first else { return };
+    if prefix.is_empty() {
+        return;
+    }
+    let io = TokioIo::new(sniff::Prefixed::new(prefix, io));
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    // Stop taking new requests on this connection; let the in-flight ones
+                    // finish.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }};
+    }
+    if h2 {
+        drive!(builder.h2.serve_connection(io, svc))
+    } else {
+        drive!(builder.h1.serve_connection(io, svc).with_upgrades())
     }
 }
