@@ -205,6 +205,13 @@ pub fn run_worker(
         let builder = Builders { h1, h2 };
         let builder = Arc::new(builder);
         let tracker = Arc::new(Tracker::default());
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(proxy::pool::SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                proxy::pool::sweep();
+            }
+        });
         for WorkerSocket {
             socket,
             max_body,

@@ -126,6 +126,12 @@ impl Observer {
 }
 
 impl OnDone for Observer {
+    fn poll_drive(&mut self, cx: &mut std::task::Context<'_>) {
+        if let Some(i) = self.inner.as_mut() {
+            i.poll_drive(cx);
+        }
+    }
+
     fn on_data(&mut self, n: usize) {
         self.sent += n as u64;
         if let Some(i) = self.inner.as_mut() {

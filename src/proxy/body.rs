@@ -109,6 +109,9 @@ impl Body for ReqBody {
 pub trait OnDone: Send + 'static {
     /// A data frame of `n` bytes is going to the client.
     fn on_data(&mut self, _n: usize) {}
+    /// Advances whatever produces the body (the backend connection) from the polling task.
+    /// No default: a wrapper that forgot to forward this would stall every streamed body.
+    fn poll_drive(&mut self, cx: &mut Context<'_>);
     /// `complete` is true when the body reached its end normally.
     fn done(self: Box<Self>, complete: bool);
 }
@@ -141,6 +144,9 @@ impl Body for RespBody {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Stream { inner, guard } => {
+                if let Some(g) = guard.as_mut() {
+                    g.poll_drive(cx);
+                }
                 let r = Pin::new(inner).poll_frame(cx);
                 match &r {
                     Poll::Ready(Some(Ok(f))) => {

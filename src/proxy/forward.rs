@@ -40,6 +40,12 @@ impl Inflight {
 }
 
 impl OnDone for Inflight {
+    fn poll_drive(&mut self, cx: &mut std::task::Context<'_>) {
+        if let Some(tx) = &mut self.tx {
+            tx.poll_drive(cx);
+        }
+    }
+
     fn done(mut self: Box<Self>, complete: bool) {
         if let (true, Some(tx)) = (complete, self.tx.take()) {
             pool::checkin(&self.state.address, tx);
@@ -361,7 +367,12 @@ async fn send(
         let fut = conn.tx.try_send_request(r);
         match tokio::time::timeout_at(deadline.into(), fut).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Ok(resp)) => return Ok((resp, conn.tx)),
+            Ok(Ok(resp)) => {
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    conn.tx.detach();
+                }
+                return Ok((resp, conn.tx));
+            }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if conn.reused => {
                     *req = back;

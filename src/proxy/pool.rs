@@ -25,7 +25,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -48,16 +50,54 @@ pub struct SendRequest<B> {
 }
 
 enum Inner<B> {
-    H1(http1::SendRequest<B>),
+    /// The sender and the connection's driver (hyper's dispatcher). The driver is polled by the
+    /// request that holds the connection, inside that request's task, instead of running as a
+    /// task of its own: no cross-task hand-off (channel send, wake-up, a second task polled)
+    /// per request. `None` once it finished, or when handed to a task of its own (upgrades).
+    H1(http1::SendRequest<B>, Option<Driver>),
     H2(http2::SendRequest<B>, uri::Scheme),
+}
+
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
+    if let Some(d) = driver {
+        if d.as_mut().poll(cx).is_ready() {
+            *driver = None;
+        }
+    }
 }
 
 impl SendRequest<ReqBody> {
     /// Whether the connection can take a request now.
-    pub fn is_ready(&self) -> bool {
-        match &self.inner {
-            Inner::H1(tx) => tx.is_ready(),
+    pub fn is_ready(&mut self) -> bool {
+        match &mut self.inner {
+            Inner::H1(tx, driver) => {
+                // Let the dispatcher take in what happened while nobody polled it: the end of
+                // the previous exchange, or the backend closing the idle connection.
+                drive(driver, &mut Context::from_waker(Waker::noop()));
+                tx.is_ready()
+            }
             Inner::H2(tx, _) => !tx.is_closed(),
+        }
+    }
+
+    /// Advances the connection (request body out, response in) from the task holding it.
+    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        if let Inner::H1(_, driver) = &mut self.inner {
+            drive(driver, cx);
+        }
+    }
+
+    /// Hands the connection's driver to a task of its own: for an upgrade, where hyper gives the
+    /// connection up only when its driver finishes, whoever holds this sender or not.
+    pub fn detach(&mut self) {
+        if let Inner::H1(_, driver) = &mut self.inner {
+            if let Some(d) = driver.take() {
+                tokio::spawn(async move {
+                    let _ = d.await;
+                });
+            }
         }
     }
 
@@ -66,10 +106,29 @@ impl SendRequest<ReqBody> {
     pub fn try_send_request(
         &mut self,
         req: Request<ReqBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>> + Send
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>> + Send + '_
     {
         match &mut self.inner {
-            Inner::H1(tx) => Either::Left(tx.try_send_request(req)),
+            Inner::H1(tx, driver) => {
+                let fut = tx.try_send_request(req);
+                Either::Left(async move {
+                    let mut fut = std::pin::pin!(fut);
+                    std::future::poll_fn(|cx| {
+                        drive(driver, cx);
+                        // The response comes from the driver, whose socket wakes this task;
+                        // registering this task's waker with the response channel too would
+                        // only add a wake-up of this same task. Once the driver is gone the
+                        // channel is all there is.
+                        let waker = if driver.is_some() {
+                            Waker::noop()
+                        } else {
+                            cx.waker()
+                        };
+                        fut.as_mut().poll(&mut Context::from_waker(waker))
+                    })
+                    .await
+                })
+            }
             Inner::H2(tx, scheme) => Either::Right(tx.try_send_request(for_h2(req, scheme))),
         }
     }
@@ -155,7 +214,7 @@ fn take_idle(key: u64, address: &str, idle_timeout: Duration) -> Option<SendRequ
     H1.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(&key)?.get_mut(address)?;
-        while let Some(idle) = list.pop() {
+        while let Some(mut idle) = list.pop() {
             if idle.since.elapsed() < idle_timeout && idle.tx.is_ready() {
                 return Some(idle.tx);
             }
@@ -164,9 +223,27 @@ fn take_idle(key: u64, address: &str, idle_timeout: Duration) -> Option<SendRequ
     })
 }
 
+/// How often a worker looks over its idle connections for ones the backend closed.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Closes idle connections the backend has closed meanwhile. Idle connections are not polled
+/// by any task (their driver runs inside the requests that use them), so without this a
+/// connection the backend closed would sit in CLOSE_WAIT until the next request to that backend
+/// took it from the pool. Runs on each worker every [`SWEEP_EVERY`].
+pub fn sweep() {
+    H1.with(|p| {
+        for by_addr in p.borrow_mut().values_mut() {
+            for list in by_addr.values_mut() {
+                list.retain_mut(|idle| idle.tx.is_ready());
+            }
+            by_addr.retain(|_, list| !list.is_empty());
+        }
+    });
+}
+
 /// Returns a connection whose exchange finished cleanly. HTTP/2 senders are not pooled per
 /// request: the worker's shared connection stays in its slot.
-pub fn checkin(address: &str, tx: SendRequest<ReqBody>) {
+pub fn checkin(address: &str, mut tx: SendRequest<ReqBody>) {
     if matches!(tx.inner, Inner::H2(..)) || !tx.is_ready() {
         return;
     }
@@ -202,12 +279,10 @@ pub async fn connect(
         .handshake(TokioIo::new(io))
         .await
         .map_err(|_| ProxyError::ConnectFailed)?;
-    tokio::spawn(async move {
-        // Errors here are the backend closing; the request side already saw them.
-        let _ = conn.with_upgrades().await;
-    });
+    // Errors from the driver are the backend closing; the request side sees them too.
+    let driver: Driver = Box::pin(conn.with_upgrades());
     Ok(SendRequest {
-        inner: Inner::H1(tx),
+        inner: Inner::H1(tx, Some(driver)),
         pool_key: c.pool_key,
     })
 }

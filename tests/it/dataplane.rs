@@ -190,3 +190,82 @@ fn retry_goes_to_another_backend_when_one_is_down() {
         assert_eq!(status, 200);
     }
 }
+
+/// Sockets to `port` in CLOSE_WAIT (the peer closed, this side not yet), from /proc/net/tcp.
+fn close_wait_to(port: u16) -> usize {
+    let t = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    t.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "08"
+                && f[2].rsplit(':').next() == Some(&format!("{port:04X}")[..])
+        })
+        .count()
+}
+
+#[test]
+fn backend_closing_idle_connections_leaves_no_close_wait_and_no_error() {
+    // A backend that closes a connection once it has been idle for 200 ms:
+    // a short keep-alive timeout, as many servers have.
+    let srv = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = srv.local_addr().unwrap().port();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closed2 = closed.clone();
+    std::thread::spawn(move || {
+        for s in srv.incoming() {
+            let Ok(mut s) = s else { return };
+            let closed = closed2.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+                impl Drop for Count {
+                    fn drop(&mut self) {
+                        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let _count = Count(closed);
+                // Idle for 200 ms (the read times out): close.
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    got.clear();
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"127.0.0.1:{port}\" }}]"
+    )));
+    let c = client();
+    for _ in 0..4 {
+        let r = c.get(lb.url("/")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().unwrap(), "ok");
+    }
+    // The backend closes the pooled connection after 200 ms; the worker's sweep notices.
+    assert!(eventually(Duration::from_secs(3), || closed
+        .load(std::sync::atomic::Ordering::SeqCst)
+        >= 1));
+    assert!(
+        eventually(Duration::from_secs(6), || close_wait_to(port) == 0),
+        "{} connections to the backend left in CLOSE_WAIT",
+        close_wait_to(port)
+    );
+    // And the next request finds no dead connection in its way.
+    let r = c.get(lb.url("/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+}
