@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 struct Inflight {
     state: Arc<BackendState>,
     tx: Option<SendRequest<ReqBody>>,
+    /// How long the connection may then wait in the pool.
+    idle_timeout: Duration,
     /// Set when the upstream limits connections: a finished request wakes one queued request.
     limited: Option<Arc<Upstream>>,
 }
@@ -34,6 +36,7 @@ impl Inflight {
         Inflight {
             state: state.clone(),
             tx: None,
+            idle_timeout: up.idle_timeout,
             limited: up.max_connections.map(|_| up.clone()),
         }
     }
@@ -48,7 +51,7 @@ impl OnDone for Inflight {
 
     fn done(mut self: Box<Self>, complete: bool) {
         if let (true, Some(tx)) = (complete, self.tx.take()) {
-            pool::checkin(&self.state.address, tx);
+            pool::checkin(&self.state.address, tx, self.idle_timeout);
         }
     }
 }
@@ -356,7 +359,6 @@ async fn send(
         &backend.address,
         backend.socket,
         connect_timeout,
-        up.idle_timeout,
     )
     .await?;
     if !conn.reused {

@@ -7,8 +7,8 @@
 //! address with different TLS settings never share a connection.
 //!
 //! HTTP/1.1: a connection goes back to the pool when its response body has been read to the end;
-//! one idle longer than the upstream's idle timeout, or closed by the backend, is dropped at the
-//! next checkout. HTTP/2: each worker keeps one connection per backend and hands every request a
+//! one idle longer than the upstream's idle timeout, or closed by the backend, is closed by the
+//! worker's sweep (every 2 s) or skipped at checkout, whichever comes first. HTTP/2: each worker keeps one connection per backend and hands every request a
 //! clone of its sender; concurrent first requests wait for a single dial instead of each opening
 //! a connection. Requests beyond the backend's `SETTINGS_MAX_CONCURRENT_STREAMS` queue in hyper.
 
@@ -168,7 +168,8 @@ fn for_h2(req: Request<ReqBody>, scheme: &uri::Scheme) -> Request<ReqBody> {
 
 struct Idle {
     tx: SendRequest<ReqBody>,
-    since: Instant,
+    /// The upstream's idle timeout from now: closed by the sweep or skipped at checkout after.
+    expires: Instant,
 }
 
 /// The worker's shared HTTP/2 connection to one backend, or a dial in progress.
@@ -195,14 +196,13 @@ pub async fn checkout(
     address: &str,
     socket: Option<SocketAddr>,
     connect_timeout: Duration,
-    idle_timeout: Duration,
 ) -> Result<Conn, ProxyError> {
     // The dialling futures (TCP, TLS, h2 handshakes) are boxed: inline they would widen every
     // request's future by kilobytes, copied on each request, to serve the rare pool miss.
     if c.is_h2() {
         return Box::pin(checkout_h2(c, address, socket, connect_timeout)).await;
     }
-    if let Some(tx) = take_idle(c.pool_key, address, idle_timeout) {
+    if let Some(tx) = take_idle(c.pool_key, address) {
         return Ok(Conn { tx, reused: true });
     }
     Box::pin(connect(c, address, socket, connect_timeout))
@@ -210,12 +210,12 @@ pub async fn checkout(
         .map(|tx| Conn { tx, reused: false })
 }
 
-fn take_idle(key: u64, address: &str, idle_timeout: Duration) -> Option<SendRequest<ReqBody>> {
+fn take_idle(key: u64, address: &str) -> Option<SendRequest<ReqBody>> {
     H1.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(&key)?.get_mut(address)?;
         while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() < idle_timeout && idle.tx.is_ready() {
+            if Instant::now() < idle.expires && idle.tx.is_ready() {
                 return Some(idle.tx);
             }
         }
@@ -226,15 +226,17 @@ fn take_idle(key: u64, address: &str, idle_timeout: Duration) -> Option<SendRequ
 /// How often a worker looks over its idle connections for ones the backend closed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-/// Closes idle connections the backend has closed meanwhile. Idle connections are not polled
-/// by any task (their driver runs inside the requests that use them), so without this a
-/// connection the backend closed would sit in CLOSE_WAIT until the next request to that backend
-/// took it from the pool. Runs on each worker every [`SWEEP_EVERY`].
+/// Closes idle connections the backend has closed meanwhile, and those idle past their
+/// upstream's idle timeout. Idle connections are not polled by any task (their driver runs inside
+/// the requests that use them), so without this a connection the backend closed would sit in
+/// CLOSE_WAIT, and an expired one stay open, until the next request to that backend took it from
+/// the pool. Runs on each worker every [`SWEEP_EVERY`].
 pub fn sweep() {
+    let now = Instant::now();
     H1.with(|p| {
         for by_addr in p.borrow_mut().values_mut() {
             for list in by_addr.values_mut() {
-                list.retain_mut(|idle| idle.tx.is_ready());
+                list.retain_mut(|idle| now < idle.expires && idle.tx.is_ready());
             }
             by_addr.retain(|_, list| !list.is_empty());
         }
@@ -243,7 +245,7 @@ pub fn sweep() {
 
 /// Returns a connection whose exchange finished cleanly. HTTP/2 senders are not pooled per
 /// request: the worker's shared connection stays in its slot.
-pub fn checkin(address: &str, mut tx: SendRequest<ReqBody>) {
+pub fn checkin(address: &str, mut tx: SendRequest<ReqBody>, idle_timeout: Duration) {
     if matches!(tx.inner, Inner::H2(..)) || !tx.is_ready() {
         return;
     }
@@ -257,7 +259,7 @@ pub fn checkin(address: &str, mut tx: SendRequest<ReqBody>) {
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(Idle {
                 tx,
-                since: Instant::now(),
+                expires: Instant::now() + idle_timeout,
             });
         }
     });

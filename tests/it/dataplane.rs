@@ -205,18 +205,19 @@ fn close_wait_to(port: u16) -> usize {
         .count()
 }
 
-#[test]
-fn backend_closing_idle_connections_leaves_no_close_wait_and_no_error() {
-    // A backend that closes a connection once it has been idle for 200 ms:
-    // a short keep-alive timeout, as many servers have.
+/// A keep-alive backend answering `200 ok` on port `.0`; it closes a connection idle for
+/// `idle_close` (if set). `.1` counts connections that ended, whichever side closed them.
+fn keepalive_backend(
+    idle_close: Option<Duration>,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let srv = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = srv.local_addr().unwrap().port();
-    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let closed2 = closed.clone();
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ended2 = ended.clone();
     std::thread::spawn(move || {
         for s in srv.incoming() {
             let Ok(mut s) = s else { return };
-            let closed = closed2.clone();
+            let ended = ended2.clone();
             std::thread::spawn(move || {
                 use std::io::{Read, Write};
                 struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
@@ -225,9 +226,8 @@ fn backend_closing_idle_connections_leaves_no_close_wait_and_no_error() {
                         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
-                let _count = Count(closed);
-                // Idle for 200 ms (the read times out): close.
-                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let _count = Count(ended);
+                let _ = s.set_read_timeout(idle_close);
                 let mut buf = [0u8; 4096];
                 let mut got = Vec::new();
                 loop {
@@ -247,6 +247,14 @@ fn backend_closing_idle_connections_leaves_no_close_wait_and_no_error() {
             });
         }
     });
+    (port, ended)
+}
+
+#[test]
+fn backend_closing_idle_connections_leaves_no_close_wait_and_no_error() {
+    // The backend closes a connection once it has been idle for 200 ms, a short keep-alive
+    // timeout as many servers have.
+    let (port, closed) = keepalive_backend(Some(Duration::from_millis(200)));
     let lb = start(&config(&format!(
         "backends = [{{ address = \"127.0.0.1:{port}\" }}]"
     )));
@@ -268,4 +276,28 @@ fn backend_closing_idle_connections_leaves_no_close_wait_and_no_error() {
     // And the next request finds no dead connection in its way.
     let r = c.get(lb.url("/")).send().unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn idle_pooled_connections_are_closed_after_the_idle_timeout_without_traffic() {
+    // The backend never closes; Switchyard must, `timeouts.idle` after the last request.
+    let (port, ended) = keepalive_backend(None);
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"127.0.0.1:{port}\" }}]\ntimeouts = {{ idle = \"300ms\" }}"
+    )));
+    let c = client();
+    let r = c.get(lb.url("/")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "ok");
+    let t = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || ended
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1),
+        "the idle backend connection is still open"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
 }
