@@ -249,6 +249,7 @@ pub fn run_worker(
                     let _ = stream.set_nodelay(true);
                     let info = ConnInfo {
                         client,
+                        client_ip: proxy::headers::client_ip(client),
                         https: false,
                         max_body,
                         tls_version: None,

@@ -3,7 +3,6 @@
 //! W3C `traceparent` pass through untouched.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -54,13 +53,23 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 }
 
 /// Appends the client to `X-Forwarded-For` and sets proto and host.
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&HeaderValue>) {
-    let ip = client.to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    https: bool,
+    host: Option<&HeaderValue>,
+) {
+    // Most requests bring no X-Forwarded-For: the connection's precomputed value is inserted
+    // as is (a reference count), with no formatting or allocation per request.
+    let prev = h
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.is_empty());
+    let xff = match (prev, client_ip.to_str()) {
+        (Some(prev), Ok(ip)) => HeaderValue::try_from(format!("{prev}, {ip}")).ok(),
+        _ => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
@@ -70,6 +79,11 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, https: bool, host: Optio
     if let Some(host) = host {
         h.insert(X_FORWARDED_HOST, host.clone());
     }
+}
+
+/// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
+pub fn client_ip(client: std::net::SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Keeps a client's `X-Request-Id` or creates one (128 random bits, hex); returns it.
@@ -116,8 +130,17 @@ mod tests {
     fn appends_to_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, None);
+        add_forwarded(
+            &mut h,
+            &client_ip("127.0.0.1:9".parse().unwrap()),
+            false,
+            None,
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &client_ip("[::1]:9".parse().unwrap()), true, None);
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
     }
 }

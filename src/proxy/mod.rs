@@ -51,6 +51,8 @@ pub struct Trace {
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// `client`'s IP as a header value, for `X-Forwarded-For` (see [`headers::client_ip`]).
+    pub client_ip: HeaderValue,
     pub https: bool,
     /// Largest request body accepted; `u64::MAX` for no limit.
     pub max_body: u64,
@@ -170,7 +172,7 @@ async fn serve(
     }
     headers::add_forwarded(
         &mut parts.headers,
-        conn.client.ip(),
+        &conn.client_ip,
         conn.https,
         host_value.as_ref(),
     );
