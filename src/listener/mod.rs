@@ -268,7 +268,7 @@ pub fn run_worker(
                     // most of what 10,000 idle keep-alive connections cost).
                     let (tracker, mode) = (tracker.clone(), mode.clone());
                     let served: ConnFuture = match &*mode {
-                        Mode::Plain => Box::pin(serve(stream, Arc::new(info), conn)),
+                        Mode::Plain => Box::pin(serve_plain(stream, info, conn)),
                         _ => {
                             Box::pin(async move { accepted_conn(stream, info, &mode, conn).await })
                         }
@@ -342,7 +342,7 @@ struct Conn {
 /// One accepted connection, in its own task: TLS handshake if any, then HTTP until it closes.
 async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut conn: Conn) {
     let t = match mode {
-        Mode::Plain => return serve(stream, Arc::new(info), conn).await,
+        Mode::Plain => return serve_plain(stream, info, conn).await,
         Mode::Redirect { https_port } => return serve_redirect(stream, *https_port, conn).await,
         Mode::Tls(t) => t.current(),
     };
@@ -392,17 +392,76 @@ async fn starts_with_tls(stream: &TcpStream) -> bool {
     )
 }
 
-async fn serve_redirect(stream: TcpStream, https_port: u16, conn: Conn) {
+async fn serve_redirect(mut stream: TcpStream, https_port: u16, conn: Conn) {
+    let mut stop = conn.stop.clone();
+    let Some((prefix, h2)) = sniff_first(&mut stream, &mut stop).await else {
+        return;
+    };
     let svc =
         service_fn(
             move |req| async move { Ok::<_, Infallible>(redirect::respond(&req, https_port)) },
         );
-    serve_with(stream, svc, &conn.builder, conn.stop).await;
+    serve_with(stream, prefix.freeze(), h2, svc, &conn.builder, conn.stop).await;
+}
+
+/// Reads the connection's first bytes (within the header-read timeout): they and whether they
+/// are the HTTP/2 preface, or `None` when the client closed, timed out, or shutdown began.
+async fn sniff_first<IO>(
+    io: &mut IO,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(bytes::BytesMut, bool)>
+where
+    IO: tokio::io::AsyncRead + Unpin,
+{
+    let first = tokio::select! {
+        r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff::sniff(io)) => r,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => return None,
+    };
+    let Ok(Ok((prefix, h2))) = first else {
+        return None;
+    };
+    (!prefix.is_empty()).then_some((prefix, h2))
+}
+
+/// A plain TCP connection: HTTP/1.1 requests go through the byte relay
+/// ([`proxy::relay`]) until one needs hyper; HTTP/2 and the rest go to hyper.
+async fn serve_plain(mut stream: TcpStream, info: ConnInfo, conn: Conn) {
+    let mut stop = conn.stop.clone();
+    let Some((mut buf, h2)) = sniff_first(&mut stream, &mut stop).await else {
+        return;
+    };
+    if !h2 {
+        let end = proxy::relay::serve(
+            &mut stream,
+            &mut buf,
+            &conn.shared,
+            &info,
+            &mut stop,
+            HEADER_READ_TIMEOUT,
+        )
+        .await;
+        if let proxy::relay::End::Close = end {
+            return;
+        }
+    }
+    serve_sniffed(stream, buf.freeze(), h2, Arc::new(info), conn).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) connection until it closes, or
 /// until shutdown, when it stops taking new requests and lets the in-flight ones finish.
-async fn serve<IO>(io: IO, info: Arc<ConnInfo>, conn: Conn)
+async fn serve<IO>(mut io: IO, info: Arc<ConnInfo>, conn: Conn)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stop = conn.stop.clone();
+    let Some((prefix, h2)) = sniff_first(&mut io, &mut stop).await else {
+        return;
+    };
+    serve_sniffed(io, prefix.freeze(), h2, info, conn).await;
+}
+
+/// hyper's server on a connection whose first bytes (`prefix`) were read by the sniff.
+async fn serve_sniffed<IO>(io: IO, prefix: bytes::Bytes, h2: bool, info: Arc<ConnInfo>, conn: Conn)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -434,13 +493,15 @@ where
         });
         fut
     });
-    serve_with(io, svc, &builder, stop).await;
+    serve_with(io, prefix, h2, svc, &builder, stop).await;
 }
 
-/// Detects the protocol, then runs hyper's HTTP/1 (with upgrades) or HTTP/2 server on the
-/// connection; on shutdown, stops taking requests and lets the in-flight ones finish.
+/// Runs hyper's HTTP/1 (with upgrades) or HTTP/2 server on the connection, starting with the
+/// bytes the sniff read; on shutdown, stops taking requests and lets the in-flight ones finish.
 async fn serve_with<IO, S, B>(
-    mut io: IO,
+    io: IO,
+    prefix: bytes::Bytes,
+    h2: bool,
     svc: S,
     builder: &Builders,
     mut stop: watch::Receiver<bool>,
@@ -453,15 +514,6 @@ async fn serve_with<IO, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // The header-read timeout covers the wait for the first bytes too (slow clients).
-    let first = tokio::select! {
-        r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff::sniff(&mut io)) => r,
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-    };
-    let Ok(Ok((prefix, h2))) = first else { return };
-    if prefix.is_empty() {
-        return;
-    }
     let io = TokioIo::new(sniff::Prefixed::new(prefix, io));
     macro_rules! drive {
         ($conn:expr) => {{

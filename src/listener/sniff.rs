@@ -18,19 +18,19 @@ const FIRST_READ: usize = 4096;
 
 /// Reads until the bytes seen decide the protocol. Returns them and whether they are (the start
 /// of) the HTTP/2 preface. End of stream before any byte gives an empty prefix.
-pub async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<(Bytes, bool)> {
+pub async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<(BytesMut, bool)> {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
         if io.read_buf(&mut buf).await? == 0 {
             let h2 = !buf.is_empty() && PREFACE.starts_with(&buf);
-            return Ok((buf.freeze(), h2));
+            return Ok((buf, h2));
         }
         let n = buf.len().min(PREFACE.len());
         if buf[..n] != PREFACE[..n] {
-            return Ok((buf.freeze(), false));
+            return Ok((buf, false));
         }
         if n == PREFACE.len() {
-            return Ok((buf.freeze(), true));
+            return Ok((buf, true));
         }
         if buf.capacity() == buf.len() {
             buf.reserve(FIRST_READ);
@@ -120,6 +120,7 @@ mod tests {
             }
         });
         let (prefix, h2) = sniff(&mut b).await.unwrap();
+        let prefix = prefix.freeze();
         let mut all = Vec::new();
         Prefixed::new(prefix.clone(), b)
             .read_to_end(&mut all)

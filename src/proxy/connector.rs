@@ -100,12 +100,7 @@ impl Connector {
         timeout: Duration,
     ) -> Result<Box<dyn Io>, ProxyError> {
         let work = async {
-            let stream = match socket {
-                Some(sa) => TcpStream::connect(sa).await,
-                None => TcpStream::connect(address).await,
-            }
-            .map_err(|_| ProxyError::ConnectFailed)?;
-            let _ = stream.set_nodelay(true);
+            let stream = tcp(address, socket).await?;
             let tls = match &self.tls {
                 None => return Ok(Box::new(stream) as Box<dyn Io>),
                 Some(Err(_)) => return Err(ProxyError::ConnectFailed),
@@ -128,6 +123,28 @@ impl Connector {
             .await
             .map_err(|_| ProxyError::ConnectTimeout)?
     }
+}
+
+/// A TCP connection to a backend, with Nagle off (requests and responses are written whole).
+async fn tcp(address: &str, socket: Option<SocketAddr>) -> Result<TcpStream, ProxyError> {
+    let stream = match socket {
+        Some(sa) => TcpStream::connect(sa).await,
+        None => TcpStream::connect(address).await,
+    }
+    .map_err(|_| ProxyError::ConnectFailed)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A plain TCP connection within `timeout`, for upstreams without TLS (the HTTP/1 relay).
+pub async fn dial_tcp(
+    address: &str,
+    socket: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    tokio::time::timeout(timeout, tcp(address, socket))
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout)?
 }
 
 /// The host part of `host:port` (or `[v6]:port`) as a TLS server name.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tracks one request on one backend until its response body is done.
-struct Inflight {
+pub(super) struct Inflight {
     state: Arc<BackendState>,
     tx: Option<SendRequest<ReqBody>>,
     /// How long the connection may then wait in the pool.
@@ -30,7 +30,7 @@ struct Inflight {
 }
 
 impl Inflight {
-    fn start(state: &Arc<BackendState>, up: &Arc<Upstream>) -> Inflight {
+    pub(super) fn start(state: &Arc<BackendState>, up: &Arc<Upstream>) -> Inflight {
         state.active.fetch_add(1, Relaxed);
         state.requests_total.fetch_add(1, Relaxed);
         Inflight {
@@ -68,7 +68,7 @@ impl Drop for Inflight {
 /// Picks a backend; when every otherwise-available backend is at `max_connections`, waits in
 /// the upstream's queue (at most `max_pending` waiters, until the deadline), as HAProxy's
 /// server `maxconn` and `maxqueue`. A full queue answers 503 at once instead of growing.
-async fn pick_or_queue(
+pub(super) async fn pick_or_queue(
     up: &Upstream,
     ctx: &PickCtx,
     tried: &[usize],
@@ -104,7 +104,7 @@ impl Drop for PendingGuard<'_> {
 }
 
 /// Records the outcome of one attempt for the breaker, passive health and counters.
-fn record(up: &Upstream, i: usize, ok: bool, status_class: usize) {
+pub(super) fn record(up: &Upstream, i: usize, ok: bool, status_class: usize) {
     let s = &up.backends[i].state;
     s.responses[status_class].fetch_add(1, Relaxed);
     if !ok {
@@ -149,11 +149,7 @@ pub(super) async fn forward(
             if !std::mem::take(&mut prepaid) && !up.budget.try_retry(policy.budget_ratio) {
                 break;
             }
-            // Exponential backoff with full jitter, bounded by the overall deadline.
-            let ceiling = policy.backoff.saturating_mul(1 << (attempt - 1).min(6));
-            let pause = ceiling
-                .mul_f64(fastrand::f64())
-                .max(std::mem::take(&mut min_pause));
+            let pause = backoff(policy, attempt, std::mem::take(&mut min_pause));
             if Instant::now() + pause >= deadline {
                 break;
             }
@@ -259,13 +255,7 @@ pub(super) async fn forward(
             record(up, i, false, 0);
         }
         last_err = err;
-        let retryable = match err {
-            ProxyError::ConnectFailed | ProxyError::ConnectTimeout => policy.on_connect_failure,
-            ProxyError::UpstreamReset => policy.on_reset && idempotent,
-            ProxyError::UpstreamTimeout => policy.on_timeout && idempotent,
-            _ => false,
-        };
-        if !retryable || Instant::now() >= deadline {
+        if !retryable(policy, err, idempotent) || Instant::now() >= deadline {
             break;
         }
         // A request whose body was never sent can go again even if it was streaming.
@@ -279,6 +269,32 @@ pub(super) async fn forward(
         }
     }
     error_response(last_err)
+}
+
+/// The pause before retry `attempt` (≥ 1): exponential backoff with full jitter, at least
+/// `min_pause` (a Retry-After).
+pub(super) fn backoff(
+    policy: &crate::upstream::RetryPolicy,
+    attempt: u32,
+    min_pause: Duration,
+) -> Duration {
+    let ceiling = policy.backoff.saturating_mul(1 << (attempt - 1).min(6));
+    ceiling.mul_f64(fastrand::f64()).max(min_pause)
+}
+
+/// Whether a failed attempt may go to another backend (the body being replayable is the
+/// caller's to check).
+pub(super) fn retryable(
+    policy: &crate::upstream::RetryPolicy,
+    err: ProxyError,
+    idempotent: bool,
+) -> bool {
+    match err {
+        ProxyError::ConnectFailed | ProxyError::ConnectTimeout => policy.on_connect_failure,
+        ProxyError::UpstreamReset => policy.on_reset && idempotent,
+        ProxyError::UpstreamTimeout => policy.on_timeout && idempotent,
+        _ => false,
+    }
 }
 
 fn attempt_span_of<T>(

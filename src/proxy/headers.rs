@@ -94,16 +94,22 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    // 32 hex digits written on the stack: no formatting machinery on the hot path.
+    let id = new_request_id();
+    let v = HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"));
+    h.insert(X_REQUEST_ID, v.clone());
+    v
+}
+
+/// A new request id: 128 random bits as 32 hex digits, written on the stack (no formatting
+/// machinery on the hot path).
+pub fn new_request_id() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
     let r = fastrand::u128(..);
     for (i, b) in id.iter_mut().enumerate() {
         *b = HEX[((r >> (124 - 4 * i)) & 0xf) as usize];
     }
-    let v = HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"));
-    h.insert(X_REQUEST_ID, v.clone());
-    v
+    id
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod pool;
+pub mod relay;
 pub mod router;
 mod upgrade;
 
@@ -238,21 +239,27 @@ fn hash_key(key: &HashKey, parts: &http::request::Parts, conn: &ConnInfo) -> u64
         HashKey::ClientIp => Some(conn.client.ip().to_string().into_bytes()),
         HashKey::Path => Some(parts.uri.path().as_bytes().to_vec()),
         HashKey::Header(h) => parts.headers.get(h).map(|v| v.as_bytes().to_vec()),
-        HashKey::Cookie(name) => parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|kv| {
-                kv.trim()
-                    .split_once('=')
-                    .filter(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_bytes().to_vec())
-            }),
+        HashKey::Cookie(name) => cookie_value(
+            parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            name,
+        )
+        .map(<[u8]>::to_vec),
     };
     // Without a key the request is not tied to any backend; spread it at random (as Envoy).
     bytes.map_or_else(|| fastrand::u64(..), |b| hash_bytes(&b))
+}
+
+/// The value of cookie `name` in a request's `Cookie` header lines.
+pub fn cookie_value<'a>(lines: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
+    lines.flat_map(|v| v.split(|b| *b == b';')).find_map(|kv| {
+        let kv = kv.trim_ascii();
+        let eq = kv.iter().position(|b| *b == b'=')?;
+        (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
+    })
 }
 
 /// A body for a plain response made by the admin or demo servers.

@@ -232,6 +232,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// CLOSE_WAIT, and an expired one stay open, until the next request to that backend took it from
 /// the pool. Runs on each worker every [`SWEEP_EVERY`].
 pub fn sweep() {
+    super::relay::idle::sweep();
     let now = Instant::now();
     H1.with(|p| {
         for by_addr in p.borrow_mut().values_mut() {

@@ -1,0 +1,464 @@
+//! Message heads for the HTTP/1 relay: the client's request head parsed in place (httparse) and
+//! rewritten byte for byte into the head sent upstream, and the backend's response head rewritten
+//! into the head sent to the client. No header map is built: each head is scanned once for the
+//! few fields the proxy acts on and copied once.
+//!
+//! The header rules are those of [`crate::proxy::headers`] (hop-by-hop fields, including the ones
+//! `Connection` names, removed; `X-Forwarded-For` appended to; `X-Forwarded-Proto` and `-Host`
+//! set; `X-Request-Id` kept or created). Anything this path does not handle is reported as
+//! [`Parsed::Handoff`], and the connection goes on under hyper, which has the full rules.
+
+use crate::proxy::ConnInfo;
+use crate::state::Snapshot;
+use crate::upstream::balancer::hash_bytes;
+use crate::upstream::{HashKey, Upstream};
+use std::sync::Arc;
+
+/// Most header lines a head may have (hyper's limit is 100 too).
+const MAX_HEADERS: usize = 100;
+/// Connection-named headers this path strips; a longer list goes to hyper.
+const MAX_CONNECTION_TOKENS: usize = 4;
+
+/// Request headers dropped on the way upstream: hop-by-hop (RFC 9110 §7.6.1, plus the
+/// non-standard ones) and the forwarding headers the proxy sets itself.
+const REQUEST_DROPPED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+/// Response headers dropped on the way to the client. `Transfer-Encoding` stays: the body is
+/// relayed as it came, chunked or not.
+const RESPONSE_DROPPED: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+];
+
+/// A request head the relay can forward.
+pub struct Request {
+    /// Bytes of the head in the client's buffer.
+    pub head_len: usize,
+    /// The head to send upstream.
+    pub upstream_head: Vec<u8>,
+    pub upstream: Arc<Upstream>,
+    pub hash: u64,
+    pub body_len: u64,
+    pub idempotent: bool,
+    pub is_head: bool,
+    /// The client asked to close after this exchange (`Connection: close`).
+    pub close: bool,
+    /// `X-Request-Id` as sent upstream, echoed to the client.
+    pub request_id: RequestId,
+}
+
+/// The request id: the client's own (a range of the head) or one made here.
+pub enum RequestId {
+    Client(usize, usize),
+    Made([u8; 32]),
+}
+
+impl RequestId {
+    pub fn bytes<'a>(&'a self, head: &'a [u8]) -> &'a [u8] {
+        match self {
+            RequestId::Client(a, b) => &head[*a..*b],
+            RequestId::Made(id) => id,
+        }
+    }
+}
+
+pub enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    /// Not for this path (a protocol feature it leaves to hyper, an error hyper reports, no
+    /// route, or an upstream that is not plain HTTP/1).
+    Handoff,
+    Ready(Request),
+}
+
+fn is_token(v: &[u8], t: &str) -> bool {
+    v.eq_ignore_ascii_case(t.as_bytes())
+}
+
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',').map(|t| t.trim_ascii())
+}
+
+/// Parses a request head at the start of `buf`; routes it with `snap`.
+pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    if method == "CONNECT" || !target.starts_with('/') {
+        return Parsed::Handoff;
+    }
+    let mut host: Option<&[u8]> = None;
+    let mut body_len: Option<u64> = None;
+    let mut close = false;
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut request_id: Option<&[u8]> = None;
+    let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
+    let mut named_len = 0;
+    for h in req.headers.iter() {
+        let (n, v) = (h.name.as_bytes(), h.value);
+        match n.len() {
+            4 if is_token(n, "host") && host.replace(v).is_some() => return Parsed::Handoff,
+            14 if is_token(n, "content-length") => {
+                let Some(len) = parse_len(v) else {
+                    return Parsed::Handoff;
+                };
+                if body_len.replace(len).is_some() {
+                    return Parsed::Handoff;
+                }
+            }
+            10 if is_token(n, "connection") => {
+                for t in tokens(v) {
+                    if is_token(t, "close") {
+                        close = true;
+                    } else if t.is_empty() || is_token(t, "keep-alive") {
+                    } else if named_len < MAX_CONNECTION_TOKENS {
+                        named[named_len] = t;
+                        named_len += 1;
+                    } else {
+                        return Parsed::Handoff;
+                    }
+                }
+            }
+            // Framing, protocol switches and interim responses are hyper's to handle.
+            17 if is_token(n, "transfer-encoding") => return Parsed::Handoff,
+            7 if is_token(n, "upgrade") => return Parsed::Handoff,
+            6 if is_token(n, "expect") => return Parsed::Handoff,
+            12 if is_token(n, "content-type") && v.starts_with(b"application/grpc") => {
+                return Parsed::Handoff
+            }
+            15 if is_token(n, "x-forwarded-for") => {
+                forwarded_for.get_or_insert(v);
+            }
+            12 if is_token(n, "x-request-id") => {
+                request_id.get_or_insert(v);
+            }
+            _ => {}
+        }
+    }
+    // HTTP/1.1 requires Host: hyper answers its absence (400).
+    let Some(host) = host else {
+        return Parsed::Handoff;
+    };
+    let body_len = body_len.unwrap_or(0);
+    if body_len > conn.max_body {
+        return Parsed::Handoff;
+    }
+    let Ok(host_str) = std::str::from_utf8(host) else {
+        return Parsed::Handoff;
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let Some(up_idx) = snap.router.route(host_str, path) else {
+        return Parsed::Handoff;
+    };
+    let upstream = &snap.upstreams[up_idx];
+    if upstream.connector.is_h2() || upstream.connector.is_tls() {
+        return Parsed::Handoff;
+    }
+    let hash = match upstream.algorithm {
+        crate::config::Algorithm::ConsistentHash => {
+            hash_key(&upstream.hash_key, path, req.headers, conn)
+        }
+        _ => 0,
+    };
+
+    // The head as it goes upstream.
+    let mut out = Vec::with_capacity(head_len + 160);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let named = &named[..named_len];
+    for h in req.headers.iter() {
+        let n = h.name.as_bytes();
+        if REQUEST_DROPPED.iter().any(|d| is_token(n, d))
+            || is_token(n, "x-forwarded-for")
+            || named.iter().any(|t| n.eq_ignore_ascii_case(t))
+        {
+            continue;
+        }
+        push_header(&mut out, n, h.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = forwarded_for.filter(|p| !p.is_empty()) {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(conn.client_ip.as_bytes());
+    out.extend_from_slice(if conn.https {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
+    push_header(&mut out, b"x-forwarded-host", host);
+    let request_id = match request_id.filter(|v| !v.is_empty() && v.len() <= 200) {
+        Some(v) => {
+            let at = v.as_ptr() as usize - buf.as_ptr() as usize;
+            RequestId::Client(at, at + v.len())
+        }
+        None => {
+            let id = crate::proxy::headers::new_request_id();
+            push_header(&mut out, b"x-request-id", &id);
+            RequestId::Made(id)
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    Parsed::Ready(Request {
+        head_len,
+        upstream_head: out,
+        upstream: upstream.clone(),
+        hash,
+        body_len,
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        is_head: method == "HEAD",
+        close,
+        request_id,
+    })
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value: digits only, as RFC 9110 §8.6 (a list of equal values is left to
+/// hyper).
+fn parse_len(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn header_values<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn hash_key(key: &HashKey, path: &str, headers: &[httparse::Header], conn: &ConnInfo) -> u64 {
+    let header = |name| header_values(headers, name);
+    let ip;
+    let bytes: Option<&[u8]> = match key {
+        HashKey::ClientIp => {
+            ip = conn.client.ip().to_string();
+            Some(ip.as_bytes())
+        }
+        HashKey::Path => Some(path.as_bytes()),
+        HashKey::Header(h) => header(h.as_str()).next(),
+        HashKey::Cookie(name) => crate::proxy::cookie_value(header("cookie"), name),
+    };
+    bytes.map_or_else(|| fastrand::u64(..), hash_bytes)
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes; the client connection closes after it too.
+    UntilClose,
+}
+
+/// A response head from a backend, rewritten for the client.
+pub struct Response {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The backend connection cannot be reused after this response.
+    pub backend_close: bool,
+    pub retry_after: Option<u64>,
+}
+
+pub enum ParsedResponse {
+    Partial,
+    /// An interim (1xx) response of this many bytes, to skip.
+    Interim(usize),
+    Ready(Response),
+}
+
+/// Parses a response head at the start of `buf` and writes the client's head to `out`. `close`:
+/// the client connection closes after this response, and says so.
+pub fn parse_response(
+    buf: &[u8],
+    is_head: bool,
+    close: bool,
+    request_id: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<ParsedResponse, ()> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Partial),
+        Err(_) => return Err(()),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(());
+    };
+    // No upgrade was asked for, so a 101 is a protocol error; other 1xx are interim.
+    match status {
+        101 => return Err(()),
+        100..=199 => return Ok(ParsedResponse::Interim(head_len)),
+        _ => {}
+    }
+    let mut backend_close = version == 0;
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let mut has_request_id = false;
+    let mut retry_after = None;
+    let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
+    let mut named_len = 0;
+    for h in resp.headers.iter() {
+        let (n, v) = (h.name.as_bytes(), h.value);
+        if is_token(n, "content-length") {
+            let len = parse_len(v).ok_or(())?;
+            if length.replace(len).is_some_and(|l| l != len) {
+                return Err(());
+            }
+        } else if is_token(n, "transfer-encoding") {
+            chunked = Some(tokens(v).last().is_some_and(|t| is_token(t, "chunked")));
+        } else if is_token(n, "connection") {
+            for t in tokens(v) {
+                if is_token(t, "close") {
+                    backend_close = true;
+                } else if is_token(t, "keep-alive") {
+                    if version == 0 {
+                        backend_close = false;
+                    }
+                } else if !t.is_empty() && named_len < MAX_CONNECTION_TOKENS {
+                    named[named_len] = t;
+                    named_len += 1;
+                }
+            }
+        } else if is_token(n, "x-request-id") {
+            has_request_id = true;
+        } else if is_token(n, "retry-after") {
+            retry_after = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        }
+    }
+    let framing = if is_head || status == 204 || status == 304 {
+        Framing::None
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    if framing == Framing::UntilClose {
+        backend_close = true;
+    }
+    let close = close || framing == Framing::UntilClose;
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let named = &named[..named_len];
+    for h in resp.headers.iter() {
+        let n = h.name.as_bytes();
+        if RESPONSE_DROPPED.iter().any(|d| is_token(n, d))
+            || named.iter().any(|t| n.eq_ignore_ascii_case(t))
+        {
+            continue;
+        }
+        push_header(out, n, h.value);
+    }
+    if !has_request_id {
+        push_header(out, b"x-request-id", request_id);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ParsedResponse::Ready(Response {
+        head_len,
+        status,
+        framing,
+        backend_close,
+        retry_after,
+    }))
+}
+
+fn itoa3(n: u16) -> [u8; 3] {
+    let n = n.min(999);
+    [
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+/// A response Switchyard makes itself, as bytes (same status, reason header and body as
+/// [`crate::proxy::error_response`]).
+pub fn error_head(e: crate::error::ProxyError, request_id: &[u8], close: bool) -> Vec<u8> {
+    crate::observe::metrics::error_made(e);
+    let status = e.status();
+    let body = format!("{} {}\n", status.as_u16(), e.reason());
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&itoa3(status.as_u16()));
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    push_header(
+        &mut out,
+        crate::proxy::X_SWITCHYARD_ERROR.as_bytes(),
+        e.reason().as_bytes(),
+    );
+    push_header(&mut out, b"content-type", b"text/plain; charset=utf-8");
+    push_header(
+        &mut out,
+        b"content-length",
+        body.len().to_string().as_bytes(),
+    );
+    push_header(
+        &mut out,
+        b"date",
+        httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+    );
+    if !request_id.is_empty() {
+        push_header(&mut out, b"x-request-id", request_id);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}

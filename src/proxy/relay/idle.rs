@@ -1,0 +1,71 @@
+//! The relay's idle backend connections: plain TCP streams kept per worker (a thread-local, as
+//! [`crate::proxy::pool`]), per upstream connector and backend address, with the time after
+//! which they are not reused (the upstream's idle timeout).
+//!
+//! A stream is taken most-recently-used first. Whether the backend closed it meanwhile is found
+//! out by the sweep every [`crate::proxy::pool::SWEEP_EVERY`], or by the request that takes it:
+//! a reused connection that fails before any response byte is replaced and the request sent
+//! again, as NGINX does for its cached upstream connections.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Idle connections kept per backend per worker; beyond this a finished connection is closed.
+const MAX_IDLE_PER_BACKEND: usize = 1024;
+
+type ByAddress = HashMap<String, Vec<(TcpStream, Instant)>>;
+
+thread_local! {
+    static IDLE: RefCell<HashMap<u64, ByAddress>> = RefCell::new(HashMap::new());
+}
+
+/// An idle connection to `address` that has not expired.
+pub fn take(pool_key: u64, address: &str) -> Option<TcpStream> {
+    IDLE.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.get_mut(&pool_key)?.get_mut(address)?;
+        let now = Instant::now();
+        while let Some((s, expires)) = list.pop() {
+            if now < expires {
+                return Some(s);
+            }
+        }
+        None
+    })
+}
+
+/// Keeps a connection whose exchange ended cleanly.
+pub fn put(pool_key: u64, address: &str, stream: TcpStream, idle_timeout: Duration) {
+    IDLE.with(|p| {
+        let mut p = p.borrow_mut();
+        let by_addr = p.entry(pool_key).or_default();
+        let list = match by_addr.get_mut(address) {
+            Some(l) => l,
+            None => by_addr.entry(address.to_string()).or_default(),
+        };
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push((stream, Instant::now() + idle_timeout));
+        }
+    });
+}
+
+/// Closes expired connections and those the backend closed (or wrote to unasked).
+pub fn sweep() {
+    let now = Instant::now();
+    IDLE.with(|p| {
+        for by_addr in p.borrow_mut().values_mut() {
+            for list in by_addr.values_mut() {
+                list.retain(|(s, expires)| now < *expires && quiet(s));
+            }
+            by_addr.retain(|_, list| !list.is_empty());
+        }
+    });
+}
+
+/// Nothing to read: neither a close nor stray bytes.
+fn quiet(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}

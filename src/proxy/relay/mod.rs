@@ -1,0 +1,514 @@
+//! The HTTP/1 relay: plain HTTP/1.1 from a client to a plain HTTP/1.1 upstream, forwarded as
+//! bytes. The request head is parsed in place and rewritten once into the head sent upstream;
+//! the response head likewise; bodies are passed through with only their framing tracked. No
+//! `http::Request`, header map, hyper dispatcher or channel is made per request, which is where
+//! most of the user-space CPU of a proxied request went (BENCHMARKS.md, "Profile").
+//!
+//! It covers the common exchange: origin-form requests with no body or a `Content-Length` body
+//! up to [`MAX_BODY`], to upstreams without TLS or HTTP/2. Everything else — chunked or larger
+//! request bodies, `Expect`, upgrades (WebSocket), malformed or oversized heads, no route, gRPC,
+//! TLS or HTTP/2 upstreams, OTLP tracing — is handed to hyper with the bytes read so far, and
+//! the connection continues there ([`End::Handoff`]); so errors and edge cases keep one
+//! implementation. Routing, balancing, `max_connections` queueing, retries (with budget, backoff
+//! and per-try timeouts), breakers, passive health, counters and the access log are the same
+//! code as the hyper path's.
+
+mod framing;
+mod head;
+pub mod idle;
+
+use super::forward::{backoff, pick_or_queue, record, retryable, Inflight};
+use super::{ConnInfo, Trace};
+use crate::error::ProxyError;
+use crate::observe::access_log::Entry;
+use crate::state::Shared;
+use crate::upstream::backend::Backend;
+use crate::upstream::balancer::PickCtx;
+use crate::upstream::Upstream;
+use bytes::{Buf, BytesMut};
+use framing::Progress;
+use head::{Parsed, ParsedResponse};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Largest request body the relay takes (read whole, so it can be replayed on a retry); larger
+/// bodies stream through hyper.
+pub const MAX_BODY: u64 = 64 * 1024;
+/// Read size for response bytes from backends.
+const READ_SIZE: usize = 8 * 1024;
+/// Bodies up to this size are copied behind their head and written with it in one call.
+const COALESCE: usize = 16 * 1024;
+
+/// Why the relay stopped serving a connection.
+pub enum End {
+    /// The connection is done (closed by either side, timed out, or shutting down).
+    Close,
+    /// The next request is for hyper: serve the connection there, starting with the bytes
+    /// left in the buffer.
+    Handoff,
+}
+
+/// Serves requests on a client connection until it ends or a request needs hyper. `buf` holds
+/// bytes already read (the protocol sniff's); on [`End::Handoff`] it holds the unconsumed ones.
+pub async fn serve(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    conn: &ConnInfo,
+    stop: &mut watch::Receiver<bool>,
+    header_timeout: Duration,
+) -> End {
+    if shared.otlp.get().is_some() {
+        return End::Handoff;
+    }
+    loop {
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        let req = loop {
+            if !buf.is_empty() {
+                // The configuration as of this request's arrival, not the connection's last one.
+                let snap = shared.snapshot.load();
+                match head::parse_request(buf, &snap, conn) {
+                    Parsed::Ready(r) if r.body_len <= MAX_BODY => break r,
+                    Parsed::Partial if buf.len() < crate::listener::MAX_HEADER_BYTES => {}
+                    _ => return End::Handoff,
+                }
+            }
+            if !read_more(io, buf, stop, deadline).await {
+                return End::Close;
+            }
+        };
+        let head = buf.split_to(req.head_len).freeze();
+        let body_len = req.body_len as usize;
+        while buf.len() < body_len {
+            buf.reserve(body_len - buf.len());
+            if !read_more(io, buf, stop, deadline).await {
+                return End::Close;
+            }
+        }
+        let body = buf.split_to(body_len);
+        let close = req.close || *stop.borrow();
+        let keep = Box::pin(exchange(io, &head, &body, req, shared, conn, close)).await;
+        if !keep || close {
+            return End::Close;
+        }
+        if buf.is_empty() {
+            // Nothing pipelined: hold no buffer while the connection waits.
+            *buf = BytesMut::new();
+        }
+    }
+}
+
+/// Reads more client bytes, waiting without a buffer. False on close, error, timeout or
+/// shutdown.
+async fn read_more(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    stop: &mut watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    loop {
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, io.readable()) => match r {
+                Ok(Ok(())) => {}
+                _ => return false,
+            },
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        // Through `AsyncRead`, which clears the readiness on a short read: the next wait goes
+        // straight to epoll instead of trying a read that would block.
+        let read = std::future::poll_fn(|cx| {
+            use tokio::io::AsyncRead;
+            let mut rb = tokio::io::ReadBuf::uninit(buf.spare_capacity_mut());
+            match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                std::task::Poll::Ready(r) => std::task::Poll::Ready(r.map(|()| rb.filled().len())),
+                // Readiness was stale: wait again, holding no buffer.
+                std::task::Poll::Pending => {
+                    std::task::Poll::Ready(Err(io::ErrorKind::WouldBlock.into()))
+                }
+            }
+        })
+        .await;
+        match read {
+            Ok(0) => return false,
+            Ok(n) => {
+                // SAFETY: `poll_read` initialised the first `n` spare bytes.
+                unsafe { buf.set_len(buf.len() + n) };
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A backend's response head, read on the connection that carries the body.
+struct Exchange {
+    stream: TcpStream,
+    /// Response bytes read past the head (the body's start).
+    buf: BytesMut,
+    resp: head::Response,
+    /// The head for the client.
+    client_head: Vec<u8>,
+    backend: usize,
+    inflight: Option<Inflight>,
+}
+
+/// One request: forward it (with retries), relay the response. Returns whether the client
+/// connection can take another request.
+async fn exchange(
+    io: &mut TcpStream,
+    head: &[u8],
+    body: &[u8],
+    mut req: head::Request,
+    shared: &Shared,
+    conn: &ConnInfo,
+    close: bool,
+) -> bool {
+    let started = Instant::now();
+    let entry = shared.access_log.as_ref().map(|_| log_entry(head, conn));
+    let mut trace = Trace {
+        upstream: Some(req.upstream.clone()),
+        bytes_in: body.len() as u64,
+        ..Trace::default()
+    };
+    req.upstream_head.extend_from_slice(body);
+    let request_id = req.request_id.bytes(head);
+    let up = req.upstream.clone();
+    let result = forward(&up, &req, request_id, close, &mut trace).await;
+    let (status, error, sent, complete, keep) = match result {
+        Err(e) => {
+            let out = head::error_head(e, request_id, close);
+            let ok = io.write_all(&out).await.is_ok();
+            (
+                e.status().as_u16(),
+                Some(e.reason()),
+                out.len() as u64,
+                ok,
+                ok,
+            )
+        }
+        Ok(mut x) => {
+            let (sent, complete) = respond(io, &mut x, up.idle_timeout).await;
+            if complete && !x.resp.backend_close {
+                let address = &up.backends[x.backend].address;
+                idle::put(up.connector.pool_key, address, x.stream, up.idle_timeout);
+            }
+            // A body delimited by the backend's close ends the client connection too.
+            let until_close = x.resp.framing == head::Framing::UntilClose;
+            (
+                x.resp.status,
+                None,
+                sent,
+                complete,
+                complete && !until_close,
+            )
+        }
+    };
+    if let (Some(log), Some(mut e)) = (&shared.access_log, entry) {
+        e.status = status;
+        e.error = error.or((!complete).then_some("downstream_closed"));
+        e.request_id = String::from_utf8_lossy(request_id).into_owned();
+        e.bytes_in = trace.bytes_in;
+        e.bytes_out = sent;
+        e.duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        e.attempts = trace.attempts;
+        e.upstream_connect_ms = trace.connect.map(|d| d.as_secs_f64() * 1e3);
+        e.upstream_first_byte_ms = trace.first_byte.map(|d| d.as_secs_f64() * 1e3);
+        e.upstream = Some(up.name.clone());
+        e.backend = trace
+            .backend
+            .and_then(|i| up.backends.get(i))
+            .map(|b| b.address.clone());
+        log.log(&e);
+    }
+    keep
+}
+
+/// Sends the request to a backend, retrying on another one where the policy allows (the body
+/// is in memory, so every attempt can carry it).
+async fn forward(
+    up: &Arc<Upstream>,
+    req: &head::Request,
+    request_id: &[u8],
+    close: bool,
+    trace: &mut Trace,
+) -> Result<Exchange, ProxyError> {
+    let policy = &up.retry;
+    let deadline = Instant::now() + up.request_timeout;
+    up.budget.on_request();
+    let ctx = PickCtx { hash: req.hash };
+    let mut tried = [usize::MAX; 10];
+    let mut tried_len = 0;
+    let mut last_err = ProxyError::NoBackend;
+    let (mut prepaid, mut min_pause) = (false, Duration::ZERO);
+    for attempt in 0..policy.attempts.max(1) {
+        if attempt > 0 {
+            if !std::mem::take(&mut prepaid) && !up.budget.try_retry(policy.budget_ratio) {
+                break;
+            }
+            let pause = backoff(policy, attempt, std::mem::take(&mut min_pause));
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            crate::observe::metrics::retry();
+        }
+        let i = match pick_or_queue(up, &ctx, &tried[..tried_len], deadline).await {
+            Ok(i) => i,
+            Err(e) if attempt == 0 => return Err(e),
+            Err(_) => break,
+        };
+        tried[tried_len.min(9)] = i;
+        tried_len = (tried_len + 1).min(10);
+        trace.attempts = attempt + 1;
+        trace.backend = Some(i);
+        let backend = &up.backends[i];
+        let inflight = Inflight::start(&backend.state, up);
+        let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
+        let try_deadline = deadline.min(Instant::now() + per_try);
+        let started = Instant::now();
+        let err = match attempt_on(up, backend, req, request_id, close, try_deadline, trace).await {
+            Ok(mut x) => {
+                let status = x.resp.status;
+                let latency = started.elapsed();
+                trace.first_byte = Some(latency);
+                backend.state.observe_latency(latency.as_micros() as f64);
+                record(up, i, status < 500, (status / 100) as usize);
+                let after = x
+                    .resp
+                    .retry_after
+                    .filter(|_| matches!(status, 503 | 429))
+                    .map(Duration::from_secs);
+                let fits = after.is_none_or(|a| Instant::now() + a < deadline);
+                if policy.on_status.contains(&status)
+                    && req.idempotent
+                    && attempt + 1 < policy.attempts
+                    && fits
+                    && up.budget.try_retry(policy.budget_ratio)
+                {
+                    prepaid = true;
+                    min_pause = after.unwrap_or_default();
+                    last_err = ProxyError::UpstreamReset;
+                    continue;
+                }
+                x.backend = i;
+                x.inflight = Some(inflight);
+                return Ok(x);
+            }
+            Err(e) => e,
+        };
+        drop(inflight);
+        if err.is_backend_failure() {
+            record(up, i, false, 0);
+        }
+        last_err = err;
+        if !retryable(policy, err, req.idempotent) || Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err(last_err)
+}
+
+/// How an exchange on one connection failed.
+enum Failed {
+    /// The request could not be written: the backend had closed the connection.
+    Unsent,
+    /// The backend closed without a byte of response. On a reused connection this is usually
+    /// the backend having closed it while idle, just before the request arrived.
+    Empty,
+    Error(ProxyError),
+}
+
+/// One attempt on one backend: a pooled or new connection, the request written, and the
+/// response head read within the deadline.
+async fn attempt_on(
+    up: &Upstream,
+    backend: &Backend,
+    req: &head::Request,
+    request_id: &[u8],
+    close: bool,
+    deadline: Instant,
+    trace: &mut Trace,
+) -> Result<Exchange, ProxyError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let connect_timeout = up
+        .connect_timeout
+        .min(remaining.max(Duration::from_millis(1)));
+    let pooled = idle::take(up.connector.pool_key, &backend.address);
+    let reused = pooled.is_some();
+    let mut stream = match pooled {
+        Some(s) => s,
+        None => dial(backend, connect_timeout, trace).await?,
+    };
+    let mut result = exchange_head(&mut stream, req, request_id, close, deadline).await;
+    // A pooled connection the backend closed meanwhile is replaced once, transparently: always
+    // when the request did not go out, and for idempotent requests when it went out but
+    // nothing came back (hyper's path hands back only the unsent request).
+    let stale = match &result {
+        Err(Failed::Unsent) => true,
+        Err(Failed::Empty) => req.idempotent,
+        _ => false,
+    };
+    if reused && stale {
+        stream = dial(backend, connect_timeout, trace).await?;
+        result = exchange_head(&mut stream, req, request_id, close, deadline).await;
+    }
+    match result {
+        Ok((buf, resp, client_head)) => Ok(Exchange {
+            stream,
+            buf,
+            resp,
+            client_head,
+            backend: 0,
+            inflight: None,
+        }),
+        // A request that could not even be written was never sent (any method may retry).
+        Err(Failed::Unsent) => Err(ProxyError::ConnectFailed),
+        Err(Failed::Empty) => Err(ProxyError::UpstreamReset),
+        Err(Failed::Error(e)) => Err(e),
+    }
+}
+
+async fn dial(
+    backend: &Backend,
+    timeout: Duration,
+    trace: &mut Trace,
+) -> Result<TcpStream, ProxyError> {
+    let t = Instant::now();
+    let s = Box::pin(super::connector::dial_tcp(
+        &backend.address,
+        backend.socket,
+        timeout,
+    ))
+    .await?;
+    trace.connect = Some(t.elapsed());
+    Ok(s)
+}
+
+/// Writes the request and reads the response head (skipping interim 1xx responses).
+async fn exchange_head(
+    stream: &mut TcpStream,
+    req: &head::Request,
+    request_id: &[u8],
+    close: bool,
+    deadline: Instant,
+) -> Result<(BytesMut, head::Response, Vec<u8>), Failed> {
+    let work = async {
+        if stream.write_all(&req.upstream_head).await.is_err() {
+            return Err(Failed::Unsent);
+        }
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        let mut client_head = Vec::new();
+        loop {
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) if buf.is_empty() => return Err(Failed::Empty),
+                Ok(0) | Err(_) => return Err(Failed::Error(ProxyError::UpstreamReset)),
+                Ok(_) => {}
+            }
+            loop {
+                client_head.clear();
+                let parsed =
+                    head::parse_response(&buf, req.is_head, close, request_id, &mut client_head);
+                match parsed {
+                    Err(()) => return Err(Failed::Error(ProxyError::UpstreamReset)),
+                    Ok(ParsedResponse::Interim(n)) => buf.advance(n),
+                    Ok(ParsedResponse::Ready(r)) => return Ok((buf, r, client_head)),
+                    Ok(ParsedResponse::Partial) => break,
+                }
+            }
+            if buf.len() >= crate::listener::MAX_HEADER_BYTES {
+                return Err(Failed::Error(ProxyError::UpstreamReset));
+            }
+            if buf.capacity() == buf.len() {
+                buf.reserve(READ_SIZE);
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline.into(), work).await {
+        Ok(r) => r,
+        Err(_) => Err(Failed::Error(ProxyError::UpstreamTimeout)),
+    }
+}
+
+/// Writes the response head and relays the body. Returns the bytes written to the client and
+/// whether the response went out whole (the backend connection is then clean unless it said
+/// otherwise).
+async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> (u64, bool) {
+    let mut out = std::mem::take(&mut x.client_head);
+    x.buf.advance(x.resp.head_len);
+    let mut progress = Progress::new(x.resp.framing);
+    let Ok(n) = progress.feed(&x.buf) else {
+        return (0, false);
+    };
+    if n < x.buf.len() {
+        // Bytes beyond the response: the connection is not in a known state.
+        x.resp.backend_close = true;
+    }
+    let mut sent = 0u64;
+    if n <= COALESCE {
+        out.extend_from_slice(&x.buf[..n]);
+    }
+    if io.write_all(&out).await.is_err() {
+        return (sent, false);
+    }
+    sent += out.len() as u64;
+    if n > COALESCE {
+        if io.write_all(&x.buf[..n]).await.is_err() {
+            return (sent, false);
+        }
+        sent += n as u64;
+    }
+    while !progress.done() {
+        x.buf.clear();
+        let read = tokio::time::timeout(idle, x.stream.read_buf(&mut x.buf)).await;
+        let got = match read {
+            Ok(Ok(0)) if matches!(progress, Progress::UntilClose) => return (sent, true),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return (sent, false),
+            Ok(Ok(n)) => n,
+        };
+        let Ok(n) = progress.feed(&x.buf[..got]) else {
+            return (sent, false);
+        };
+        if n < got {
+            x.resp.backend_close = true;
+        }
+        if io.write_all(&x.buf[..n]).await.is_err() {
+            return (sent, false);
+        }
+        sent += n as u64;
+    }
+    (sent, true)
+}
+
+/// The access-log fields known from the request head.
+fn log_entry(head: &[u8], conn: &ConnInfo) -> Entry {
+    let mut slots = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut slots);
+    let _ = req.parse(head);
+    let h = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    Entry {
+        time: crate::observe::access_log::rfc3339(SystemTime::now()),
+        client: conn.client.to_string(),
+        method: req.method.unwrap_or("").to_string(),
+        host: h("host").unwrap_or_default(),
+        path: req.path.unwrap_or("").to_string(),
+        protocol: "HTTP/1.1",
+        user_agent: h("user-agent"),
+        referer: h("referer"),
+        tls_version: conn.tls_version,
+        tls_client: conn.tls_client.clone(),
+        ..Entry::default()
+    }
+}
