@@ -13,6 +13,7 @@ mod grpc;
 mod http2;
 mod observe;
 mod pki;
+mod relay;
 mod resilience;
 mod tls;
 mod ui;

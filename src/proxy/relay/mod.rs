@@ -182,7 +182,7 @@ async fn exchange(
     let request_id = req.request_id.bytes(head);
     let up = req.upstream.clone();
     let result = forward(&up, &req, request_id, close, &mut trace).await;
-    let (status, error, sent, complete, keep) = match result {
+    let outcome = match result {
         Err(e) => {
             let out = head::error_head(e, request_id, close);
             let ok = io.write_all(&out).await.is_ok();
@@ -195,7 +195,21 @@ async fn exchange(
             )
         }
         Ok(mut x) => {
-            let (sent, complete) = respond(io, &mut x, up.idle_timeout).await;
+            let Some((sent, complete)) = respond(io, &mut x, up.idle_timeout).await else {
+                // The body's first bytes were malformed and nothing went out yet.
+                let e = ProxyError::UpstreamReset;
+                let out = head::error_head(e, request_id, close);
+                let ok = io.write_all(&out).await.is_ok();
+                return finish(
+                    shared,
+                    entry,
+                    &trace,
+                    &up,
+                    request_id,
+                    started,
+                    (502, Some(e.reason()), out.len() as u64, ok, ok),
+                );
+            };
             if complete && !x.resp.backend_close {
                 let address = &up.backends[x.backend].address;
                 idle::put(up.connector.pool_key, address, x.stream, up.idle_timeout);
@@ -211,6 +225,19 @@ async fn exchange(
             )
         }
     };
+    finish(shared, entry, &trace, &up, request_id, started, outcome)
+}
+
+/// Logs the exchange (when the access log is on); returns whether the connection goes on.
+fn finish(
+    shared: &Shared,
+    entry: Option<Entry>,
+    trace: &Trace,
+    up: &Upstream,
+    request_id: &[u8],
+    started: Instant,
+    (status, error, sent, complete, keep): (u16, Option<&'static str>, u64, bool, bool),
+) -> bool {
     if let (Some(log), Some(mut e)) = (&shared.access_log, entry) {
         e.status = status;
         e.error = error.or((!complete).then_some("downstream_closed"));
@@ -440,13 +467,11 @@ async fn exchange_head(
 /// Writes the response head and relays the body. Returns the bytes written to the client and
 /// whether the response went out whole (the backend connection is then clean unless it said
 /// otherwise).
-async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> (u64, bool) {
+async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> Option<(u64, bool)> {
     let mut out = std::mem::take(&mut x.client_head);
     x.buf.advance(x.resp.head_len);
     let mut progress = Progress::new(x.resp.framing);
-    let Ok(n) = progress.feed(&x.buf) else {
-        return (0, false);
-    };
+    let n = progress.feed(&x.buf).ok()?;
     if n < x.buf.len() {
         // Bytes beyond the response: the connection is not in a known state.
         x.resp.backend_close = true;
@@ -456,12 +481,12 @@ async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> (u64, 
         out.extend_from_slice(&x.buf[..n]);
     }
     if io.write_all(&out).await.is_err() {
-        return (sent, false);
+        return Some((sent, false));
     }
     sent += out.len() as u64;
     if n > COALESCE {
         if io.write_all(&x.buf[..n]).await.is_err() {
-            return (sent, false);
+            return Some((sent, false));
         }
         sent += n as u64;
     }
@@ -469,22 +494,22 @@ async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> (u64, 
         x.buf.clear();
         let read = tokio::time::timeout(idle, x.stream.read_buf(&mut x.buf)).await;
         let got = match read {
-            Ok(Ok(0)) if matches!(progress, Progress::UntilClose) => return (sent, true),
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return (sent, false),
+            Ok(Ok(0)) if matches!(progress, Progress::UntilClose) => return Some((sent, true)),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Some((sent, false)),
             Ok(Ok(n)) => n,
         };
         let Ok(n) = progress.feed(&x.buf[..got]) else {
-            return (sent, false);
+            return Some((sent, false));
         };
         if n < got {
             x.resp.backend_close = true;
         }
         if io.write_all(&x.buf[..n]).await.is_err() {
-            return (sent, false);
+            return Some((sent, false));
         }
         sent += n as u64;
     }
-    (sent, true)
+    Some((sent, true))
 }
 
 /// The access-log fields known from the request head.
