@@ -6,30 +6,66 @@
 //! out by the sweep every [`crate::proxy::pool::SWEEP_EVERY`], or by the request that takes it:
 //! a reused connection that fails before any response byte is replaced and the request sent
 //! again, as NGINX does for its cached upstream connections.
+//!
+//! Read buffers are recycled the same way: a connection keeps its response buffer while idle,
+//! and a client connection returns its request buffer to the worker's spares whenever it has
+//! nothing buffered, so a keep-alive request allocates no buffer (and glibc does not trim and
+//! re-fault the heap between requests).
 
+use bytes::BytesMut;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+/// Size of a read buffer, for client requests and backend responses alike.
+pub const BUFFER: usize = 8 * 1024;
+/// Spare buffers kept per worker: enough for every connection of a busy moment to take one
+/// without allocating, bounded so an idle worker holds at most 1 MiB of them.
+const MAX_SPARE: usize = 128;
+
 /// Idle connections kept per backend per worker; beyond this a finished connection is closed.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
-type ByAddress = HashMap<String, Vec<(TcpStream, Instant)>>;
+type ByAddress = HashMap<String, Vec<(TcpStream, BytesMut, Instant)>>;
 
 thread_local! {
     static IDLE: RefCell<HashMap<u64, ByAddress>> = RefCell::new(HashMap::new());
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An idle connection to `address` that has not expired.
-pub fn take(pool_key: u64, address: &str) -> Option<TcpStream> {
+/// An empty read buffer of at least [`BUFFER`] bytes.
+pub fn buffer() -> BytesMut {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(BUFFER))
+}
+
+/// Gives a buffer back for reuse (its contents are dropped). Grown buffers are freed.
+pub fn recycle(mut b: BytesMut) {
+    b.clear();
+    // With nothing in it, this moves the start back to the allocation's start: no allocation.
+    b.reserve(BUFFER);
+    if b.capacity() > 2 * BUFFER {
+        return;
+    }
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < MAX_SPARE {
+            s.push(b);
+        }
+    });
+}
+
+/// An idle connection to `address` that has not expired, with its read buffer.
+pub fn take(pool_key: u64, address: &str) -> Option<(TcpStream, BytesMut)> {
     IDLE.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(&pool_key)?.get_mut(address)?;
         let now = Instant::now();
-        while let Some((s, expires)) = list.pop() {
+        while let Some((s, buf, expires)) = list.pop() {
             if now < expires {
-                return Some(s);
+                return Some((s, buf));
             }
         }
         None
@@ -37,7 +73,15 @@ pub fn take(pool_key: u64, address: &str) -> Option<TcpStream> {
 }
 
 /// Keeps a connection whose exchange ended cleanly.
-pub fn put(pool_key: u64, address: &str, stream: TcpStream, idle_timeout: Duration) {
+pub fn put(
+    pool_key: u64,
+    address: &str,
+    stream: TcpStream,
+    mut buf: BytesMut,
+    idle_timeout: Duration,
+) {
+    buf.clear();
+    buf.reserve(BUFFER);
     IDLE.with(|p| {
         let mut p = p.borrow_mut();
         let by_addr = p.entry(pool_key).or_default();
@@ -46,7 +90,7 @@ pub fn put(pool_key: u64, address: &str, stream: TcpStream, idle_timeout: Durati
             None => by_addr.entry(address.to_string()).or_default(),
         };
         if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push((stream, Instant::now() + idle_timeout));
+            list.push((stream, buf, Instant::now() + idle_timeout));
         }
     });
 }
@@ -57,7 +101,7 @@ pub fn sweep() {
     IDLE.with(|p| {
         for by_addr in p.borrow_mut().values_mut() {
             for list in by_addr.values_mut() {
-                list.retain(|(s, expires)| now < *expires && quiet(s));
+                list.retain(|(s, _, expires)| now < *expires && quiet(s));
             }
             by_addr.retain(|_, list| !list.is_empty());
         }

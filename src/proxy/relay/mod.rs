@@ -38,8 +38,6 @@ use tokio::sync::watch;
 /// Largest request body the relay takes (read whole, so it can be replayed on a retry); larger
 /// bodies stream through hyper.
 pub const MAX_BODY: u64 = 64 * 1024;
-/// Read size for response bytes from backends.
-const READ_SIZE: usize = 8 * 1024;
 /// Bodies up to this size are copied behind their head and written with it in one call.
 const COALESCE: usize = 16 * 1024;
 
@@ -81,23 +79,23 @@ pub async fn serve(
                 return End::Close;
             }
         };
-        let head = buf.split_to(req.head_len).freeze();
-        let body_len = req.body_len as usize;
-        while buf.len() < body_len {
-            buf.reserve(body_len - buf.len());
+        let (head_len, body_len) = (req.head_len, req.body_len as usize);
+        while buf.len() < head_len + body_len {
+            buf.reserve(head_len + body_len - buf.len());
             if !read_more(io, buf, stop, deadline).await {
                 return End::Close;
             }
         }
-        let body = buf.split_to(body_len);
         let close = req.close || *stop.borrow();
-        let keep = Box::pin(exchange(io, &head, &body, req, shared, conn, close)).await;
+        let (head, body) = buf[..head_len + body_len].split_at(head_len);
+        let keep = Box::pin(exchange(io, head, body, req, shared, conn, close)).await;
         if !keep || close {
             return End::Close;
         }
+        buf.advance(head_len + body_len);
         if buf.is_empty() {
             // Nothing pipelined: hold no buffer while the connection waits.
-            *buf = BytesMut::new();
+            idle::recycle(std::mem::take(buf));
         }
     }
 }
@@ -119,7 +117,11 @@ async fn read_more(
             _ = stop.wait_for(|s| *s) => return false,
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
+            if buf.is_empty() {
+                *buf = idle::buffer();
+            } else {
+                buf.reserve(4096);
+            }
         }
         // Through `AsyncRead`, which clears the readiness on a short read: the next wait goes
         // straight to epoll instead of trying a read that would block.
@@ -212,7 +214,15 @@ async fn exchange(
             };
             if complete && !x.resp.backend_close {
                 let address = &up.backends[x.backend].address;
-                idle::put(up.connector.pool_key, address, x.stream, up.idle_timeout);
+                idle::put(
+                    up.connector.pool_key,
+                    address,
+                    x.stream,
+                    x.buf,
+                    up.idle_timeout,
+                );
+            } else {
+                idle::recycle(x.buf);
             }
             // A body delimited by the backend's close ends the client connection too.
             let until_close = x.resp.framing == head::Framing::UntilClose;
@@ -370,11 +380,11 @@ async fn attempt_on(
         .min(remaining.max(Duration::from_millis(1)));
     let pooled = idle::take(up.connector.pool_key, &backend.address);
     let reused = pooled.is_some();
-    let mut stream = match pooled {
+    let (mut stream, buf) = match pooled {
         Some(s) => s,
-        None => dial(backend, connect_timeout, trace).await?,
+        None => (dial(backend, connect_timeout, trace).await?, idle::buffer()),
     };
-    let mut result = exchange_head(&mut stream, req, request_id, close, deadline).await;
+    let mut result = exchange_head(&mut stream, buf, req, request_id, close, deadline).await;
     // A pooled connection the backend closed meanwhile is replaced once, transparently: always
     // when the request did not go out, and for idempotent requests when it went out but
     // nothing came back (hyper's path hands back only the unsent request).
@@ -385,7 +395,15 @@ async fn attempt_on(
     };
     if reused && stale {
         stream = dial(backend, connect_timeout, trace).await?;
-        result = exchange_head(&mut stream, req, request_id, close, deadline).await;
+        result = exchange_head(
+            &mut stream,
+            idle::buffer(),
+            req,
+            request_id,
+            close,
+            deadline,
+        )
+        .await;
     }
     match result {
         Ok((buf, resp, client_head)) => Ok(Exchange {
@@ -422,6 +440,7 @@ async fn dial(
 /// Writes the request and reads the response head (skipping interim 1xx responses).
 async fn exchange_head(
     stream: &mut TcpStream,
+    mut buf: BytesMut,
     req: &head::Request,
     request_id: &[u8],
     close: bool,
@@ -431,7 +450,6 @@ async fn exchange_head(
         if stream.write_all(&req.upstream_head).await.is_err() {
             return Err(Failed::Unsent);
         }
-        let mut buf = BytesMut::with_capacity(READ_SIZE);
         let mut client_head = Vec::new();
         loop {
             match stream.read_buf(&mut buf).await {
@@ -454,7 +472,7 @@ async fn exchange_head(
                 return Err(Failed::Error(ProxyError::UpstreamReset));
             }
             if buf.capacity() == buf.len() {
-                buf.reserve(READ_SIZE);
+                buf.reserve(idle::BUFFER);
             }
         }
     };
@@ -492,6 +510,7 @@ async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> Option
     }
     while !progress.done() {
         x.buf.clear();
+        x.buf.reserve(idle::BUFFER);
         let read = tokio::time::timeout(idle, x.stream.read_buf(&mut x.buf)).await;
         let got = match read {
             Ok(Ok(0)) if matches!(progress, Progress::UntilClose) => return Some((sent, true)),
