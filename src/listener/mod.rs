@@ -394,7 +394,8 @@ async fn starts_with_tls(stream: &TcpStream) -> bool {
 
 async fn serve_redirect(mut stream: TcpStream, https_port: u16, conn: Conn) {
     let mut stop = conn.stop.clone();
-    let Some((prefix, h2)) = sniff_first(&mut stream, &mut stop).await else {
+    let Some((prefix, h2)) = sniff_first(&mut stream, bytes::BytesMut::new(), &mut stop).await
+    else {
         return;
     };
     let svc =
@@ -408,13 +409,14 @@ async fn serve_redirect(mut stream: TcpStream, https_port: u16, conn: Conn) {
 /// are the HTTP/2 preface, or `None` when the client closed, timed out, or shutdown began.
 async fn sniff_first<IO>(
     io: &mut IO,
+    buf: bytes::BytesMut,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<(bytes::BytesMut, bool)>
 where
     IO: tokio::io::AsyncRead + Unpin,
 {
     let first = tokio::select! {
-        r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff::sniff(io)) => r,
+        r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff::sniff(io, buf)) => r,
         _ = async { let _ = stop.wait_for(|s| *s).await; } => return None,
     };
     let Ok(Ok((prefix, h2))) = first else {
@@ -427,7 +429,10 @@ where
 /// ([`proxy::relay`]) until one needs hyper; HTTP/2 and the rest go to hyper.
 async fn serve_plain(mut stream: TcpStream, info: ConnInfo, conn: Conn) {
     let mut stop = conn.stop.clone();
-    let Some((mut buf, h2)) = sniff_first(&mut stream, &mut stop).await else {
+    // The read buffer comes from the worker's spares and goes back there when the connection
+    // closes: a connection per request allocates (and glibc trims) no buffer.
+    let spare = proxy::relay::idle::buffer();
+    let Some((mut buf, h2)) = sniff_first(&mut stream, spare, &mut stop).await else {
         return;
     };
     if !h2 {
@@ -441,6 +446,7 @@ async fn serve_plain(mut stream: TcpStream, info: ConnInfo, conn: Conn) {
         )
         .await;
         if let proxy::relay::End::Close = end {
+            proxy::relay::idle::recycle(buf);
             return;
         }
     }
@@ -454,7 +460,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut stop = conn.stop.clone();
-    let Some((prefix, h2)) = sniff_first(&mut io, &mut stop).await else {
+    let Some((prefix, h2)) = sniff_first(&mut io, bytes::BytesMut::new(), &mut stop).await else {
         return;
     };
     serve_sniffed(io, prefix.freeze(), h2, info, conn).await;

@@ -16,10 +16,14 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// server has taken its bytes.
 const FIRST_READ: usize = 4096;
 
-/// Reads until the bytes seen decide the protocol. Returns them and whether they are (the start
-/// of) the HTTP/2 preface. End of stream before any byte gives an empty prefix.
-pub async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<(BytesMut, bool)> {
-    let mut buf = BytesMut::with_capacity(FIRST_READ);
+/// Reads into `buf` (empty) until the bytes seen decide the protocol. Returns them and whether
+/// they are (the start of) the HTTP/2 preface. End of stream before any byte gives an empty
+/// prefix.
+pub async fn sniff<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    mut buf: BytesMut,
+) -> io::Result<(BytesMut, bool)> {
+    buf.reserve(FIRST_READ);
     loop {
         if io.read_buf(&mut buf).await? == 0 {
             let h2 = !buf.is_empty() && PREFACE.starts_with(&buf);
@@ -119,7 +123,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         });
-        let (prefix, h2) = sniff(&mut b).await.unwrap();
+        let (prefix, h2) = sniff(&mut b, BytesMut::new()).await.unwrap();
         let prefix = prefix.freeze();
         let mut all = Vec::new();
         Prefixed::new(prefix.clone(), b)
