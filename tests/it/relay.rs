@@ -87,6 +87,7 @@ fn answer(req: &str) -> (Vec<u8>, bool) {
     let r: &[u8] = match path {
         "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive, x-internal\r\nx-internal: 1\r\n\r\n5\r\nhello\r\n6;ext\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
         "/interim" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "/named-length" => b"HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 3\r\n\r\nxyz",
         "/eof" => return (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end".to_vec(), true),
         "/echo" => {
             let body = req.split("\r\n\r\n").nth(1).unwrap_or("");
@@ -233,4 +234,36 @@ fn a_broken_backend_response_is_a_502_and_the_client_connection_survives() {
     let r = read_until(&mut c, |b| b.ends_with(b"upstream_reset\n"));
     assert!(r.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{r}");
     assert!(!r.contains("zz"), "{r}");
+}
+
+#[test]
+fn a_connection_header_naming_the_framing_cannot_desynchronise_either_side() {
+    let (backend, seen) = scripted(answer);
+    let lb = lb_for(backend);
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    // Were Content-Length dropped as "named by Connection" while the body went on, the backend
+    // would read "GET /smuggled" as a second request of its own.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    c.write_all(req.as_bytes()).unwrap();
+    // The echo of the body (re-framed by hyper, which took this request) holds the text.
+    let r = read_until(&mut c, |b| b.windows(9).any(|w| w == b"/smuggled"));
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    // The response's Connection naming its Content-Length does not remove it.
+    c.write_all(b"GET /named-length HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let r = read_until(&mut c, |b| b.ends_with(b"xyz"));
+    assert!(
+        r.to_ascii_lowercase().contains("content-length: 3\r\n"),
+        "{r}"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|r| !r.starts_with("GET /smuggled")),
+        "{seen:?}"
+    );
 }

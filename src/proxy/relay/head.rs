@@ -44,6 +44,11 @@ const RESPONSE_DROPPED: [&str; 7] = [
     "trailer",
 ];
 
+/// Fields that frame or route a message: a `Connection` header naming one of them never removes
+/// it here (a request doing so goes to hyper, which re-frames the body; in a response the token
+/// is ignored), or the bytes that follow would be read differently by the next hop.
+const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
 /// A request head the relay can forward.
 pub struct Request {
     /// Bytes of the head in the client's buffer.
@@ -132,6 +137,9 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
                     if is_token(t, "close") {
                         close = true;
                     } else if t.is_empty() || is_token(t, "keep-alive") {
+                    } else if FRAMING.iter().any(|f| is_token(t, f)) {
+                        // Dropping these would change how the bytes that follow are read.
+                        return Parsed::Handoff;
                     } else if named_len < MAX_CONNECTION_TOKENS {
                         named[named_len] = t;
                         named_len += 1;
@@ -356,7 +364,10 @@ pub fn parse_response(
                     if version == 0 {
                         backend_close = false;
                     }
-                } else if !t.is_empty() && named_len < MAX_CONNECTION_TOKENS {
+                } else if !t.is_empty()
+                    && !FRAMING.iter().any(|f| is_token(t, f))
+                    && named_len < MAX_CONNECTION_TOKENS
+                {
                     named[named_len] = t;
                     named_len += 1;
                 }
