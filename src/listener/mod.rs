@@ -274,10 +274,9 @@ pub fn run_worker(
                         }
                     };
                     tokio::spawn(async move {
+                        // A guard: the count comes down even if serving the connection panics.
+                        let _open = Open(tracker);
                         served.await;
-                        if tracker.open.fetch_sub(1, Relaxed) == 1 {
-                            tracker.idle.notify_waiters();
-                        }
                     });
                 }
             });
@@ -312,6 +311,17 @@ pub fn run_worker(
             }
         }
     });
+}
+
+/// One open client connection in the worker's [`Tracker`].
+struct Open(Arc<Tracker>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// How long a client may take to send a request head (and its first bytes).

@@ -339,7 +339,10 @@ fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(super::MAX_RETRY_AFTER_S)))
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -64,6 +64,9 @@ pub struct ConnInfo {
 }
 
 pub const X_SWITCHYARD_ERROR: &str = "x-switchyard-error";
+/// Longest `Retry-After` (seconds) honoured from a backend: a day. Larger values are taken as a
+/// day rather than overflowing the clock arithmetic.
+pub const MAX_RETRY_AFTER_S: u64 = 86_400;
 
 /// A response Switchyard makes itself: status, reason header, short text body.
 pub fn error_response(e: ProxyError) -> Response<RespBody> {

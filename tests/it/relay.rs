@@ -11,8 +11,8 @@ use std::time::Duration;
 type Seen = Arc<Mutex<Vec<String>>>;
 
 /// A backend that reads each request (head and `Content-Length` or chunked body, kept as text
-/// in `seen`) and writes what `answer` gives for it; `answer` returning `(bytes, true)` closes
-/// the connection after writing.
+/// in `seen`) and writes what `answer` gives for it, pausing 100 ms at each NUL byte;
+/// `answer` returning `(bytes, true)` closes the connection after writing.
 fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen) {
     let srv = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = srv.local_addr().unwrap();
@@ -37,7 +37,16 @@ fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen) {
                     let req = String::from_utf8_lossy(&req).into_owned();
                     let (resp, close) = answer(&req);
                     seen.lock().unwrap().push(req);
-                    if s.write_all(&resp).is_err() || close {
+                    // `PAUSE` in a scripted answer: write what comes before, wait, write the rest.
+                    for (i, part) in resp.split(|b| *b == 0).enumerate() {
+                        if i > 0 {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        if s.write_all(part).is_err() {
+                            return;
+                        }
+                    }
+                    if close {
                         return;
                     }
                 }
@@ -266,4 +275,49 @@ fn a_connection_header_naming_the_framing_cannot_desynchronise_either_side() {
         seen.iter().all(|r| !r.starts_with("GET /smuggled")),
         "{seen:?}"
     );
+}
+
+#[test]
+fn late_bytes_after_a_response_retire_the_backend_connection() {
+    // After the head of a HEAD response, the backend sends (late) a body it should not: bytes
+    // that would be read as the next request's response if the connection were reused.
+    let (backend, seen) = scripted(|req| {
+        if req.starts_with("HEAD /f ") {
+            let evil = "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil";
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", evil.len());
+            (format!("{head}\0{evil}").into_bytes(), false)
+        } else {
+            answer(req)
+        }
+    });
+    let lb = lb_for(backend);
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    c.write_all(b"HEAD /f HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let r = read_until(&mut c, |b| b.ends_with(b"\r\n\r\n"));
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    c.write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let r = read_until(&mut c, |b| b.ends_with(b"abc") || b.ends_with(b"evil"));
+    assert!(r.ends_with("abc"), "{r}");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn an_error_answering_head_has_no_body_so_the_next_response_stays_in_step() {
+    // Nothing listens on the backend's port: 502 connect_failed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let lb = lb_for(addr);
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    c.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let r = read_until(&mut c, |b| b.ends_with(b"connect_failed\n"));
+    let parts: Vec<&str> = r.split("HTTP/1.1 502 Bad Gateway\r\n").collect();
+    assert_eq!(parts.len(), 3, "{r}");
+    // The HEAD answer ends with its head; the GET answer carries the body.
+    assert!(parts[1].ends_with("\r\n\r\n"), "{r}");
+    assert!(parts[2].ends_with("\r\n\r\n502 connect_failed\n"), "{r}");
+    assert!(parts[1].contains("content-length: 19\r\n"), "{r}");
 }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 /// Most header lines a head may have (hyper's limit is 100 too).
 const MAX_HEADERS: usize = 100;
-/// Connection-named headers this path strips; a longer list goes to hyper.
-const MAX_CONNECTION_TOKENS: usize = 4;
+/// Connection-named headers this path strips; a longer list goes to hyper (requests) or is a
+/// bad response (502).
+const MAX_CONNECTION_TOKENS: usize = 8;
 
 /// Request headers dropped on the way upstream: hop-by-hop (RFC 9110 §7.6.1, plus the
 /// non-standard ones) and the forwarding headers the proxy sets itself.
@@ -34,7 +35,8 @@ const REQUEST_DROPPED: [&str; 9] = [
 ];
 /// Response headers dropped on the way to the client. `Transfer-Encoding` stays: the body is
 /// relayed as it came, chunked or not.
-const RESPONSE_DROPPED: [&str; 7] = [
+const RESPONSE_DROPPED: [&str; 8] = [
+    "upgrade",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -48,6 +50,15 @@ const RESPONSE_DROPPED: [&str; 7] = [
 /// it here (a request doing so goes to hyper, which re-frames the body; in a response the token
 /// is ignored), or the bytes that follow would be read differently by the next hop.
 const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+/// A request whose `Connection` names one of these goes to hyper: besides the framing fields,
+/// the ones whose values this path carries over (the id it echoes, the chain it extends).
+const NAMED_HANDOFF: [&str; 5] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "x-request-id",
+    "x-forwarded-for",
+];
 
 /// A request head the relay can forward.
 pub struct Request {
@@ -70,6 +81,13 @@ pub struct Request {
 pub enum RequestId {
     Client(usize, usize),
     Made([u8; 32]),
+}
+
+impl Request {
+    /// Whether the request may go to a backend again after one received it.
+    pub fn resendable(&self, max_replay_body: u64) -> bool {
+        self.idempotent && self.body_len <= max_replay_body
+    }
 }
 
 impl RequestId {
@@ -137,8 +155,7 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
                     if is_token(t, "close") {
                         close = true;
                     } else if t.is_empty() || is_token(t, "keep-alive") {
-                    } else if FRAMING.iter().any(|f| is_token(t, f)) {
-                        // Dropping these would change how the bytes that follow are read.
+                    } else if NAMED_HANDOFF.iter().any(|f| is_token(t, f)) {
                         return Parsed::Handoff;
                     } else if named_len < MAX_CONNECTION_TOKENS {
                         named[named_len] = t;
@@ -197,10 +214,12 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = &named[..named_len];
+    let own_id = request_id.is_some_and(|v| !v.is_empty() && v.len() <= 200);
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
         if REQUEST_DROPPED.iter().any(|d| is_token(n, d))
             || is_token(n, "x-forwarded-for")
+            || (!own_id && is_token(n, "x-request-id"))
             || named.iter().any(|t| n.eq_ignore_ascii_case(t))
         {
             continue;
@@ -341,6 +360,7 @@ pub fn parse_response(
         _ => {}
     }
     let mut backend_close = version == 0;
+    let mut has_date = false;
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut has_request_id = false;
@@ -364,21 +384,28 @@ pub fn parse_response(
                     if version == 0 {
                         backend_close = false;
                     }
-                } else if !t.is_empty()
-                    && !FRAMING.iter().any(|f| is_token(t, f))
-                    && named_len < MAX_CONNECTION_TOKENS
-                {
+                } else if !t.is_empty() && !FRAMING.iter().any(|f| is_token(t, f)) {
+                    if named_len == MAX_CONNECTION_TOKENS {
+                        return Err(());
+                    }
                     named[named_len] = t;
                     named_len += 1;
                 }
             }
         } else if is_token(n, "x-request-id") {
             has_request_id = true;
+        } else if is_token(n, "date") {
+            has_date = true;
         } else if is_token(n, "retry-after") {
             retry_after = std::str::from_utf8(v)
                 .ok()
-                .and_then(|s| s.trim().parse().ok());
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(|s| s.min(crate::proxy::MAX_RETRY_AFTER_S));
         }
+    }
+    // HTTP/1.0 has no transfer codings (hyper refuses them too).
+    if version == 0 && chunked.is_some() {
+        return Err(());
     }
     let framing = if is_head || status == 204 || status == 304 {
         Framing::None
@@ -403,8 +430,11 @@ pub fn parse_response(
     let named = &named[..named_len];
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
+        // With a Transfer-Encoding the body's length is not Content-Length's (RFC 9112 §6.3);
+        // passing both on would let the next hop frame it differently.
         if RESPONSE_DROPPED.iter().any(|d| is_token(n, d))
             || named.iter().any(|t| n.eq_ignore_ascii_case(t))
+            || (chunked.is_some() && is_token(n, "content-length"))
         {
             continue;
         }
@@ -412,6 +442,10 @@ pub fn parse_response(
     }
     if !has_request_id {
         push_header(out, b"x-request-id", request_id);
+    }
+    if !has_date {
+        // As hyper's server: a response without a Date gets one (RFC 9110 §6.6.1).
+        push_date(out);
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -435,9 +469,40 @@ fn itoa3(n: u16) -> [u8; 3] {
     ]
 }
 
+thread_local! {
+    /// The Date header value of the current second (formatting it per response costs more).
+    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+}
+
+fn push_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+                d.0 = secs;
+            }
+        }
+        if d.0 == secs {
+            push_header(out, b"date", &d.1);
+        }
+    });
+}
+
 /// A response Switchyard makes itself, as bytes (same status, reason header and body as
-/// [`crate::proxy::error_response`]).
-pub fn error_head(e: crate::error::ProxyError, request_id: &[u8], close: bool) -> Vec<u8> {
+/// [`crate::proxy::error_response`]), and the length of its body. The answer to a HEAD request
+/// has the body's length but not the body.
+pub fn error_response(
+    e: crate::error::ProxyError,
+    request_id: &[u8],
+    is_head: bool,
+    close: bool,
+) -> (Vec<u8>, u64) {
     crate::observe::metrics::error_made(e);
     let status = e.status();
     let body = format!("{} {}\n", status.as_u16(), e.reason());
@@ -458,11 +523,7 @@ pub fn error_head(e: crate::error::ProxyError, request_id: &[u8], close: bool) -
         b"content-length",
         body.len().to_string().as_bytes(),
     );
-    push_header(
-        &mut out,
-        b"date",
-        httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
-    );
+    push_date(&mut out);
     if !request_id.is_empty() {
         push_header(&mut out, b"x-request-id", request_id);
     }
@@ -470,6 +531,9 @@ pub fn error_head(e: crate::error::ProxyError, request_id: &[u8], close: bool) -
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    if is_head {
+        return (out, 0);
+    }
     out.extend_from_slice(body.as_bytes());
-    out
+    (out, body.len() as u64)
 }

@@ -2,10 +2,13 @@
 //! [`crate::proxy::pool`]), per upstream connector and backend address, with the time after
 //! which they are not reused (the upstream's idle timeout).
 //!
-//! A stream is taken most-recently-used first. Whether the backend closed it meanwhile is found
-//! out by the sweep every [`crate::proxy::pool::SWEEP_EVERY`], or by the request that takes it:
-//! a reused connection that fails before any response byte is replaced and the request sent
-//! again, as NGINX does for its cached upstream connections.
+//! A stream is taken most-recently-used first, and only if nothing is waiting to be read on it:
+//! a close or stray bytes (a body beyond its length, sent late) the event loop has seen make it
+//! unusable — checked from tokio's readiness, so a quiet connection costs no syscall. The sweep
+//! every [`crate::proxy::pool::SWEEP_EVERY`] closes such connections while idle. A close that
+//! crosses the request on the wire is handled by the request: a reused connection that fails
+//! before any response byte is replaced and the request sent again when that is safe, as NGINX
+//! does for its cached upstream connections.
 //!
 //! Read buffers are recycled the same way: a connection keeps its response buffer while idle,
 //! and a client connection returns its request buffer to the worker's spares whenever it has
@@ -64,7 +67,7 @@ pub fn take(pool_key: u64, address: &str) -> Option<(TcpStream, BytesMut)> {
         let list = p.get_mut(&pool_key)?.get_mut(address)?;
         let now = Instant::now();
         while let Some((s, buf, expires)) = list.pop() {
-            if now < expires {
+            if now < expires && quiet(&s) {
                 return Some((s, buf));
             }
         }

@@ -80,6 +80,8 @@ pub async fn serve(
             }
         };
         let (head_len, body_len) = (req.head_len, req.body_len as usize);
+        // The body has its own time from the end of the head (the head's ran from idle).
+        let deadline = tokio::time::Instant::now() + header_timeout;
         while buf.len() < head_len + body_len {
             buf.reserve(head_len + body_len - buf.len());
             if !read_more(io, buf, stop, deadline).await {
@@ -185,32 +187,13 @@ async fn exchange(
     let up = req.upstream.clone();
     let result = forward(&up, &req, request_id, close, &mut trace).await;
     let outcome = match result {
-        Err(e) => {
-            let out = head::error_head(e, request_id, close);
-            let ok = io.write_all(&out).await.is_ok();
-            (
-                e.status().as_u16(),
-                Some(e.reason()),
-                out.len() as u64,
-                ok,
-                ok,
-            )
-        }
+        Err(e) => local_error(io, e, &req, request_id, close).await,
         Ok(mut x) => {
             let Some((sent, complete)) = respond(io, &mut x, up.idle_timeout).await else {
                 // The body's first bytes were malformed and nothing went out yet.
                 let e = ProxyError::UpstreamReset;
-                let out = head::error_head(e, request_id, close);
-                let ok = io.write_all(&out).await.is_ok();
-                return finish(
-                    shared,
-                    entry,
-                    &trace,
-                    &up,
-                    request_id,
-                    started,
-                    (502, Some(e.reason()), out.len() as u64, ok, ok),
-                );
+                let outcome = local_error(io, e, &req, request_id, close).await;
+                return finish(shared, entry, &trace, &up, request_id, started, outcome);
             };
             if complete && !x.resp.backend_close {
                 let address = &up.backends[x.backend].address;
@@ -238,6 +221,23 @@ async fn exchange(
     finish(shared, entry, &trace, &up, request_id, started, outcome)
 }
 
+/// What an exchange came to: status, Switchyard's error reason, body bytes sent, whether the
+/// response went out whole, whether the client connection can go on.
+type Outcome = (u16, Option<&'static str>, u64, bool, bool);
+
+/// Answers with a response Switchyard makes itself.
+async fn local_error(
+    io: &mut TcpStream,
+    e: ProxyError,
+    req: &head::Request,
+    request_id: &[u8],
+    close: bool,
+) -> Outcome {
+    let (out, body_len) = head::error_response(e, request_id, req.is_head, close);
+    let ok = io.write_all(&out).await.is_ok();
+    (e.status().as_u16(), Some(e.reason()), body_len, ok, ok)
+}
+
 /// Logs the exchange (when the access log is on); returns whether the connection goes on.
 fn finish(
     shared: &Shared,
@@ -246,7 +246,7 @@ fn finish(
     up: &Upstream,
     request_id: &[u8],
     started: Instant,
-    (status, error, sent, complete, keep): (u16, Option<&'static str>, u64, bool, bool),
+    (status, error, sent, complete, keep): Outcome,
 ) -> bool {
     if let (Some(log), Some(mut e)) = (&shared.access_log, entry) {
         e.status = status;
@@ -281,6 +281,9 @@ async fn forward(
     let deadline = Instant::now() + up.request_timeout;
     up.budget.on_request();
     let ctx = PickCtx { hash: req.hash };
+    // As the hyper path: a request that reached a backend goes again only when idempotent and
+    // its body is within `max_replay_body`.
+    let resend = req.resendable(policy.max_replay_body);
     let mut tried = [usize::MAX; 10];
     let mut tried_len = 0;
     let mut last_err = ProxyError::NoBackend;
@@ -325,7 +328,7 @@ async fn forward(
                     .map(Duration::from_secs);
                 let fits = after.is_none_or(|a| Instant::now() + a < deadline);
                 if policy.on_status.contains(&status)
-                    && req.idempotent
+                    && resend
                     && attempt + 1 < policy.attempts
                     && fits
                     && up.budget.try_retry(policy.budget_ratio)
@@ -346,7 +349,7 @@ async fn forward(
             record(up, i, false, 0);
         }
         last_err = err;
-        if !retryable(policy, err, req.idempotent) || Instant::now() >= deadline {
+        if !retryable(policy, err, resend) || Instant::now() >= deadline {
             break;
         }
     }
@@ -390,7 +393,7 @@ async fn attempt_on(
     // nothing came back (hyper's path hands back only the unsent request).
     let stale = match &result {
         Err(Failed::Unsent) => true,
-        Err(Failed::Empty) => req.idempotent,
+        Err(Failed::Empty) => req.resendable(up.retry.max_replay_body),
         _ => false,
     };
     if reused && stale {
@@ -447,8 +450,15 @@ async fn exchange_head(
     deadline: Instant,
 ) -> Result<(BytesMut, head::Response, Vec<u8>), Failed> {
     let work = async {
-        if stream.write_all(&req.upstream_head).await.is_err() {
-            return Err(Failed::Unsent);
+        // Only a request of which no byte went out counts as unsent: once part of it did, the
+        // backend may be acting on it.
+        let mut written = 0;
+        while written < req.upstream_head.len() {
+            match stream.write(&req.upstream_head[written..]).await {
+                Ok(n) if n > 0 => written += n,
+                _ if written == 0 => return Err(Failed::Unsent),
+                _ => return Err(Failed::Error(ProxyError::UpstreamReset)),
+            }
         }
         let mut client_head = Vec::new();
         loop {
@@ -482,8 +492,8 @@ async fn exchange_head(
     }
 }
 
-/// Writes the response head and relays the body. Returns the bytes written to the client and
-/// whether the response went out whole (the backend connection is then clean unless it said
+/// Writes the response head and relays the body. Returns the body bytes written to the client
+/// (as the access log counts them) and whether the response went out whole (the backend connection is then clean unless it said
 /// otherwise).
 async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> Option<(u64, bool)> {
     let mut out = std::mem::take(&mut x.client_head);
@@ -501,13 +511,10 @@ async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> Option
     if io.write_all(&out).await.is_err() {
         return Some((sent, false));
     }
-    sent += out.len() as u64;
-    if n > COALESCE {
-        if io.write_all(&x.buf[..n]).await.is_err() {
-            return Some((sent, false));
-        }
-        sent += n as u64;
+    if n > COALESCE && io.write_all(&x.buf[..n]).await.is_err() {
+        return Some((sent, false));
     }
+    sent += n as u64;
     while !progress.done() {
         x.buf.clear();
         x.buf.reserve(idle::BUFFER);
