@@ -460,7 +460,16 @@ async fn serve_plain(mut stream: TcpStream, info: ConnInfo, conn: Conn) {
             return;
         }
     }
-    serve_sniffed(stream, buf.freeze(), h2, Arc::new(info), conn).await;
+    // Boxed: hyper's connection state is large, and inline it would widen every relayed
+    // connection's task by it (copied on spawn, held while idle) for the rare hand-off.
+    Box::pin(serve_sniffed(
+        stream,
+        buf.freeze(),
+        h2,
+        Arc::new(info),
+        conn,
+    ))
+    .await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) connection until it closes, or

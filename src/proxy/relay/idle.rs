@@ -61,11 +61,10 @@ pub fn recycle(mut b: BytesMut) {
 }
 
 /// An idle connection to `address` that has not expired, with its read buffer.
-pub fn take(pool_key: u64, address: &str) -> Option<(TcpStream, BytesMut)> {
+pub fn take(pool_key: u64, address: &str, now: Instant) -> Option<(TcpStream, BytesMut)> {
     IDLE.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(&pool_key)?.get_mut(address)?;
-        let now = Instant::now();
         while let Some((s, buf, expires)) = list.pop() {
             if now < expires && quiet(&s) {
                 return Some((s, buf));

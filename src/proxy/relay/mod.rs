@@ -81,7 +81,11 @@ pub async fn serve(
         };
         let (head_len, body_len) = (req.head_len, req.body_len as usize);
         // The body has its own time from the end of the head (the head's ran from idle).
-        let deadline = tokio::time::Instant::now() + header_timeout;
+        let deadline = if buf.len() < head_len + body_len {
+            tokio::time::Instant::now() + header_timeout
+        } else {
+            deadline
+        };
         while buf.len() < head_len + body_len {
             buf.reserve(head_len + body_len - buf.len());
             if !read_more(io, buf, stop, deadline).await {
@@ -185,7 +189,7 @@ async fn exchange(
     req.upstream_head.extend_from_slice(body);
     let request_id = req.request_id.bytes(head);
     let up = req.upstream.clone();
-    let result = forward(&up, &req, request_id, close, &mut trace).await;
+    let result = forward(&up, &req, request_id, close, started, &mut trace).await;
     let outcome = match result {
         Err(e) => local_error(io, e, &req, request_id, close).await,
         Ok(mut x) => {
@@ -275,10 +279,12 @@ async fn forward(
     req: &head::Request,
     request_id: &[u8],
     close: bool,
+    now: Instant,
     trace: &mut Trace,
 ) -> Result<Exchange, ProxyError> {
     let policy = &up.retry;
-    let deadline = Instant::now() + up.request_timeout;
+    // One clock read serves the first attempt's deadlines and timings (they cost ~20 ns each).
+    let deadline = now + up.request_timeout;
     up.budget.on_request();
     let ctx = PickCtx { hash: req.hash };
     // As the hyper path: a request that reached a backend goes again only when idempotent and
@@ -312,9 +318,10 @@ async fn forward(
         let backend = &up.backends[i];
         let inflight = Inflight::start(&backend.state, up);
         let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
-        let try_deadline = deadline.min(Instant::now() + per_try);
-        let started = Instant::now();
-        let err = match attempt_on(up, backend, req, request_id, close, try_deadline, trace).await {
+        let started = if attempt == 0 { now } else { Instant::now() };
+        let try_deadline = deadline.min(started + per_try);
+        let on = (started, try_deadline);
+        let err = match attempt_on(up, backend, req, request_id, close, on, trace).await {
             Ok(mut x) => {
                 let status = x.resp.status;
                 let latency = started.elapsed();
@@ -374,14 +381,14 @@ async fn attempt_on(
     req: &head::Request,
     request_id: &[u8],
     close: bool,
-    deadline: Instant,
+    (now, deadline): (Instant, Instant),
     trace: &mut Trace,
 ) -> Result<Exchange, ProxyError> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
+    let remaining = deadline.saturating_duration_since(now);
     let connect_timeout = up
         .connect_timeout
         .min(remaining.max(Duration::from_millis(1)));
-    let pooled = idle::take(up.connector.pool_key, &backend.address);
+    let pooled = idle::take(up.connector.pool_key, &backend.address, now);
     let reused = pooled.is_some();
     let (mut stream, buf) = match pooled {
         Some(s) => s,
