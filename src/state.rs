@@ -30,10 +30,12 @@ impl Snapshot {
     }
 }
 
-/// Live backend state by (upstream, address). Only the control plane touches the map.
+/// Live backend state by upstream, then address. Only the control plane touches the map.
+/// Two levels so a compile looks addresses up by `&str` and moves the kept keys across: no
+/// string is cloned or hashed twice for a backend that stays (10,000 per change at scale).
 #[derive(Default)]
 pub struct Registry {
-    map: Mutex<HashMap<(String, String), Arc<BackendState>>>,
+    map: Mutex<HashMap<String, HashMap<String, Arc<BackendState>>>>,
 }
 
 impl Registry {
@@ -46,30 +48,36 @@ impl Registry {
             .upstreams
             .iter()
             .map(|(name, u)| {
+                let mut old = map.remove(name.as_str()).unwrap_or_default();
+                let mut kept = HashMap::with_capacity(u.backends.len());
                 let backends = u
                     .backends
                     .iter()
                     .map(|b| {
-                        let key = (name.clone(), b.address.clone());
-                        let state = map
-                            .remove(&key)
-                            .unwrap_or_else(|| BackendState::new(name, &b.address));
+                        let (key, state) =
+                            old.remove_entry(b.address.as_str()).unwrap_or_else(|| {
+                                (b.address.clone(), BackendState::new(name, &b.address))
+                            });
                         state.draining.store(b.drain, Relaxed);
-                        next.insert(key, state.clone());
-                        Backend {
+                        let backend = Backend {
                             address: b.address.clone(),
                             socket: b.address.parse().ok(),
                             weight: b.weight,
-                            state,
-                        }
+                            state: state.clone(),
+                        };
+                        kept.insert(key, state);
+                        backend
                     })
                     .collect();
+                // What is left of `old` was removed from this upstream.
+                map.insert(name.clone(), old);
+                next.insert(name.clone(), kept);
                 Arc::new(Upstream::compile(name, u, backends))
             })
             .collect();
         // Backends that left the configuration drain: their in-flight requests finish on the old
         // snapshot, and nothing new can pick them.
-        for (_, gone) in map.drain() {
+        for gone in map.drain().flat_map(|(_, u)| u.into_values()) {
             gone.draining.store(true, Relaxed);
         }
         *map = next;
