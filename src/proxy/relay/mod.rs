@@ -467,7 +467,9 @@ async fn exchange_head(
                 _ => return Err(Failed::Error(ProxyError::UpstreamReset)),
             }
         }
-        let mut client_head = Vec::new();
+        // Sized once for a typical rewritten response head: growing from empty took several
+        // reallocations per response.
+        let mut client_head = Vec::with_capacity(1024);
         loop {
             match stream.read_buf(&mut buf).await {
                 Ok(0) | Err(_) if buf.is_empty() => return Err(Failed::Empty),
