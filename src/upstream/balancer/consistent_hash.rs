@@ -6,8 +6,8 @@
 //! is one read of a table small enough to stay in cache (2 MiB at 10,000 backends), so a pick
 //! does not grow with the fleet. Quantising keeps the ring's property: a new backend takes only
 //! the buckets whose first point is now its own, about 1/(N+1) of keys. The table is built
-//! without sorting the ring (the first point of each bucket is a minimum, found in one pass),
-//! which keeps a rebuild at 10,000 backends to a few milliseconds.
+//! without sorting the ring (the first point of each bucket is a minimum, found in one pass):
+//! about 20 ms at 10,000 backends (BENCHMARKS.md, `cargo bench --bench apply`).
 //! If the owner is unavailable the walk continues clockwise through the table, which spreads
 //! that backend's keys over its neighbours instead of piling them onto one.
 //! Hashes are FNV-1a with a 64-bit finaliser: stable across processes, so every Switchyard
@@ -18,7 +18,6 @@ use super::{scan_from, Backend, Balancer, PickCtx};
 pub struct ConsistentHash {
     /// One entry per bucket: the owner of the first ring point at or after the bucket's start.
     owners: Owners,
-    shift: u32,
     backends: usize,
 }
 
@@ -66,6 +65,8 @@ impl Owners {
 /// backend's share by well under its virtual-point noise even at 10,000 backends (400,000
 /// points). It costs 1 MiB per consistent_hash upstream up to 256 backends, 2 MiB up to 65,536.
 const BUCKET_BITS: u32 = 20;
+/// A hash's bucket is its top BUCKET_BITS bits.
+const SHIFT: u32 = 64 - BUCKET_BITS;
 /// How far the walk past an unavailable owner goes (distinct owners, buckets) before it falls
 /// back to scanning the backend list: bounds a pick's cost when most of a fleet is down.
 const WALK_OWNERS: usize = 8;
@@ -100,8 +101,6 @@ impl ConsistentHash {
     pub fn new(backends: &[Backend]) -> Self {
         let count = points_per_backend(backends);
         let total: u64 = count.iter().sum();
-        let bits = BUCKET_BITS;
-        let shift = 64 - bits;
         // Points packed as `hash with its low bits replaced by the owner`: one u64 each, ordered
         // by hash and, on a tie, by owner index (so every instance with the same list agrees).
         // The bucket bits are untouched.
@@ -112,19 +111,18 @@ impl ConsistentHash {
             points.push(hash & !low | i as u64)
         });
         let owners = match backends.len() {
-            0..=256 => Owners::U8(owner_table(&points, shift, bits, low, |o| o as u8)),
-            257..=65_536 => Owners::U16(owner_table(&points, shift, bits, low, |o| o as u16)),
-            _ => Owners::U32(owner_table(&points, shift, bits, low, |o| o as u32)),
+            0..=256 => Owners::U8(owner_table(&points, low, |o| o as u8)),
+            257..=65_536 => Owners::U16(owner_table(&points, low, |o| o as u16)),
+            _ => Owners::U32(owner_table(&points, low, |o| o as u32)),
         };
         ConsistentHash {
             owners,
-            shift,
             backends: backends.len(),
         }
     }
 
     fn bucket(&self, hash: u64) -> usize {
-        (hash >> self.shift) as usize
+        (hash >> SHIFT) as usize
     }
 }
 
@@ -133,13 +131,8 @@ impl ConsistentHash {
 /// points are spread by their top bits into runs whose buckets fit in L1, each run's minima are
 /// found there, and the table is filled from the end backwards, carrying the next non-empty
 /// bucket's owner. O(points + buckets), no sort and no random access into the whole table.
-fn owner_table<T: Copy + Default>(
-    points: &[u64],
-    shift: u32,
-    bits: u32,
-    low: u64,
-    owner: impl Fn(u64) -> T,
-) -> Box<[T]> {
+fn owner_table<T: Copy + Default>(points: &[u64], low: u64, owner: impl Fn(u64) -> T) -> Box<[T]> {
+    let (bits, shift) = (BUCKET_BITS, SHIFT);
     let mut table = vec![T::default(); 1 << bits].into_boxed_slice();
     let Some(&global_min) = points.iter().min() else {
         return table;
@@ -325,14 +318,14 @@ mod tests {
         for _ in 0..3_000 {
             h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
             // The owner of the key's bucket start, looked up on the ring itself.
-            let bucket = h >> ch.shift;
-            let owner = ring_owner(bucket << ch.shift);
+            let bucket = h >> SHIFT;
+            let owner = ring_owner(bucket << SHIFT);
             let ctx = PickCtx { hash: h };
             assert_eq!(ch.pick(&b, &ctx, &mut |_| true), Some(owner));
             // And when that owner is out, the next distinct owner clockwise.
             let next = ch.pick(&b, &ctx, &mut |i| i != owner).unwrap();
             let want = (1..)
-                .map(|k| ring_owner(bucket.wrapping_add(k) << ch.shift))
+                .map(|k| ring_owner(bucket.wrapping_add(k) << SHIFT))
                 .find(|&o| o != owner)
                 .unwrap();
             assert_eq!(next, want);
