@@ -12,7 +12,6 @@ use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -58,7 +57,7 @@ impl Registry {
                             old.remove_entry(b.address.as_str()).unwrap_or_else(|| {
                                 (b.address.clone(), BackendState::new(name, &b.address))
                             });
-                        state.draining.store(b.drain, Relaxed);
+                        state.set_draining(b.drain);
                         let backend = Backend {
                             address: b.address.clone(),
                             socket: b.address.parse().ok(),
@@ -78,7 +77,7 @@ impl Registry {
         // Backends that left the configuration drain: their in-flight requests finish on the old
         // snapshot, and nothing new can pick them.
         for gone in map.drain().flat_map(|(_, u)| u.into_values()) {
-            gone.draining.store(true, Relaxed);
+            gone.set_draining(true);
         }
         *map = next;
         let index_of = |n: &str| upstreams.iter().position(|u| u.name == n);

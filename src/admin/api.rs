@@ -152,7 +152,7 @@ pub fn upstreams_json(shared: &Shared) -> Value {
                         "weight": b.weight,
                         "health": s.health().name(),
                         "circuit": s.breaker.state().name(),
-                        "draining": s.draining.load(Relaxed) || b.weight == 0,
+                        "draining": s.is_draining() || b.weight == 0,
                         "ejected": s.is_ejected(now),
                         "active_requests": s.active.load(Relaxed),
                         "requests_total": s.requests_total.load(Relaxed),

@@ -117,7 +117,7 @@ pub(super) fn record(up: &Upstream, i: usize, ok: bool, status_class: usize) {
     }
     if let Some(p) = &up.passive {
         if p.record(s, ok, &up.backends) {
-            crate::events::ejected(s, s.ejected_until_ms.load(Relaxed).saturating_sub(now_ms()));
+            crate::events::ejected(s, s.ejected_until_ms().saturating_sub(now_ms()));
         }
     }
 }

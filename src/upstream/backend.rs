@@ -6,7 +6,8 @@
 
 use super::breaker::Breaker;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,6 +37,26 @@ impl Health {
     }
 }
 
+/// Bumped after any change that can take a backend out of service (health, drain, ejection,
+/// circuit). [`crate::upstream::Upstream`] remembers, per backend, the epoch at which it last
+/// found that backend fully in service, and trusts that stamp without reading the backend's
+/// state while the epoch is unchanged: a pick among 10,000 backends then touches no backend
+/// memory at all. Changes are rare (transitions, not checks), so a process-wide counter costs a
+/// re-check per backend per change and needs no link from a state to the snapshots holding it.
+static AVAILABILITY_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// The current availability epoch (never 0, so a zeroed stamp never matches).
+pub fn availability_epoch() -> u64 {
+    // Acquire pairs with the Release in `availability_changed`: whoever sees the new epoch also
+    // sees the state change behind it, so a stamp is never taken on stale state at a new epoch.
+    AVAILABILITY_EPOCH.load(Ordering::Acquire)
+}
+
+/// Invalidates every availability stamp; call after the state change is stored.
+pub fn availability_changed() {
+    AVAILABILITY_EPOCH.fetch_add(1, Ordering::Release);
+}
+
 /// Milliseconds on a process-wide monotonic clock, cheap to store in an atomic.
 pub fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -50,11 +71,12 @@ pub struct BackendState {
     // ---- first cache line: everything `Upstream::pick` and the balancers read ----
     pub active: AtomicU32,
     health: AtomicU8,
-    pub draining: AtomicBool,
+    /// Written through [`BackendState::set_draining`] only, which bumps the availability epoch.
+    draining: AtomicBool,
     /// Whether an active health check is configured for this backend's upstream.
     pub checked: AtomicBool,
-    /// Passive health: the ejection deadline (0 = not ejected).
-    pub ejected_until_ms: AtomicU64,
+    /// Passive health: the ejection deadline (0 = not ejected). Set through `eject_until`.
+    ejected_until_ms: AtomicU64,
     /// When the backend (re)joined the eligible set; drives slow start.
     pub available_since_ms: AtomicU64,
     /// Peak-EWMA of response-head latency in microseconds, stored as f64 bits.
@@ -121,14 +143,38 @@ impl BackendState {
     /// Sets the health; returns the previous value so callers can emit a transition event.
     pub fn set_health(&self, h: Health) -> Health {
         let prev = Health::from_u8(self.health.swap(h as u8, Relaxed));
-        if prev != h && h == Health::Healthy {
-            self.available_since_ms.store(now_ms(), Relaxed);
+        if prev != h {
+            if h == Health::Healthy {
+                self.available_since_ms.store(now_ms(), Relaxed);
+            }
+            availability_changed();
         }
         prev
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        if self.draining.swap(on, Relaxed) != on {
+            availability_changed();
+        }
+    }
+
     pub fn is_ejected(&self, now: u64) -> bool {
         self.ejected_until_ms.load(Relaxed) > now
+    }
+
+    /// The ejection deadline in process milliseconds (0 = never ejected).
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Relaxed)
+    }
+
+    /// Takes the backend out of service until `deadline_ms` (see [`now_ms`]).
+    pub fn eject_until(&self, deadline_ms: u64) {
+        self.ejected_until_ms.store(deadline_ms, Relaxed);
+        availability_changed();
     }
 
     /// Current peak-EWMA latency in microseconds (decayed towards zero while idle is not done:

@@ -172,6 +172,8 @@ impl Breaker {
         self.open_until_ms
             .store(now + (p.open_for_ms << trips), Relaxed);
         self.consecutive.store(0, Relaxed);
+        // Only a trip takes a backend out of service; the other transitions restore it.
+        super::backend::availability_changed();
         Some(Circuit::Open)
     }
 

@@ -46,10 +46,7 @@ impl PassivePolicy {
             return false;
         }
         let times = (s.ejections.fetch_add(1, Relaxed) + 1).min(10);
-        s.ejected_until_ms.store(
-            now + self.base_ejection.as_millis() as u64 * times as u64,
-            Relaxed,
-        );
+        s.eject_until(now + self.base_ejection.as_millis() as u64 * times as u64);
         s.consecutive_failures.store(0, Relaxed);
         true
     }
