@@ -119,9 +119,39 @@ pub trait OnDone: Send + 'static {
 pub enum RespBody {
     Full(Option<Bytes>),
     Stream {
-        inner: Incoming,
+        inner: BackendBody,
         guard: Option<Box<dyn OnDone>>,
     },
+}
+
+/// A backend's streaming response body: from hyper's client, or read by Switchyard from a relay
+/// connection ([`crate::proxy::relay::from_h2`]).
+pub enum BackendBody {
+    Hyper(Incoming),
+    Relay(Box<crate::proxy::relay::from_h2::Relayed>),
+}
+
+impl BackendBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            BackendBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            BackendBody::Relay(b) => b.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Hyper(b) => b.is_end_stream(),
+            BackendBody::Relay(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Hyper(b) => b.size_hint(),
+            BackendBody::Relay(b) => b.size_hint(),
+        }
+    }
 }
 
 impl RespBody {
@@ -135,19 +165,19 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Stream { inner, guard } => {
                 if let Some(g) = guard.as_mut() {
                     g.poll_drive(cx);
                 }
-                let r = Pin::new(inner).poll_frame(cx);
+                let r = inner.poll_frame(cx);
                 match &r {
                     Poll::Ready(Some(Ok(f))) => {
                         if let (Some(d), Some(g)) = (f.data_ref(), guard.as_mut()) {

@@ -5,7 +5,9 @@
 //! or the method is idempotent and the body can be replayed. The retry budget, backoff with
 //! jitter and the overall deadline keep retries from turning a failing fleet into a hammered one.
 
-use super::body::{OnDone, ReqBody, RespBody, CLIENT_BODY_BROKEN, CLIENT_BODY_TOO_LARGE};
+use super::body::{
+    BackendBody, OnDone, ReqBody, RespBody, CLIENT_BODY_BROKEN, CLIENT_BODY_TOO_LARGE,
+};
 use super::pool::SendRequest;
 use super::{error_response, is_idempotent, pool, Trace};
 use crate::error::ProxyError;
@@ -237,7 +239,7 @@ pub(super) async fn forward(
                     RespBody::empty()
                 } else {
                     RespBody::Stream {
-                        inner: rbody,
+                        inner: BackendBody::Hyper(rbody),
                         guard: Some(Box::new(inflight)),
                     }
                 };

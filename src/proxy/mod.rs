@@ -86,7 +86,7 @@ pub fn error_response(e: ProxyError) -> Response<RespBody> {
     r
 }
 
-fn is_idempotent(m: &Method) -> bool {
+pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -219,7 +219,20 @@ async fn serve(
         }
     };
 
-    let mut resp = forward::forward(&upstream, &ctx, parts, body, trace).await;
+    let direct = client_version == Version::HTTP_2
+        && relay::from_h2::eligible(
+            &upstream,
+            &body,
+            client_upgrade.is_some(),
+            trace.otel.is_some(),
+        );
+    let mut resp = if direct {
+        relay::from_h2::forward(&upstream, hash, &parts, body, &request_id, trace)
+            .await
+            .unwrap_or_else(error_response)
+    } else {
+        forward::forward(&upstream, &ctx, parts, body, trace).await
+    };
     if let Some(client_up) = client_upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             upgrade::splice(client_up, &mut resp, upstream.idle_timeout);

@@ -321,3 +321,145 @@ fn an_error_answering_head_has_no_body_so_the_next_response_stays_in_step() {
     assert!(parts[2].ends_with("\r\n\r\n502 connect_failed\n"), "{r}");
     assert!(parts[1].contains("content-length: 19\r\n"), "{r}");
 }
+
+/// An h2c (prior knowledge) client, as `curl --http2-prior-knowledge` or h2load would be.
+fn h2c_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// HTTP/2 requests to an HTTP/1.1 backend go over the relay's backend connections
+/// (src/proxy/relay/from_h2.rs): each framing the backend may use arrives decoded, the request
+/// head carries the proxy's rewrites and a declared length, and one backend connection serves
+/// request after request.
+#[test]
+fn h2_requests_to_an_http1_backend_decode_every_framing_and_reuse_the_connection() {
+    let (backend, seen) = scripted(answer);
+    let lb = lb_for(backend);
+    let c = h2c_client();
+    let get = |path: &str| {
+        let r = c
+            .get(lb.url(path))
+            .header("x-secret", "1")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .send()
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.text().unwrap())
+    };
+    let (status, h, body) = get("/chunked");
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    assert!(
+        h.get("transfer-encoding").is_none() && h.get("x-internal").is_none(),
+        "{h:?}"
+    );
+    assert_eq!(h["x-request-id"].len(), 32, "{h:?}");
+    assert_eq!(get("/interim").2, "ok");
+    assert_eq!(get("/plain").2, "abc");
+    assert_eq!(get("/named-length").2, "xyz");
+    // Close-delimited: the whole body, then the backend connection is not reused.
+    assert_eq!(get("/eof").2, "until the end");
+    assert_eq!(get("/plain").2, "abc");
+
+    // A replayable body (PUT is idempotent) goes with its length; HEAD gets no body.
+    let r = c.put(lb.url("/echo")).body("ping").send().unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().unwrap()),
+        (200, "ping".to_string())
+    );
+    let r = c.head(lb.url("/plain")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap(), "");
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    let first = seen[0].to_ascii_lowercase();
+    assert!(first.starts_with("get /chunked http/1.1\r\n"), "{first}");
+    assert!(first.contains("x-forwarded-for: 127.0.0.1\r\n"), "{first}");
+    assert!(first.contains("x-request-id: "), "{first}");
+    assert!(
+        first.contains("x-secret: 1\r\n"),
+        "end-to-end headers pass: {first}"
+    );
+    // Cookie fields split by HTTP/2 travel as one HTTP/1.1 header.
+    assert!(first.contains("cookie: a=1; b=2\r\n"), "{first}");
+    assert_eq!(first.matches("cookie:").count(), 1, "{first}");
+    let put = seen[6].to_ascii_lowercase();
+    assert!(put.starts_with("put /echo http/1.1\r\n"), "{put}");
+    assert!(
+        put.contains("content-length: 4\r\n") && put.ends_with("\r\n\r\nping"),
+        "{put}"
+    );
+    assert!(seen[7]
+        .to_ascii_lowercase()
+        .starts_with("head /plain http/1.1\r\n"));
+}
+
+/// The same relay connections, seen from the backend: sequential HTTP/2 requests share one
+/// connection, one closed by the backend is replaced, and a body cut short is an error on the
+/// client's stream, never a short success.
+#[test]
+fn h2_requests_share_relay_connections_and_a_cut_body_fails_the_stream() {
+    let srv = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = srv.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0usize));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in srv.incoming() {
+            let Ok(mut s) = s else { return };
+            *count.lock().unwrap() += 1;
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(len) = request_len(&got) else {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let req: Vec<u8> = got.drain(..len).collect();
+                    if req.starts_with(b"GET /cut ") {
+                        // Promises 100 bytes, sends 5, closes.
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello");
+                        return;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let lb = lb_for(backend);
+    let c = h2c_client();
+    for _ in 0..20 {
+        let r = c.get(lb.url("/")).send().unwrap();
+        assert_eq!(r.text().unwrap(), "ok");
+    }
+    assert_eq!(
+        *accepted.lock().unwrap(),
+        1,
+        "20 sequential requests, one backend connection"
+    );
+    // The reset may overtake the response head (h2 drops a reset stream's queued frames), so
+    // the error may come from the request or from the body; never a complete 200.
+    let cut = c.get(lb.url("/cut")).send().and_then(|r| r.bytes());
+    assert!(
+        cut.is_err(),
+        "a body cut short must not read as complete: {cut:?}"
+    );
+    // The cut connection is gone; the next request gets a new one and succeeds.
+    let r = c.get(lb.url("/")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "ok");
+    assert_eq!(*accepted.lock().unwrap(), 2);
+}

@@ -14,6 +14,7 @@
 //! code as the hyper path's.
 
 mod framing;
+pub mod from_h2;
 mod head;
 pub mod idle;
 

@@ -1,0 +1,307 @@
+//! HTTP/2 requests to plain HTTP/1.1 backends over the relay's backend connections, without
+//! hyper's client. hyper still serves the client's HTTP/2 connection; what goes away per request
+//! is the client side: its request encoder, dispatcher, channels and response parser, which were
+//! two fifths of an h2c request's user-space CPU (BENCHMARKS.md, "HTTP/2").
+//!
+//! Taken by requests with no body or a body already in memory (the replayable ones), to upstreams
+//! the relay serves (plain HTTP/1.1), with no upgrade and OTLP tracing off; anything else keeps
+//! hyper's client. The request head is written from the header map [`crate::proxy::serve`]
+//! prepared; the exchange itself — backend choice, retries, breakers, the response head's checks
+//! and rewrite — is the relay's ([`super::forward`]). The response body is decoded from its
+//! HTTP/1 framing (chunked coding removed) as it streams, and the connection goes back to the
+//! relay's idle list when the body ends cleanly.
+
+use super::framing::Progress;
+use super::head::{self, Framing};
+use super::{idle, Exchange};
+use crate::error::ProxyError;
+use crate::proxy::body::{BackendBody, BoxError, OnDone, ReqBody, RespBody};
+use crate::proxy::Trace;
+use crate::upstream::Upstream;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http_body::Frame;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Whether this request can take the relay's backend connections.
+pub fn eligible(up: &Upstream, body: &ReqBody, upgrade: bool, traced: bool) -> bool {
+    !upgrade
+        && !traced
+        && !up.connector.is_h2()
+        && !up.connector.is_tls()
+        && matches!(body, ReqBody::Empty | ReqBody::Replay(Some(_)))
+}
+
+/// Forwards the request (head already rewritten for the backend) and answers with the backend's
+/// response, or with Switchyard's error response.
+pub async fn forward(
+    up: &Arc<Upstream>,
+    hash: u64,
+    parts: &http::request::Parts,
+    body: ReqBody,
+    request_id: &HeaderValue,
+    trace: &mut Trace,
+) -> Result<Response<RespBody>, ProxyError> {
+    let started = Instant::now();
+    let body = match body {
+        ReqBody::Replay(Some(b)) => b,
+        _ => Bytes::new(),
+    };
+    trace.bytes_in = body.len() as u64;
+    let method = &parts.method;
+    let req = head::Request {
+        head_len: 0,
+        upstream_head: request_head(parts, &body),
+        upstream: up.clone(),
+        hash,
+        body_len: body.len() as u64,
+        idempotent: crate::proxy::is_idempotent(method),
+        is_head: method == Method::HEAD,
+        close: false,
+        // The id goes to `super::forward` directly; this field is the HTTP/1 path's.
+        request_id: head::RequestId::Client(0, 0),
+    };
+    let x = super::forward(up, &req, request_id.as_bytes(), false, started, trace).await?;
+    response(up, x)
+}
+
+/// The HTTP/1.1 request head (and body) for the backend.
+fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + body.len());
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name != http::header::COOKIE {
+            push(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    // HTTP/2 may split `cookie` into several fields; towards HTTP/1.1 they are one, joined by
+    // "; " (RFC 9113 §8.2.3).
+    let mut cookies = parts.headers.get_all(http::header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for c in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(c.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    // HTTP/2 frames a body by its DATA frames; HTTP/1.1 needs the length said (as hyper's client
+    // does, an empty body is declared for the methods that normally carry one).
+    if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        let carries = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+        if !body.is_empty() || carries {
+            push(
+                &mut out,
+                b"content-length",
+                body.len().to_string().as_bytes(),
+            );
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn push(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The backend's response, its head rewritten by the relay (`client_head`), as an
+/// `http::Response` whose body streams from the backend connection.
+fn response(up: &Arc<Upstream>, mut x: Exchange) -> Result<Response<RespBody>, ProxyError> {
+    let head = Bytes::from(std::mem::take(&mut x.client_head));
+    let mut slots = [httparse::EMPTY_HEADER; 100];
+    let mut parsed = httparse::Response::new(&mut slots);
+    // The relay wrote this head from one it parsed: it cannot fail, but a 502 beats a panic.
+    let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) else {
+        return Err(ProxyError::UpstreamReset);
+    };
+    let status = StatusCode::from_u16(x.resp.status).map_err(|_| ProxyError::UpstreamReset)?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        // Connection-specific fields do not exist in HTTP/2 (RFC 9113 §8.2.2); the relay keeps
+        // Transfer-Encoding (its client is HTTP/1), but the body is decoded here.
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"connection")
+        {
+            continue;
+        }
+        let Ok(name) = HeaderName::from_bytes(name) else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(h.value)) else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        headers.append(name, value);
+    }
+    x.buf.advance(x.resp.head_len);
+    let mut body = Relayed {
+        conn: Some((x.stream, std::mem::take(&mut x.buf))),
+        progress: Progress::new(x.resp.framing),
+        backend_close: x.resp.backend_close || x.resp.framing == Framing::UntilClose,
+        up: up.clone(),
+        backend: x.backend,
+        first: None,
+    };
+    let inflight = x.inflight.take();
+    // The whole body is usually in the first read: answer with it and free the connection now.
+    let first = body.take().map_err(|()| ProxyError::UpstreamReset)?;
+    let mut resp = Response::new(if body.progress.done() {
+        body.finish();
+        drop(inflight);
+        RespBody::Full(first)
+    } else {
+        body.first = first;
+        RespBody::Stream {
+            inner: BackendBody::Relay(Box::new(body)),
+            guard: inflight.map(|i| Box::new(i) as Box<dyn OnDone>),
+        }
+    });
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// A response body read from a relay backend connection, its HTTP/1 framing removed.
+pub struct Relayed {
+    /// The backend connection and its read buffer (bytes read, not yet taken); `None` once the
+    /// body ended or failed.
+    conn: Option<(TcpStream, BytesMut)>,
+    progress: Progress,
+    /// The connection cannot carry another request afterwards.
+    backend_close: bool,
+    up: Arc<Upstream>,
+    backend: usize,
+    /// Data taken from the first read, not yet returned.
+    first: Option<Bytes>,
+}
+
+impl Relayed {
+    /// The body data buffered so far (chunk framing consumed). Err: malformed chunked coding.
+    fn take(&mut self) -> Result<Option<Bytes>, ()> {
+        let Some((_, buf)) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        // Usually one piece (a Content-Length body, or one chunk): returned as it is.
+        let (mut first, mut joined) = (None::<Bytes>, None::<BytesMut>);
+        while let Some(d) = self.progress.take_data(buf)? {
+            match (&first, &mut joined) {
+                (None, _) => first = Some(d),
+                (Some(f), None) => {
+                    let mut j = BytesMut::from(&f[..]);
+                    j.extend_from_slice(&d);
+                    joined = Some(j);
+                }
+                (Some(_), Some(j)) => j.extend_from_slice(&d),
+            }
+        }
+        Ok(joined.map(BytesMut::freeze).or(first))
+    }
+
+    /// The body ended: the connection goes back to the idle list if it is clean.
+    fn finish(&mut self) {
+        let Some((stream, buf)) = self.conn.take() else {
+            return;
+        };
+        // Bytes past the body's end mean the connection is in no known state.
+        if self.backend_close || !buf.is_empty() {
+            idle::recycle(buf);
+            return;
+        }
+        let address = &self.up.backends[self.backend].address;
+        idle::put(
+            self.up.connector.pool_key,
+            address,
+            stream,
+            buf,
+            self.up.idle_timeout,
+        );
+    }
+
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.first, &self.progress) {
+            (None, Progress::Done) => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.progress.done()
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(d) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        loop {
+            match self.take() {
+                Err(()) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(
+                        Err("malformed chunked body from the backend".into()),
+                    ));
+                }
+                Ok(Some(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                Ok(None) if self.progress.done() => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+            }
+            let Some((stream, buf)) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            buf.clear();
+            buf.reserve(idle::BUFFER);
+            let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
+            match Pin::new(stream).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        if matches!(self.progress, Progress::UntilClose) {
+                            self.progress = Progress::Done;
+                            self.finish();
+                            return Poll::Ready(None);
+                        }
+                        self.conn = None;
+                        return Poll::Ready(Some(Err("the backend closed mid-body".into())));
+                    }
+                    // SAFETY: `poll_read` initialised the first `n` spare bytes.
+                    unsafe { buf.set_len(n) };
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relayed {
+    /// hyper may drop a body it knows has ended without polling it once more: the connection
+    /// still goes back to the idle list.
+    fn drop(&mut self) {
+        if self.is_end_stream() {
+            self.finish();
+        }
+    }
+}
