@@ -125,10 +125,10 @@ pub enum RespBody {
 }
 
 /// A backend's streaming response body: from hyper's client, or read by Switchyard from a relay
-/// connection ([`crate::proxy::relay::from_h2`]).
+/// connection ([`crate::proxy::relay::from_hyper`]).
 pub enum BackendBody {
     Hyper(Incoming),
-    Relay(Box<crate::proxy::relay::from_h2::Relayed>),
+    Relay(Box<crate::proxy::relay::from_hyper::Relayed>),
 }
 
 impl BackendBody {

@@ -219,15 +219,14 @@ async fn serve(
         }
     };
 
-    let direct = client_version == Version::HTTP_2
-        && relay::from_h2::eligible(
-            &upstream,
-            &body,
-            client_upgrade.is_some(),
-            trace.otel.is_some(),
-        );
+    let direct = relay::from_hyper::eligible(
+        &upstream,
+        &body,
+        client_upgrade.is_some(),
+        trace.otel.is_some(),
+    );
     let mut resp = if direct {
-        relay::from_h2::forward(&upstream, hash, &parts, body, &request_id, trace)
+        relay::from_hyper::forward(&upstream, hash, &parts, body, &request_id, trace)
             .await
             .unwrap_or_else(error_response)
     } else {

@@ -332,7 +332,7 @@ fn h2c_client() -> reqwest::blocking::Client {
 }
 
 /// HTTP/2 requests to an HTTP/1.1 backend go over the relay's backend connections
-/// (src/proxy/relay/from_h2.rs): each framing the backend may use arrives decoded, the request
+/// (src/proxy/relay/from_hyper.rs): each framing the backend may use arrives decoded, the request
 /// head carries the proxy's rewrites and a declared length, and one backend connection serves
 /// request after request.
 #[test]
@@ -462,4 +462,22 @@ fn h2_requests_share_relay_connections_and_a_cut_body_fails_the_stream() {
     let r = c.get(lb.url("/")).send().unwrap();
     assert_eq!(r.text().unwrap(), "ok");
     assert_eq!(*accepted.lock().unwrap(), 2);
+}
+
+/// Large streamed (chunked) responses through the same path, to an HTTP/2 client and to an
+/// HTTP/1.0 client (which the byte relay leaves to hyper's server): every byte arrives, decoded,
+/// and framed anew for each client.
+#[test]
+fn streamed_responses_reach_h2_and_http10_clients_whole() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let r = h2c_client().get(lb.url("/stream/4096")).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.bytes().unwrap().len(), 4096 * 1024);
+
+    let r = raw(lb.addr, b"GET /stream/3 HTTP/1.0\r\nHost: a\r\n\r\n");
+    let (head, body) = r.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
+    assert_eq!(body.len(), 3 * 1024, "{head}");
 }

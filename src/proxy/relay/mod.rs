@@ -14,7 +14,7 @@
 //! code as the hyper path's.
 
 mod framing;
-pub mod from_h2;
+pub mod from_hyper;
 mod head;
 pub mod idle;
 

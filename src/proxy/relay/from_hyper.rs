@@ -1,15 +1,18 @@
-//! HTTP/2 requests to plain HTTP/1.1 backends over the relay's backend connections, without
-//! hyper's client. hyper still serves the client's HTTP/2 connection; what goes away per request
-//! is the client side: its request encoder, dispatcher, channels and response parser, which were
-//! two fifths of an h2c request's user-space CPU (BENCHMARKS.md, "HTTP/2").
+//! Requests hyper's server parsed — every HTTP/2 request, and HTTP/1 requests the byte relay
+//! does not take itself (TLS client connections, HTTP/1.0, `Expect`, ...) — sent to plain
+//! HTTP/1.1 backends over the relay's backend connections, without hyper's client. hyper still
+//! serves the client's connection; what goes away per request is the client side: its request
+//! encoder, dispatcher, channels and response parser. That dispatcher was 40 % of an h2c
+//! request's CPU (17 points in user space, the rest the backend socket's syscalls); without it an
+//! h2c request took 0.53–0.78× the CPU (BENCHMARKS.md, "HTTP/2 without hyper's client").
 //!
 //! Taken by requests with no body or a body already in memory (the replayable ones), to upstreams
 //! the relay serves (plain HTTP/1.1), with no upgrade and OTLP tracing off; anything else keeps
 //! hyper's client. The request head is written from the header map [`crate::proxy::serve`]
 //! prepared; the exchange itself — backend choice, retries, breakers, the response head's checks
 //! and rewrite — is the relay's ([`super::forward`]). The response body is decoded from its
-//! HTTP/1 framing (chunked coding removed) as it streams, and the connection goes back to the
-//! relay's idle list when the body ends cleanly.
+//! HTTP/1 framing (chunked coding removed; hyper's server frames it anew for its client) as it
+//! streams, and the connection goes back to the relay's idle list when the body ends cleanly.
 
 use super::framing::Progress;
 use super::head::{self, Framing};
