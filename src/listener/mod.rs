@@ -246,7 +246,11 @@ pub fn run_worker(
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
+                    // Plain connections set TCP_NODELAY only once they write twice (see
+                    // `serve_plain`), as NGINX does: a connection per request never needs it.
+                    if !matches!(&*mode, Mode::Plain) {
+                        let _ = stream.set_nodelay(true);
+                    }
                     let info = ConnInfo {
                         client,
                         client_ip: proxy::headers::client_ip(client),
@@ -266,18 +270,27 @@ pub fn run_worker(
                     // what plain HTTP needs; TLS handshake state and the TLS stream are boxed
                     // so they do not widen every connection's task (10 KiB → 2 KiB, which is
                     // most of what 10,000 idle keep-alive connections cost).
-                    let (tracker, mode) = (tracker.clone(), mode.clone());
-                    let served: ConnFuture = match &*mode {
-                        Mode::Plain => Box::pin(serve_plain(stream, info, conn)),
+                    // The plain future is spawned as it is (one allocation, the task's); the
+                    // others are boxed inside theirs.
+                    let tracker = tracker.clone();
+                    match &*mode {
+                        Mode::Plain => tokio::spawn(async move {
+                            // A guard: the count comes down even if serving the connection panics.
+                            let _open = Open(tracker);
+                            serve_plain(stream, info, conn).await;
+                        }),
                         _ => {
-                            Box::pin(async move { accepted_conn(stream, info, &mode, conn).await })
+                            let mode = mode.clone();
+                            let served: ConnFuture =
+                                Box::pin(
+                                    async move { accepted_conn(stream, info, &mode, conn).await },
+                                );
+                            tokio::spawn(async move {
+                                let _open = Open(tracker);
+                                served.await;
+                            })
                         }
                     };
-                    tokio::spawn(async move {
-                        // A guard: the count comes down even if serving the connection panics.
-                        let _open = Open(tracker);
-                        served.await;
-                    });
                 }
             });
         }
@@ -460,6 +473,8 @@ async fn serve_plain(mut stream: TcpStream, info: ConnInfo, conn: Conn) {
             return;
         }
     }
+    // hyper writes heads and bodies separately.
+    let _ = stream.set_nodelay(true);
     // Boxed: hyper's connection state is large, and inline it would widen every relayed
     // connection's task by it (copied on spawn, held while idle) for the rare hand-off.
     Box::pin(serve_sniffed(

@@ -64,9 +64,13 @@ pub async fn serve(
     if shared.otlp.get().is_some() {
         return End::Handoff;
     }
+    // TCP_NODELAY is set before the connection's second write, as NGINX does: a single write
+    // has nothing in flight for Nagle's algorithm to wait on, so a connection that answers one
+    // request and closes never needs the syscall.
+    let mut nodelay = false;
     loop {
         let deadline = tokio::time::Instant::now() + header_timeout;
-        let req = loop {
+        let mut req = loop {
             if !buf.is_empty() {
                 // The configuration as of this request's arrival, not the connection's last one.
                 let snap = shared.snapshot.load();
@@ -93,17 +97,25 @@ pub async fn serve(
                 return End::Close;
             }
         }
-        let close = req.close || *stop.borrow();
+        req.close |= *stop.borrow();
+        let close = req.close;
         let (head, body) = buf[..head_len + body_len].split_at(head_len);
-        let keep = Box::pin(exchange(io, head, body, req, shared, conn, close)).await;
+        let keep = Box::pin(exchange(io, head, body, req, shared, conn, &mut nodelay)).await;
         if !keep || close {
             return End::Close;
         }
+        set_nodelay(io, &mut nodelay);
         buf.advance(head_len + body_len);
         if buf.is_empty() {
             // Nothing pipelined: hold no buffer while the connection waits.
             idle::recycle(std::mem::take(buf));
         }
+    }
+}
+
+fn set_nodelay(io: &TcpStream, done: &mut bool) {
+    if !std::mem::replace(done, true) {
+        let _ = io.set_nodelay(true);
     }
 }
 
@@ -178,8 +190,10 @@ async fn exchange(
     mut req: head::Request,
     shared: &Shared,
     conn: &ConnInfo,
-    close: bool,
+    nodelay: &mut bool,
 ) -> bool {
+    // The client's `Connection: close`, or shutdown (set by `serve`).
+    let close = req.close;
     let started = Instant::now();
     let entry = shared.access_log.as_ref().map(|_| log_entry(head, conn));
     let mut trace = Trace {
@@ -194,7 +208,7 @@ async fn exchange(
     let outcome = match result {
         Err(e) => local_error(io, e, &req, request_id, close).await,
         Ok(mut x) => {
-            let Some((sent, complete)) = respond(io, &mut x, up.idle_timeout).await else {
+            let Some((sent, complete)) = respond(io, &mut x, up.idle_timeout, nodelay).await else {
                 // The body's first bytes were malformed and nothing went out yet.
                 let e = ProxyError::UpstreamReset;
                 let outcome = local_error(io, e, &req, request_id, close).await;
@@ -505,7 +519,12 @@ async fn exchange_head(
 /// Writes the response head and relays the body. Returns the body bytes written to the client
 /// (as the access log counts them) and whether the response went out whole (the backend connection is then clean unless it said
 /// otherwise).
-async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> Option<(u64, bool)> {
+async fn respond(
+    io: &mut TcpStream,
+    x: &mut Exchange,
+    idle: Duration,
+    nodelay: &mut bool,
+) -> Option<(u64, bool)> {
     let mut out = std::mem::take(&mut x.client_head);
     x.buf.advance(x.resp.head_len);
     let mut progress = Progress::new(x.resp.framing);
@@ -520,6 +539,9 @@ async fn respond(io: &mut TcpStream, x: &mut Exchange, idle: Duration) -> Option
     }
     if io.write_all(&out).await.is_err() {
         return Some((sent, false));
+    }
+    if n > COALESCE || !progress.done() {
+        set_nodelay(io, nodelay);
     }
     if n > COALESCE && io.write_all(&x.buf[..n]).await.is_err() {
         return Some((sent, false));
