@@ -219,12 +219,8 @@ async fn serve(
         }
     };
 
-    let direct = relay::from_hyper::eligible(
-        &upstream,
-        &body,
-        client_upgrade.is_some(),
-        trace.otel.is_some(),
-    );
+    let direct = relay::from_hyper::eligible(&upstream, &parts, &body, client_upgrade.is_some())
+        && trace.otel.is_none();
     let mut resp = if direct {
         relay::from_hyper::forward(&upstream, hash, &parts, body, &request_id, trace)
             .await

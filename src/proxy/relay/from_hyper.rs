@@ -7,8 +7,8 @@
 //! h2c request took 0.53–0.78× the CPU (BENCHMARKS.md, "HTTP/2 without hyper's client").
 //!
 //! Taken by requests with no body or a body already in memory (the replayable ones), to upstreams
-//! the relay serves (plain HTTP/1.1), with no upgrade and OTLP tracing off; anything else keeps
-//! hyper's client. The request head is written from the header map [`crate::proxy::serve`]
+//! the relay serves (plain HTTP/1.1), with no upgrade, not gRPC, and OTLP tracing off; anything
+//! else keeps hyper's client. Trailers of a chunked response are read and dropped. The request head is written from the header map [`crate::proxy::serve`]
 //! prepared; the exchange itself — backend choice, retries, breakers, the response head's checks
 //! and rewrite — is the relay's ([`super::forward`]). The response body is decoded from its
 //! HTTP/1 framing (chunked coding removed; hyper's server frames it anew for its client) as it
@@ -31,13 +31,19 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Whether this request can take the relay's backend connections.
-pub fn eligible(up: &Upstream, body: &ReqBody, upgrade: bool, traced: bool) -> bool {
+/// Whether this request can take the relay's backend connections. gRPC stays with hyper's
+/// client, which passes an HTTP/1.1 response's trailers on (this path drops them).
+pub fn eligible(
+    up: &Upstream,
+    parts: &http::request::Parts,
+    body: &ReqBody,
+    upgrade: bool,
+) -> bool {
     !upgrade
-        && !traced
         && !up.connector.is_h2()
         && !up.connector.is_tls()
         && matches!(body, ReqBody::Empty | ReqBody::Replay(Some(_)))
+        && !crate::proxy::grpc::is_grpc(&parts.headers)
 }
 
 /// Forwards the request (head already rewritten for the backend) and answers with the backend's
