@@ -5,6 +5,7 @@
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,13 +15,22 @@ type Seen = Arc<Mutex<Vec<String>>>;
 /// in `seen`) and writes what `answer` gives for it, pausing 100 ms at each NUL byte;
 /// `answer` returning `(bytes, true)` closes the connection after writing.
 fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen) {
+    let (addr, seen, _) = scripted_counted(answer);
+    (addr, seen)
+}
+
+/// [`scripted`], also counting the connections it accepted.
+fn scripted_counted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen, Arc<AtomicUsize>) {
     let srv = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = srv.local_addr().unwrap();
     let seen: Seen = Arc::default();
     let seen2 = seen.clone();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     std::thread::spawn(move || {
         for s in srv.incoming() {
             let Ok(mut s) = s else { return };
+            count.fetch_add(1, SeqCst);
             let seen = seen2.clone();
             std::thread::spawn(move || {
                 let mut got = Vec::new();
@@ -53,7 +63,7 @@ fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen) {
             });
         }
     });
-    (addr, seen)
+    (addr, seen, accepted)
 }
 
 /// Length of the first complete request in `b`, if there is one.
@@ -406,39 +416,18 @@ fn h2_requests_to_an_http1_backend_decode_every_framing_and_reuse_the_connection
 /// client's stream, never a short success.
 #[test]
 fn h2_requests_share_relay_connections_and_a_cut_body_fails_the_stream() {
-    let srv = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend = srv.local_addr().unwrap();
-    let accepted = Arc::new(Mutex::new(0usize));
-    let count = accepted.clone();
-    std::thread::spawn(move || {
-        for s in srv.incoming() {
-            let Ok(mut s) = s else { return };
-            *count.lock().unwrap() += 1;
-            std::thread::spawn(move || {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(len) = request_len(&got) else {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let req: Vec<u8> = got.drain(..len).collect();
-                    if req.starts_with(b"GET /cut ") {
-                        // Promises 100 bytes, sends 5, closes.
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello");
-                        return;
-                    }
-                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+    let (backend, _, accepted) = scripted_counted(|req| {
+        if req.starts_with("GET /cut ") {
+            // Promises 100 bytes, sends 5, closes.
+            return (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello".to_vec(),
+                true,
+            );
         }
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            false,
+        )
     });
     let lb = lb_for(backend);
     let c = h2c_client();
@@ -447,7 +436,7 @@ fn h2_requests_share_relay_connections_and_a_cut_body_fails_the_stream() {
         assert_eq!(r.text().unwrap(), "ok");
     }
     assert_eq!(
-        *accepted.lock().unwrap(),
+        accepted.load(SeqCst),
         1,
         "20 sequential requests, one backend connection"
     );
@@ -461,7 +450,7 @@ fn h2_requests_share_relay_connections_and_a_cut_body_fails_the_stream() {
     // The cut connection is gone; the next request gets a new one and succeeds.
     let r = c.get(lb.url("/")).send().unwrap();
     assert_eq!(r.text().unwrap(), "ok");
-    assert_eq!(*accepted.lock().unwrap(), 2);
+    assert_eq!(accepted.load(SeqCst), 2);
 }
 
 /// Large streamed (chunked) responses through the same path, to an HTTP/2 client and to an
