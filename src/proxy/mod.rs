@@ -164,6 +164,12 @@ async fn serve(
     };
     let ctx = PickCtx { hash };
 
+    // `TE: trailers` is hop-by-hop, but whether the client takes trailers decides the path.
+    let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+    });
     // The request as it goes upstream: origin-form URI, HTTP/1.1, proxy headers.
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(proto) = &upgrade {
@@ -219,8 +225,12 @@ async fn serve(
         }
     };
 
-    let direct = relay::from_hyper::eligible(&upstream, &parts, &body, client_upgrade.is_some())
-        && trace.otel.is_none();
+    // Requests that keep hyper's client: upgrades, a client asking for trailers (this path
+    // drops them), OTLP spans per attempt.
+    let direct = client_upgrade.is_none()
+        && !wants_trailers
+        && trace.otel.is_none()
+        && relay::from_hyper::eligible(&upstream, &parts, &body);
     let mut resp = if direct {
         relay::from_hyper::forward(&upstream, hash, &parts, body, &request_id, trace)
             .await

@@ -73,12 +73,11 @@ pub struct BackendState {
     health: AtomicU8,
     /// Written through [`BackendState::set_draining`] only, which bumps the availability epoch.
     draining: AtomicBool,
-    /// Whether an active health check is configured for this backend's upstream.
-    pub checked: AtomicBool,
     /// Passive health: the ejection deadline (0 = not ejected). Set through `eject_until`.
     ejected_until_ms: AtomicU64,
-    /// When the backend (re)joined the eligible set; drives slow start.
-    pub available_since_ms: AtomicU64,
+    /// When the backend (re)joined the eligible set; drives slow start. Set by `set_health`
+    /// (or `set_available_since`, which bumps the availability epoch too).
+    available_since_ms: AtomicU64,
     /// Peak-EWMA of response-head latency in microseconds, stored as f64 bits.
     ewma_us: AtomicU64,
     ewma_at_ms: AtomicU64,
@@ -127,7 +126,6 @@ impl BackendState {
             ejections: AtomicU32::new(0),
             available_since_ms: AtomicU64::new(now_ms()),
             breaker: Breaker::default(),
-            checked: AtomicBool::new(false),
             health_changes: AtomicU64::new(0),
             circuit_opens: AtomicU64::new(0),
             responses: Default::default(),
@@ -150,6 +148,17 @@ impl BackendState {
             availability_changed();
         }
         prev
+    }
+
+    /// When the backend (re)joined the eligible set, in [`now_ms`] milliseconds.
+    pub fn available_since_ms(&self) -> u64 {
+        self.available_since_ms.load(Relaxed)
+    }
+
+    /// Restarts (or ends) the slow-start ramp from `ms`.
+    pub fn set_available_since(&self, ms: u64) {
+        self.available_since_ms.store(ms, Relaxed);
+        availability_changed();
     }
 
     pub fn is_draining(&self) -> bool {

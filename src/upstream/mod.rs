@@ -127,12 +127,6 @@ impl Upstream {
         };
         let t = &cfg.timeouts;
         let checked = cfg.health_check.is_some();
-        for b in &backends {
-            b.state.checked.store(checked, Relaxed);
-        }
-        // `checked` decides whether `unknown` counts as up: stamps of older snapshots may not
-        // outlive a change of it.
-        backend::availability_changed();
         Upstream {
             stamps: backends.iter().map(|_| AtomicU64::new(0)).collect(),
             name: name.to_string(),
@@ -190,7 +184,7 @@ impl Upstream {
         if self.slow_start_ms == 0 {
             return true;
         }
-        let age = now.saturating_sub(b.state.available_since_ms.load(Relaxed));
+        let age = now.saturating_sub(b.state.available_since_ms());
         age >= self.slow_start_ms
             || fastrand::f64() < (0.1 + 0.9 * age as f64 / self.slow_start_ms as f64)
     }
@@ -213,7 +207,7 @@ impl Upstream {
             let s = &self.backends[i].state;
             let closed = self.breaker.is_none() || s.breaker.state() == breaker::Circuit::Closed;
             let ramped = self.slow_start_ms == 0
-                || now.saturating_sub(s.available_since_ms.load(Relaxed)) >= self.slow_start_ms;
+                || now.saturating_sub(s.available_since_ms()) >= self.slow_start_ms;
             if closed && ramped {
                 self.stamps[i].store(epoch, Relaxed);
             }
@@ -343,12 +337,9 @@ mod tests {
         };
         let backends = balancer::test_support::backends(&[1, 1]);
         // The first backend has been available for longer than the ramp; the second just joined.
-        backends[0].state.available_since_ms.store(0, Relaxed);
+        backends[0].state.set_available_since(0);
         std::thread::sleep(std::time::Duration::from_millis(250));
-        backends[1]
-            .state
-            .available_since_ms
-            .store(now_ms(), Relaxed);
+        backends[1].state.set_available_since(now_ms());
         let u = Upstream::compile("t", &cfg, backends);
         let fresh = (0..1000)
             .filter(|_| u.pick(&PickCtx::default(), &[]) == Ok(1))

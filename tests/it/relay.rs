@@ -402,6 +402,7 @@ fn h2_requests_to_an_http1_backend_decode_every_framing_and_reuse_the_connection
     assert_eq!(first.matches("cookie:").count(), 1, "{first}");
     let put = seen[6].to_ascii_lowercase();
     assert!(put.starts_with("put /echo http/1.1\r\n"), "{put}");
+    assert_eq!(put.matches("content-length").count(), 1, "{put}");
     assert!(
         put.contains("content-length: 4\r\n") && put.ends_with("\r\n\r\nping"),
         "{put}"
@@ -469,4 +470,25 @@ fn streamed_responses_reach_h2_and_http10_clients_whole() {
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");
     assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
     assert_eq!(body.len(), 3 * 1024, "{head}");
+}
+
+/// A backend that stalls mid-body on an HTTP/2 request is given up after the upstream's idle
+/// timeout: the client's stream fails instead of hanging, as on the relay's own path.
+#[test]
+fn h2_response_body_stalled_past_the_idle_timeout_fails_the_stream() {
+    let (backend, _) = scripted(|_| {
+        // Promises 100 bytes, sends 5, then nothing (the connection stays open).
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello".to_vec(),
+            false,
+        )
+    });
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{backend}\" }}]\ntimeouts = {{ idle = \"300ms\" }}"
+    )));
+    let started = std::time::Instant::now();
+    let r = h2c_client().get(lb.url("/")).send().and_then(|r| r.bytes());
+    assert!(r.is_err(), "a stalled body must fail: {r:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "gave up after {took:?}");
 }

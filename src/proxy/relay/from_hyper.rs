@@ -24,6 +24,7 @@ use crate::upstream::Upstream;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body::Frame;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,16 +33,12 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Whether this request can take the relay's backend connections. gRPC stays with hyper's
-/// client, which passes an HTTP/1.1 response's trailers on (this path drops them).
-pub fn eligible(
-    up: &Upstream,
-    parts: &http::request::Parts,
-    body: &ReqBody,
-    upgrade: bool,
-) -> bool {
-    !upgrade
-        && !up.connector.is_h2()
+/// client, which passes an HTTP/1.1 response's trailers on (this path drops them), and so does
+/// CONNECT, whose target is an authority, not a path.
+pub fn eligible(up: &Upstream, parts: &http::request::Parts, body: &ReqBody) -> bool {
+    !up.connector.is_h2()
         && !up.connector.is_tls()
+        && parts.method != Method::CONNECT
         && matches!(body, ReqBody::Empty | ReqBody::Replay(Some(_)))
         && !crate::proxy::grpc::is_grpc(&parts.headers)
 }
@@ -88,7 +85,7 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if name != http::header::COOKIE {
+        if name != http::header::COOKIE && name != http::header::CONTENT_LENGTH {
             push(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
@@ -104,17 +101,16 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(b"\r\n");
     }
-    // HTTP/2 frames a body by its DATA frames; HTTP/1.1 needs the length said (as hyper's client
-    // does, an empty body is declared for the methods that normally carry one).
-    if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
-        let carries = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-        if !body.is_empty() || carries {
-            push(
-                &mut out,
-                b"content-length",
-                body.len().to_string().as_bytes(),
-            );
-        }
+    // HTTP/2 frames a body by its DATA frames and may repeat the field, so the length is the
+    // body's, written once, whatever the client declared. As hyper's client does, an empty body
+    // is declared for the methods that normally carry one.
+    let carries = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    if !body.is_empty() || carries {
+        push(
+            &mut out,
+            b"content-length",
+            body.len().to_string().as_bytes(),
+        );
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -132,9 +128,10 @@ fn push(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// `http::Response` whose body streams from the backend connection.
 fn response(up: &Arc<Upstream>, mut x: Exchange) -> Result<Response<RespBody>, ProxyError> {
     let head = Bytes::from(std::mem::take(&mut x.client_head));
-    let mut slots = [httparse::EMPTY_HEADER; 100];
+    // The backend's fields plus the three the relay may add (x-request-id, date, connection).
+    let mut slots = [httparse::EMPTY_HEADER; head::MAX_HEADERS + 3];
     let mut parsed = httparse::Response::new(&mut slots);
-    // The relay wrote this head from one it parsed: it cannot fail, but a 502 beats a panic.
+    // The relay wrote this head from one it parsed, so this should not fail; a 502 if it does.
     let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) else {
         return Err(ProxyError::UpstreamReset);
     };
@@ -165,6 +162,8 @@ fn response(up: &Arc<Upstream>, mut x: Exchange) -> Result<Response<RespBody>, P
         up: up.clone(),
         backend: x.backend,
         first: None,
+        idle: None,
+        failed: false,
     };
     let inflight = x.inflight.take();
     // The whole body is usually in the first read: answer with it and free the connection now.
@@ -197,6 +196,11 @@ pub struct Relayed {
     backend: usize,
     /// Data taken from the first read, not yet returned.
     first: Option<Bytes>,
+    /// Fires when the backend sends nothing for the upstream's idle timeout mid-body (as on the
+    /// relay's own path); made on the first read that has to wait.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The body failed: it stays failed (never a clean end after an error).
+    failed: bool,
 }
 
 impl Relayed {
@@ -249,24 +253,22 @@ impl Relayed {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.progress.done()
+        !self.failed && self.first.is_none() && self.progress.done()
     }
 
     pub fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.failed {
+            return self.fail("the backend's body failed");
+        }
         if let Some(d) = self.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
         loop {
             match self.take() {
-                Err(()) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(
-                        Err("malformed chunked body from the backend".into()),
-                    ));
-                }
+                Err(()) => return self.fail("malformed chunked body from the backend"),
                 Ok(Some(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
                 Ok(None) if self.progress.done() => {
                     self.finish();
@@ -281,11 +283,17 @@ impl Relayed {
             buf.reserve(idle::BUFFER);
             let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
             match Pin::new(stream).poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
+                Poll::Pending => {
+                    let limit = self.up.idle_timeout;
+                    let idle = self
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if idle.as_mut().poll(cx).is_ready() {
+                        return self.fail("the backend sent nothing for its idle timeout");
+                    }
+                    return Poll::Pending;
                 }
+                Poll::Ready(Err(_)) => return self.fail("reading the backend's body failed"),
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
                     if n == 0 {
@@ -294,14 +302,24 @@ impl Relayed {
                             self.finish();
                             return Poll::Ready(None);
                         }
-                        self.conn = None;
-                        return Poll::Ready(Some(Err("the backend closed mid-body".into())));
+                        return self.fail("the backend closed mid-body");
                     }
                     // SAFETY: `poll_read` initialised the first `n` spare bytes.
                     unsafe { buf.set_len(n) };
+                    if let Some(idle) = self.idle.as_mut() {
+                        let at = tokio::time::Instant::now() + self.up.idle_timeout;
+                        idle.as_mut().reset(at);
+                    }
                 }
             }
         }
+    }
+
+    /// Ends the body with an error for good; the connection is closed, not reused.
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.failed = true;
+        Poll::Ready(Some(Err(why.into())))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::upstream::{HashKey, Upstream};
 use std::sync::Arc;
 
 /// Most header lines a head may have (hyper's limit is 100 too).
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 /// Connection-named headers this path strips; a longer list goes to hyper (requests) or is a
 /// bad response (502).
 const MAX_CONNECTION_TOKENS: usize = 8;
