@@ -86,7 +86,7 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         if name != http::header::COOKIE && name != http::header::CONTENT_LENGTH {
-            push(&mut out, name.as_str().as_bytes(), value.as_bytes());
+            head::push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     // HTTP/2 may split `cookie` into several fields; towards HTTP/1.1 they are one, joined by
@@ -106,7 +106,7 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
     // is declared for the methods that normally carry one.
     let carries = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || carries {
-        push(
+        head::push_header(
             &mut out,
             b"content-length",
             body.len().to_string().as_bytes(),
@@ -115,13 +115,6 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
-}
-
-fn push(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The backend's response, its head rewritten by the relay (`client_head`), as an
