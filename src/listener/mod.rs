@@ -9,12 +9,14 @@
 //! timeout, so a slow client never holds up the accept loop), or an HTTP → HTTPS [`redirect`].
 
 pub mod certs;
+pub mod client;
 pub mod redirect;
 mod sniff;
 pub mod tls;
 
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
+pub use client::ClientStream;
 use http::{header, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -218,13 +220,18 @@ pub fn run_worker(
             mode,
         } in listeners
         {
-            let listener = match tokio::net::TcpListener::from_std(socket) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(worker = index, "listener: {e}");
-                    continue;
-                }
-            };
+            // Read-only interest: the listener is only ever accepted from.
+            let read = tokio::io::Interest::READABLE;
+            // SAFETY: the AsyncFd owns the std listener, whose descriptor stays open and the
+            // same until the AsyncFd is dropped.
+            let listener =
+                match unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, read) } {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(worker = index, "listener: {e}");
+                        continue;
+                    }
+                };
             let (shared, builder, tracker, mut stop) = (
                 shared.clone(),
                 builder.clone(),
@@ -234,7 +241,7 @@ pub fn run_worker(
             tokio::spawn(async move {
                 loop {
                     let accepted = tokio::select! {
-                        a = listener.accept() => a,
+                        a = accept(&listener) => a,
                         _ = stop.changed() => break,
                     };
                     let (stream, client) = match accepted {
@@ -246,11 +253,6 @@ pub fn run_worker(
                             continue;
                         }
                     };
-                    // Plain connections set TCP_NODELAY only once they write twice (see
-                    // `serve_plain`), as NGINX does: a connection per request never needs it.
-                    if !matches!(&*mode, Mode::Plain) {
-                        let _ = stream.set_nodelay(true);
-                    }
                     let info = ConnInfo {
                         client,
                         client_ip: proxy::headers::client_ip(client),
@@ -274,12 +276,23 @@ pub fn run_worker(
                     // others are boxed inside theirs.
                     let tracker = tracker.clone();
                     match &*mode {
+                        // Plain connections join the event loop only if they have to wait (see
+                        // `client`), and set TCP_NODELAY only once they write twice (see
+                        // `serve_plain`), as NGINX does: a connection per request needs neither.
                         Mode::Plain => tokio::spawn(async move {
                             // A guard: the count comes down even if serving the connection panics.
                             let _open = Open(tracker);
-                            serve_plain(stream, info, conn).await;
+                            serve_plain(ClientStream::new(stream), info, conn).await;
                         }),
                         _ => {
+                            let stream = match TcpStream::from_std(stream) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::warn!("registering a connection: {e}");
+                                    continue;
+                                }
+                            };
+                            let _ = stream.set_nodelay(true);
                             let mode = mode.clone();
                             let served: ConnFuture =
                                 Box::pin(
@@ -326,6 +339,28 @@ pub fn run_worker(
     });
 }
 
+/// Accepts a connection as a non-blocking socket not yet registered with the event loop: a
+/// plain connection is registered only if it has to wait ([`ClientStream`]).
+async fn accept(
+    l: &tokio::io::unix::AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = l.readable().await?;
+        let accepted = ready.try_io(|l| {
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            let (s, peer) = socket2::SockRef::from(l.get_ref()).accept4(flags)?;
+            let peer = peer
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("peer is not an IP address"))?;
+            Ok((std::net::TcpStream::from(s), peer))
+        });
+        // Err: nothing was pending after all (readiness cleared); wait again.
+        if let Ok(r) = accepted {
+            return r;
+        }
+    }
+}
+
 /// One open client connection in the worker's [`Tracker`].
 struct Open(Arc<Tracker>);
 
@@ -365,7 +400,7 @@ struct Conn {
 /// One accepted connection, in its own task: TLS handshake if any, then HTTP until it closes.
 async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut conn: Conn) {
     let t = match mode {
-        Mode::Plain => return serve_plain(stream, info, conn).await,
+        Mode::Plain => return serve_plain(stream.into(), info, conn).await,
         Mode::Redirect { https_port } => return serve_redirect(stream, *https_port, conn).await,
         Mode::Tls(t) => t.current(),
     };
@@ -438,7 +473,10 @@ async fn sniff_first<IO>(
 where
     IO: tokio::io::AsyncRead + Unpin,
 {
+    // Biased: the read is tried first, so a request already there never registers the
+    // shutdown wait (or a timer: the timeout is only armed if the read has to wait).
     let first = tokio::select! {
+        biased;
         r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff::sniff(io, buf)) => r,
         _ = async { let _ = stop.wait_for(|s| *s).await; } => return None,
     };
@@ -450,7 +488,7 @@ where
 
 /// A plain TCP connection: HTTP/1.1 requests go through the byte relay
 /// ([`proxy::relay`]) until one needs hyper; HTTP/2 and the rest go to hyper.
-async fn serve_plain(mut stream: TcpStream, info: ConnInfo, conn: Conn) {
+async fn serve_plain(mut stream: ClientStream, info: ConnInfo, conn: Conn) {
     let mut stop = conn.stop.clone();
     // The read buffer comes from the worker's spares and goes back there when the connection
     // closes: a connection per request allocates (and glibc trims) no buffer.

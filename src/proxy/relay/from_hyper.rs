@@ -72,7 +72,12 @@ pub async fn forward(
         // The id goes to `super::forward` directly; this field is the HTTP/1 path's.
         request_id: head::RequestId::Client(0, 0),
     };
-    let x = super::forward(up, &req, request_id.as_bytes(), false, started, trace).await?;
+    // The relay's connections keep one timer for all their waits; a request from hyper has
+    // this one (armed only if the backend makes it wait).
+    let timer = tokio::time::sleep_until((started + up.request_timeout).into());
+    tokio::pin!(timer);
+    let on = (started, timer.as_mut());
+    let x = super::forward(up, &req, request_id.as_bytes(), false, on, trace).await?;
     response(up, x)
 }
 

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 /// Most header lines a head may have (hyper's limit is 100 too).
 pub const MAX_HEADERS: usize = 100;
+// parse_response keeps a bit per header line in a u128.
+const _: () = assert!(MAX_HEADERS <= 128);
 /// Connection-named headers this path strips; a longer list goes to hyper (requests) or is a
 /// bad response (502).
 const MAX_CONNECTION_TOKENS: usize = 8;
@@ -367,40 +369,54 @@ pub fn parse_response(
     let mut retry_after = None;
     let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
     let mut named_len = 0;
-    for h in resp.headers.iter() {
+    // Which header lines (by index; at most MAX_HEADERS = 100) are not passed on: hop-by-hop
+    // ones, and Content-Length lines, dropped when a Transfer-Encoding turns out to be there.
+    // Classified here in one pass, by length first, so the copy below compares no names.
+    let (mut dropped, mut lengths) = (0u128, 0u128);
+    for (i, h) in resp.headers.iter().enumerate() {
         let (n, v) = (h.name.as_bytes(), h.value);
-        if is_token(n, "content-length") {
-            let len = parse_len(v).ok_or(())?;
-            if length.replace(len).is_some_and(|l| l != len) {
-                return Err(());
-            }
-        } else if is_token(n, "transfer-encoding") {
-            chunked = Some(tokens(v).last().is_some_and(|t| is_token(t, "chunked")));
-        } else if is_token(n, "connection") {
-            for t in tokens(v) {
-                if is_token(t, "close") {
-                    backend_close = true;
-                } else if is_token(t, "keep-alive") {
-                    if version == 0 {
-                        backend_close = false;
-                    }
-                } else if !t.is_empty() && !FRAMING.iter().any(|f| is_token(t, f)) {
-                    if named_len == MAX_CONNECTION_TOKENS {
-                        return Err(());
-                    }
-                    named[named_len] = t;
-                    named_len += 1;
+        let bit = 1u128 << i;
+        match n.len() {
+            14 if is_token(n, "content-length") => {
+                lengths |= bit;
+                let len = parse_len(v).ok_or(())?;
+                if length.replace(len).is_some_and(|l| l != len) {
+                    return Err(());
                 }
             }
-        } else if is_token(n, "x-request-id") {
-            has_request_id = true;
-        } else if is_token(n, "date") {
-            has_date = true;
-        } else if is_token(n, "retry-after") {
-            retry_after = std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|s| s.min(crate::proxy::MAX_RETRY_AFTER_S));
+            17 if is_token(n, "transfer-encoding") => {
+                chunked = Some(tokens(v).last().is_some_and(|t| is_token(t, "chunked")));
+            }
+            10 if is_token(n, "connection") => {
+                dropped |= bit;
+                for t in tokens(v) {
+                    if is_token(t, "close") {
+                        backend_close = true;
+                    } else if is_token(t, "keep-alive") {
+                        if version == 0 {
+                            backend_close = false;
+                        }
+                    } else if !t.is_empty() && !FRAMING.iter().any(|f| is_token(t, f)) {
+                        if named_len == MAX_CONNECTION_TOKENS {
+                            return Err(());
+                        }
+                        named[named_len] = t;
+                        named_len += 1;
+                    }
+                }
+            }
+            12 if is_token(n, "x-request-id") => has_request_id = true,
+            4 if is_token(n, "date") => has_date = true,
+            11 if is_token(n, "retry-after") => {
+                retry_after = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .map(|s| s.min(crate::proxy::MAX_RETRY_AFTER_S));
+            }
+            2 | 7 | 10 | 16 | 18 | 19 if RESPONSE_DROPPED.iter().any(|d| is_token(n, d)) => {
+                dropped |= bit;
+            }
+            _ => {}
         }
     }
     // HTTP/1.0 has no transfer codings (hyper refuses them too).
@@ -428,14 +444,14 @@ pub fn parse_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let named = &named[..named_len];
-    for h in resp.headers.iter() {
+    // With a Transfer-Encoding the body's length is not Content-Length's (RFC 9112 §6.3);
+    // passing both on would let the next hop frame it differently.
+    if chunked.is_some() {
+        dropped |= lengths;
+    }
+    for (i, h) in resp.headers.iter().enumerate() {
         let n = h.name.as_bytes();
-        // With a Transfer-Encoding the body's length is not Content-Length's (RFC 9112 §6.3);
-        // passing both on would let the next hop frame it differently.
-        if RESPONSE_DROPPED.iter().any(|d| is_token(n, d))
-            || named.iter().any(|t| n.eq_ignore_ascii_case(t))
-            || (chunked.is_some() && is_token(n, "content-length"))
-        {
+        if dropped & (1u128 << i) != 0 || named.iter().any(|t| n.eq_ignore_ascii_case(t)) {
             continue;
         }
         push_header(out, n, h.value);
@@ -536,4 +552,49 @@ pub fn error_response(
     }
     out.extend_from_slice(body.as_bytes());
     (out, body.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(head: &str) -> (Response, String) {
+        let mut out = Vec::new();
+        let Ok(ParsedResponse::Ready(r)) =
+            parse_response(head.as_bytes(), false, false, b"rid", &mut out)
+        else {
+            panic!("not a complete response: {head:?}");
+        };
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_rewrite_drops_hop_by_hop_and_named_fields_and_keeps_the_rest() {
+        let (r, out) = rewrite(
+            "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nConnection: keep-alive, X-Internal\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nProxy-Authenticate: Basic\r\n\
+             Proxy-Authorization: y\r\nTE: trailers\r\nTrailer: x-t\r\nX-Internal: 1\r\n\
+             Transfer-Encoding: chunked\r\nContent-Length: 5\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+             X-Request-Id: from-backend\r\nX-Kept: 2\r\nAge: 3\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+             X-Request-Id: from-backend\r\nX-Kept: 2\r\nAge: 3\r\n\r\n"
+        );
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!r.backend_close);
+    }
+
+    #[test]
+    fn response_rewrite_keeps_content_length_without_transfer_encoding_and_adds_what_is_missing() {
+        let (r, out) =
+            rewrite("HTTP/1.1 503 Busy\r\ncontent-length: 2\r\nretry-after: 7\r\n\r\nok");
+        assert!(out.starts_with("HTTP/1.1 503 Busy\r\ncontent-length: 2\r\nretry-after: 7\r\nx-request-id: rid\r\ndate: "));
+        assert!(out.ends_with(" GMT\r\n\r\n"));
+        assert_eq!(r.framing, Framing::Length(2));
+        assert_eq!(r.retry_after, Some(7));
+        let (r, _) = rewrite("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert!(r.backend_close);
+    }
 }

@@ -30,11 +30,63 @@ const MAX_SPARE: usize = 128;
 /// Idle connections kept per backend per worker; beyond this a finished connection is closed.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
-type ByAddress = HashMap<String, Vec<(TcpStream, BytesMut, Instant)>>;
+type ByAddress = HashMap<String, Vec<(TcpStream, BytesMut, Instant)>, Quick>;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<u64, ByAddress>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<u64, ByAddress, Quick>> = RefCell::new(HashMap::default());
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The pools' hash: a multiply per 8 bytes. std's SipHash, there to resist keys chosen by an
+/// attacker, took four hashes of ~120 instructions per relayed request (callgrind) for keys
+/// that come from the configuration (connector ids and backend addresses).
+#[derive(Default, Clone, Copy)]
+struct Quick;
+
+impl std::hash::BuildHasher for Quick {
+    type Hasher = QuickHasher;
+    fn build_hasher(&self) -> QuickHasher {
+        QuickHasher(0)
+    }
+}
+
+struct QuickHasher(u64);
+
+impl QuickHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for QuickHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// An empty read buffer of at least [`BUFFER`] bytes.

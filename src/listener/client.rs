@@ -1,0 +1,243 @@
+//! A plain client connection that joins the event loop only when it first has to wait.
+//!
+//! A connection per request (`Connection: close`, health probes, most HTTP/1.0 clients) usually
+//! has its whole request in the socket by the time it is accepted, and its small response fits
+//! the socket's send buffer: nothing on it ever waits. Registered with epoll at accept (as
+//! tokio's `TcpListener::accept` does), it would cost an `epoll_ctl(ADD)` and, at close, an
+//! `epoll_ctl(DEL)` for nothing, plus tokio's readiness slot (a 128-byte-aligned allocation).
+//! HAProxy reads a new connection speculatively before subscribing to it for the same reason.
+//!
+//! [`ClientStream`] starts as the bare non-blocking socket: reads and writes are tried
+//! directly, and only a read or write that would block registers the socket with tokio (it is
+//! then an ordinary [`TcpStream`] for the rest of its life). A keep-alive connection pays one
+//! `recvfrom` that finds nothing, once, when it first goes idle.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client socket, registered with the event loop on its first would-block.
+pub struct ClientStream(State);
+
+enum State {
+    /// Not registered: every read and write so far completed at once.
+    Bare(std::net::TcpStream),
+    Evented(TcpStream),
+    /// Registration failed; the error was returned and the socket closed.
+    Failed,
+}
+
+impl ClientStream {
+    /// Wraps a socket in non-blocking mode (as `accept4(SOCK_NONBLOCK)` returns it).
+    pub fn new(socket: std::net::TcpStream) -> ClientStream {
+        ClientStream(State::Bare(socket))
+    }
+
+    /// Whether the socket has joined the event loop.
+    pub fn is_evented(&self) -> bool {
+        matches!(self.0, State::Evented(_))
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match &self.0 {
+            State::Bare(s) => s.set_nodelay(on),
+            State::Evented(s) => s.set_nodelay(on),
+            State::Failed => Err(failed()),
+        }
+    }
+
+    /// The registered stream, registering the socket now if it is not yet.
+    pub fn evented(&mut self) -> io::Result<&mut TcpStream> {
+        if let State::Bare(_) = self.0 {
+            let State::Bare(s) = std::mem::replace(&mut self.0, State::Failed) else {
+                unreachable!()
+            };
+            self.0 = State::Evented(TcpStream::from_std(s)?);
+        }
+        match &mut self.0 {
+            State::Evented(s) => Ok(s),
+            _ => Err(failed()),
+        }
+    }
+
+    /// Waits until the socket is readable (registering it: waiting is what the event loop is
+    /// for). Readiness may be stale; the read that follows says.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        self.evented()?.readable().await
+    }
+}
+
+impl From<TcpStream> for ClientStream {
+    fn from(s: TcpStream) -> ClientStream {
+        ClientStream(State::Evented(s))
+    }
+}
+
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket registration failed")
+}
+
+/// A direct, non-blocking attempt; `None` when it would block.
+fn attempt<T>(r: io::Result<T>) -> Option<io::Result<T>> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        r => Some(r),
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let State::Bare(s) = &mut self.0 {
+            // SAFETY: `read` only writes initialised bytes into the slice and returns how many;
+            // exactly those are marked filled.
+            let spare = unsafe { buf.unfilled_mut() };
+            let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+            loop {
+                match attempt(s.read(spare)) {
+                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Some(Ok(n)) => {
+                        unsafe { buf.assume_init(n) };
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => break,
+                }
+            }
+        }
+        match self.evented() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let State::Bare(s) = &mut self.0 {
+            loop {
+                match attempt(s.write(data)) {
+                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Some(r) => return Poll::Ready(r),
+                    None => break,
+                }
+            }
+        }
+        match self.evented() {
+            Ok(s) => Pin::new(s).poll_write(cx, data),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let State::Bare(s) = &mut self.0 {
+            loop {
+                match attempt(s.write_vectored(bufs)) {
+                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Some(r) => return Poll::Ready(r),
+                    None => break,
+                }
+            }
+        }
+        match self.evented() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Neither form buffers: a completed write is in the kernel.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.0 {
+            State::Bare(s) => Poll::Ready(s.shutdown(std::net::Shutdown::Write)),
+            State::Evented(s) => Pin::new(s).poll_shutdown(cx),
+            State::Failed => Poll::Ready(Err(failed())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair over loopback: the accepted side non-blocking and bare, the client side.
+    async fn pair() -> (ClientStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        (ClientStream::new(s), client)
+    }
+
+    #[tokio::test]
+    async fn bytes_already_there_are_read_and_answered_without_registering() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"ping").await.unwrap();
+        // Let the bytes cross loopback before the first read.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut b = [0u8; 16];
+        let n = server.read(&mut b).await.unwrap();
+        assert_eq!(&b[..n], b"ping");
+        server.write_all(b"pong").await.unwrap();
+        assert!(
+            !server.is_evented(),
+            "nothing waited, so nothing was registered"
+        );
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"pong");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_would_block_registers_and_waits_for_the_bytes() {
+        let (mut server, mut client) = pair().await;
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            client.write_all(b"late").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        });
+        let mut b = [0u8; 16];
+        let n = server.read(&mut b).await.unwrap();
+        assert_eq!(&b[..n], b"late");
+        assert!(server.is_evented());
+    }
+
+    #[tokio::test]
+    async fn a_write_larger_than_the_socket_buffers_registers_and_completes() {
+        let (mut server, mut client) = pair().await;
+        let big = vec![7u8; 16 << 20];
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        server.write_all(&big).await.unwrap();
+        assert!(server.is_evented(), "16 MiB cannot go out without waiting");
+        server.shutdown().await.unwrap();
+        drop(server);
+        assert_eq!(reader.await.unwrap(), big);
+    }
+}
