@@ -284,10 +284,12 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
 /// do not span `buf` that way is written field by field.
 fn push_line(out: &mut Vec<u8>, buf: &[u8], h: &httparse::Header) {
     let base = buf.as_ptr() as usize;
-    let span = (h.name.as_ptr() as usize).checked_sub(base).and_then(|start| {
-        let end = (h.value.as_ptr() as usize).checked_sub(base)? + h.value.len();
-        buf.get(start..end)
-    });
+    let span = (h.name.as_ptr() as usize)
+        .checked_sub(base)
+        .and_then(|start| {
+            let end = (h.value.as_ptr() as usize).checked_sub(base)? + h.value.len();
+            buf.get(start..end)
+        });
     match span {
         Some(line) if line.len() > h.name.len() && line[h.name.len()] == b':' => {
             out.extend_from_slice(line);
@@ -619,13 +621,20 @@ mod tests {
     fn header_lines_are_copied_as_they_came_and_always_end_in_crlf() {
         let head = b"HTTP/1.1 200 OK\r\nX-Spaced:   a  b\r\nX-Empty:\r\nX-Tab:\tv\r\ncontent-length: 0\r\n\r\n";
         let mut out = Vec::new();
-        let Ok(ParsedResponse::Ready(_)) = parse_response(head, false, false, b"r", &mut out) else {
+        let Ok(ParsedResponse::Ready(_)) = parse_response(head, false, false, b"r", &mut out)
+        else {
             panic!("not parsed");
         };
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("\r\nX-Spaced:   a  b\r\n"), "{out:?}");
-        assert!(out.contains("\r\nX-Empty:\r\n") || out.contains("\r\nX-Empty: \r\n"), "{out:?}");
-        assert!(out.contains("\r\nX-Tab:\tv\r\ncontent-length: 0\r\n"), "{out:?}");
+        assert!(
+            out.contains("\r\nX-Empty:\r\n") || out.contains("\r\nX-Empty: \r\n"),
+            "{out:?}"
+        );
+        assert!(
+            out.contains("\r\nX-Tab:\tv\r\ncontent-length: 0\r\n"),
+            "{out:?}"
+        );
         // Copied from another buffer than the one parsed, a line is written field by field.
         let mut slots = [httparse::EMPTY_HEADER; 4];
         let mut r = httparse::Response::new(&mut slots);
