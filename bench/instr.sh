@@ -11,6 +11,8 @@
 #   -p PROXIES   comma-separated: switchyard,nginx,haproxy (default: those installed)
 #   -o DIR       keep callgrind's output files there (for callgrind_annotate), default a temp dir
 #   -B           do not run `cargo build --release` first
+#   -C           also simulate the caches (callgrind --cache-sim=yes, the host's cache sizes):
+#                L1 data and last-level misses per request, for "fewer instructions, same time"
 #
 # Set-up as run.sh: the nginx origins (bench/origins.nginx.conf) and the load generator on CPU 0,
 # the proxy alone on CPU 1, one worker, the configs of run.sh (NGINX with master_process off so
@@ -20,11 +22,12 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-MODES=ka,close; D=8; C=16; PROX=; OUT=; BUILD=1
-while getopts m:d:c:p:o:Bh o; do
+MODES=ka,close; D=8; C=16; PROX=; OUT=; BUILD=1; CACHE=no
+while getopts m:d:c:p:o:BCh o; do
   case $o in
     m) MODES=$OPTARG ;; d) D=$OPTARG ;; c) C=$OPTARG ;; p) PROX=$OPTARG ;; o) OUT=$OPTARG ;; B) BUILD=0 ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    C) CACHE=yes ;;
+    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 for t in valgrind callgrind_control wrk nginx taskset; do
@@ -55,8 +58,12 @@ load() {
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo); $(valgrind --version)"
 echo "# switchyard $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'); $(nginx -v 2>&1); $(command -v haproxy >/dev/null && haproxy -v | head -1 | cut -d' ' -f1-3)"
-echo "# bench/instr.sh -m $MODES -d $D -c $C -p $PROX"
-printf '| mode | proxy | requests | instructions per request |\n|---|---|---:|---:|\n'
+echo "# bench/instr.sh -m $MODES -d $D -c $C -p $PROX$([ $CACHE = yes ] && echo ' -C')"
+if [ $CACHE = yes ]; then
+  printf '| mode | proxy | requests | instructions per request | L1d misses per request | LL misses per request |\n|---|---|---:|---:|---:|---:|\n'
+else
+  printf '| mode | proxy | requests | instructions per request |\n|---|---|---:|---:|\n'
+fi
 for mode in ${MODES//,/ }; do
   for p in ${PROX//,/ }; do
     case $p in
@@ -67,7 +74,7 @@ for mode in ${MODES//,/ }; do
     esac
     [ "$mode" = h2 ] && port=$((port + 10)) && [ "$p" = switchyard ] && port=8083
     f="$OUT/callgrind.$mode.$p"
-    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$f.%p" "${cmd[@]}" >"$W/$p.log" 2>&1 &
+    taskset -c 1 valgrind --tool=callgrind --cache-sim=$CACHE --callgrind-out-file="$f.%p" "${cmd[@]}" >"$W/$p.log" 2>&1 &
     vp=$!; PIDS+=($vp)
     wait_port "$port" || { echo "$p did not start under valgrind" >&2; kill $vp; continue; }
     load "$mode" "$port" 3 >/dev/null
@@ -77,10 +84,12 @@ for mode in ${MODES//,/ }; do
     kill $vp 2>/dev/null; wait $vp 2>/dev/null
     # callgrind writes the dump asked for after the zero as FILE.PID.1 (the one at exit as FILE.PID).
     ir=$(awk '/^summary:/{print $2}' "$f.$vp.1" 2>/dev/null)
+    # With -C the events are Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+    misses=$(awk -v n="${n:-0}" '/^summary:/ && NF >= 10 && n > 0 {printf " | %.0f | %.1f", ($6+$7)/n, ($8+$9+$10)/n}' "$f.$vp.1" 2>/dev/null)
     if [ -z "${n:-}" ] || [ "${n:-0}" -le 0 ] || [ -z "${ir:-}" ]; then
       echo "| $mode | $p | ${n:--} | - |"
     else
-      printf '| %s | %s | %s | %s |\n' "$mode" "$p" "$n" "$(awk -v i="$ir" -v n="$n" 'BEGIN{printf "%.0f", i/n}')"
+      printf '| %s | %s | %s | %s%s |\n' "$mode" "$p" "$n" "$(awk -v i="$ir" -v n="$n" 'BEGIN{printf "%.0f", i/n}')" "$misses"
     fi
   done
 done
