@@ -79,11 +79,23 @@ fn failed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "socket registration failed")
 }
 
-/// A direct, non-blocking attempt; `None` when it would block.
-fn attempt<T>(r: io::Result<T>) -> Option<io::Result<T>> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        r => Some(r),
+impl ClientStream {
+    /// While the socket is bare, `op` on it directly (again if interrupted): its result, or
+    /// `None` when it would block or the socket is registered (the caller then polls tokio's).
+    fn try_bare<T>(
+        &mut self,
+        mut op: impl FnMut(&mut std::net::TcpStream) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        let State::Bare(s) = &mut self.0 else {
+            return None;
+        };
+        loop {
+            match op(s) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                r => return Some(r),
+            }
+        }
     }
 }
 
@@ -93,22 +105,19 @@ impl AsyncRead for ClientStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let State::Bare(s) = &mut self.0 {
+        if let State::Bare(_) = self.0 {
             // SAFETY: `read` only writes initialised bytes into the slice and returns how many;
             // exactly those are marked filled.
             let spare = unsafe { buf.unfilled_mut() };
             let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
-            loop {
-                match attempt(s.read(spare)) {
-                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Some(Ok(n)) => {
-                        unsafe { buf.assume_init(n) };
-                        buf.advance(n);
-                        return Poll::Ready(Ok(()));
-                    }
-                    Some(Err(e)) => return Poll::Ready(Err(e)),
-                    None => break,
+            match self.try_bare(|s| s.read(spare)) {
+                Some(Ok(n)) => {
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
                 }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {}
             }
         }
         match self.evented() {
@@ -124,14 +133,8 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let State::Bare(s) = &mut self.0 {
-            loop {
-                match attempt(s.write(data)) {
-                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Some(r) => return Poll::Ready(r),
-                    None => break,
-                }
-            }
+        if let Some(r) = self.try_bare(|s| s.write(data)) {
+            return Poll::Ready(r);
         }
         match self.evented() {
             Ok(s) => Pin::new(s).poll_write(cx, data),
@@ -144,14 +147,8 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let State::Bare(s) = &mut self.0 {
-            loop {
-                match attempt(s.write_vectored(bufs)) {
-                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Some(r) => return Poll::Ready(r),
-                    None => break,
-                }
-            }
+        if let Some(r) = self.try_bare(|s| s.write_vectored(bufs)) {
+            return Poll::Ready(r);
         }
         match self.evented() {
             Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
