@@ -67,19 +67,7 @@ impl ClientStream {
     pub async fn readable(&mut self) -> io::Result<()> {
         self.evented()?.readable().await
     }
-}
 
-impl From<TcpStream> for ClientStream {
-    fn from(s: TcpStream) -> ClientStream {
-        ClientStream(State::Evented(s))
-    }
-}
-
-fn failed() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "socket registration failed")
-}
-
-impl ClientStream {
     /// While the socket is bare, `op` on it directly (again if interrupted): its result, or
     /// `None` when it would block or the socket is registered (the caller then polls tokio's).
     fn try_bare<T>(
@@ -97,6 +85,16 @@ impl ClientStream {
             }
         }
     }
+}
+
+impl From<TcpStream> for ClientStream {
+    fn from(s: TcpStream) -> ClientStream {
+        ClientStream(State::Evented(s))
+    }
+}
+
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket registration failed")
 }
 
 impl AsyncRead for ClientStream {

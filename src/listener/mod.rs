@@ -505,7 +505,7 @@ async fn serve_plain(mut stream: ClientStream, info: ConnInfo, conn: Conn) {
             &mut buf,
             &conn.shared,
             &info,
-            &mut stop,
+            &stop,
             HEADER_READ_TIMEOUT,
         )
         .await;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 /// Most header lines a head may have (hyper's limit is 100 too).
 pub const MAX_HEADERS: usize = 100;
-// parse_response keeps a bit per header line in a u128.
+// parse_request and parse_response keep a bit per header line in a u128.
 const _: () = assert!(MAX_HEADERS <= 128);
 /// Connection-named headers this path strips; a longer list goes to hyper (requests) or is a
 /// bad response (502).

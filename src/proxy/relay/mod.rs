@@ -61,7 +61,7 @@ pub async fn serve(
     buf: &mut BytesMut,
     shared: &Shared,
     conn: &ConnInfo,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
     header_timeout: Duration,
 ) -> End {
     if shared.otlp.get().is_some() {
