@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# usage: bench/ab.sh MODE ROUNDS SECONDS NAME=BINARY [NAME=BINARY ...]
+# usage: bench/ab.sh MODE ROUNDS SECONDS NAME=BINARY[@CONFIG] [NAME=BINARY[@CONFIG] ...]
 #   A/B of Switchyard binaries (e.g. before and after a change) on the set-up of run.sh: nginx
 #   origins and the load generator on CPU 0, each binary alone on CPU 1 with bench/switchyard.toml,
 #   interleaved ROUNDS times (A B A B ...) so the host's drift hits both alike.
 #   MODE: ka (wrk keep-alive, 64 conns) | close (wrk, Connection: close) | h2 (h2load h2c, -c64 -m10)
 #   Prints per round: req/s, CPU µs per request (utime+stime from /proc) and peak RSS (KiB).
+#   CONFIG (default bench/switchyard.toml) must listen on 127.0.0.1:8083, e.g. a copy with one
+#   setting changed, for the A/B of an option.
 #   A binary may be prefixed with a command, e.g. "mi=env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 target/release/switchyard".
 set -u
-[ $# -ge 4 ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 4 ] || { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 MODE=$1; R=$2; D=$3; shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 W=$(mktemp -d); trap 'pkill -f "$here/origins.nginx.conf" 2>/dev/null; rm -rf "$W"' EXIT
@@ -24,9 +26,10 @@ load() {
 }
 for r in $(seq "$R"); do
   for v in "$@"; do
-    name=${v%%=*}
+    name=${v%%=*}; cmd=${v#*=}; cfg="$here/switchyard.toml"
+    case $cmd in *@*) cfg=${cmd##*@}; cmd=${cmd%@*} ;; esac
     # shellcheck disable=SC2086 # the command part is split on purpose
-    taskset -c 1 ${v#*=} run --config "$here/switchyard.toml" >"$W/sy.log" 2>&1 & P=$!
+    taskset -c 1 $cmd run --config "$cfg" >"$W/sy.log" 2>&1 & P=$!
     for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8083) 2>/dev/null && break; sleep 0.1; done
     load 2 >/dev/null
     t0=$(awk '{print $14+$15}' "/proc/$P/stat")

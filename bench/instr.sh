@@ -12,7 +12,7 @@
 #   -o DIR       keep callgrind's output files there (for callgrind_annotate), default a temp dir
 #   -B           do not run `cargo build --release` first
 #   -C           also simulate the caches (callgrind --cache-sim=yes, the host's cache sizes):
-#                L1 data and last-level misses per request, for "fewer instructions, same time"
+#                L1 instruction, L1 data and last-level misses per request, for "fewer instructions, same time"
 #
 # Set-up as run.sh: the nginx origins (bench/origins.nginx.conf) and the load generator on CPU 0,
 # the proxy alone on CPU 1, one worker, the configs of run.sh (NGINX with master_process off so
@@ -60,7 +60,7 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs, $(awk -F': ' '/model na
 echo "# switchyard $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'); $(nginx -v 2>&1); $(command -v haproxy >/dev/null && haproxy -v | head -1 | cut -d' ' -f1-3)"
 echo "# bench/instr.sh -m $MODES -d $D -c $C -p $PROX$([ $CACHE = yes ] && echo ' -C')"
 if [ $CACHE = yes ]; then
-  printf '| mode | proxy | requests | instructions per request | L1d misses per request | LL misses per request |\n|---|---|---:|---:|---:|---:|\n'
+  printf '| mode | proxy | requests | instructions per request | L1i misses per request | L1d misses per request | LL misses per request |\n|---|---|---:|---:|---:|---:|---:|\n'
 else
   printf '| mode | proxy | requests | instructions per request |\n|---|---|---:|---:|\n'
 fi
@@ -85,7 +85,7 @@ for mode in ${MODES//,/ }; do
     # callgrind writes the dump asked for after the zero as FILE.PID.1 (the one at exit as FILE.PID).
     ir=$(awk '/^summary:/{print $2}' "$f.$vp.1" 2>/dev/null)
     # With -C the events are Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
-    misses=$(awk -v n="${n:-0}" '/^summary:/ && NF >= 10 && n > 0 {printf " | %.0f | %.1f", ($6+$7)/n, ($8+$9+$10)/n}' "$f.$vp.1" 2>/dev/null)
+    misses=$(awk -v n="${n:-0}" '/^summary:/ && NF >= 10 && n > 0 {printf " | %.0f | %.0f | %.1f", $5/n, ($6+$7)/n, ($8+$9+$10)/n}' "$f.$vp.1" 2>/dev/null)
     if [ -z "${n:-}" ] || [ "${n:-0}" -le 0 ] || [ -z "${ir:-}" ]; then
       echo "| $mode | $p | ${n:--} | - |"
     else

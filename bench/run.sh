@@ -10,6 +10,8 @@
 #                  f  memory: RSS idle, and holding 10,000 idle keep-alive client connections
 #                  g  apply a change to an upstream of 10,000 backends: library timing
 #                     (cargo bench --bench apply) and live, through the admin API, under wrk load
+#                  l  HTTP/1.1 keep-alive at one fixed rate for every proxy (h2load --h1 --rps, 64 conns;
+#                     RATE=req/s in the environment, default 40000): latency at equal load
 #                  p  criterion microbenchmark of every balancer's pick (cargo bench --bench balancers)
 #   -r ROUNDS    run the proxies of scenarios a-e ROUNDS times, interleaved (A B C A B C ...), and
 #                add a table of the per-proxy medians (default 1): steadier figures on a noisy host
@@ -32,7 +34,7 @@ while getopts d:s:r:w:Bjh o; do
   case $o in
     d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;;
     j) JE=$(ldconfig -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $NF; exit}'); [ -n "$JE" ] || echo "no libjemalloc.so.2 (apt-get install libjemalloc2); -j ignored" >&2 ;;
-    *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 W=/tmp/switchyard-bench
@@ -155,12 +157,14 @@ wrk_row() {
   ROW "$name" "${rps:--}" "$p50" "$p99" "$errs" ${cpu% *} "$rss" ${cpu#* }
 }
 
-# h2_row NAME PORT: h2load warm-up, then measured run with a per-request log for percentiles
+# h2_row NAME PORT [h2load args...]: h2load warm-up, then measured run with a per-request log
+# for percentiles (default: -c64 -m10, h2c)
 h2_row() {
-  local name=$1 port=$2 out t0 t1 rps done_ errs lat cpu rss
-  taskset -c 0 h2load -c64 -m10 -t1 -D 2 "http://127.0.0.1:$port/" >/dev/null 2>&1
+  local name=$1 port=$2 out t0 t1 rps done_ errs lat cpu rss args; shift 2
+  args=("$@"); [ ${#args[@]} -gt 0 ] || args=(-c64 -m10)
+  taskset -c 0 h2load "${args[@]}" -t1 -D 2 "http://127.0.0.1:$port/" >/dev/null 2>&1
   t0=$(cpu_ticks $PIDS)
-  out=$(taskset -c 0 h2load -c64 -m10 -t1 -D "$D" --log-file="$W/h2-$name.log" "http://127.0.0.1:$port/" 2>&1)
+  out=$(taskset -c 0 h2load "${args[@]}" -t1 -D "$D" --log-file="$W/h2-$name.log" "http://127.0.0.1:$port/" 2>&1)
   t1=$(cpu_ticks $PIDS)
   echo "$out" >"$W/h2load-$name.txt"
   rps=$(awk '/^finished in/{print $4}' <<<"$out" | tr -d ,)
@@ -171,8 +175,10 @@ h2_row() {
   lat=$(cut -f3 "$W/h2-$name.log" | sort -n | awk '{v[NR]=$1} END{ if (NR==0) {print "- -"; exit}
         printf "%.3f %.3f", v[int(NR*0.5)+1]/1000, v[int(NR*0.99)+1]/1000 }')
   rm -f "$W/h2-$name.log"
-  cpu=$(cpu_per_req "$t0" "$t1" "$done_")
-  rss=$(mib "$(mem_kib VmHWM $PIDS)")
+  if [ "$PIDS" = - ]; then cpu="- -"; rss=-; else
+    cpu=$(cpu_per_req "$t0" "$t1" "$done_")
+    rss=$(mib "$(mem_kib VmHWM $PIDS)")
+  fi
   ROW "$name" "${rps:--}" ${lat% *} ${lat#* } "$errs" ${cpu% *} "$rss" ${cpu#* }
 }
 
@@ -190,6 +196,7 @@ with_proxy() {
 }
 h1() { local c=$1; shift; local name=$1 port=$2; shift 3; wrk_row "$name" "$port" "$c" ${EXTRA[@]+"${EXTRA[@]}"}; }
 h2() { h2_row "$1" "$3"; }
+fixed() { h2_row "$1" "$2" --h1 -c64 --rps="$RPC"; }
 
 scenario_h1() { # title conns
   echo; echo "== $1"; load; HDR
@@ -212,6 +219,20 @@ if has d; then
   if command -v h2load >/dev/null; then
     HDR; rm -f "$W/rows"
     for r in $(seq "$ROUNDS"); do for s in "${PROXIES[@]}"; do with_proxy "$s" h2; done; done
+    MEDIANS
+  else echo "h2load not installed (apt-get install nghttp2-client)"; fi
+fi
+
+if has l; then
+  # Closed-loop runs (a) load each proxy as hard as it goes, so a faster proxy also makes CPU 0
+  # (wrk and the origins) busier, and its p99 carries that. Here every proxy gets the same
+  # offered load, below the slowest one's capacity: the latency the proxy itself adds.
+  RPC=$(( ${RATE:-40000} / 64 ))
+  echo; echo "== (l) HTTP/1.1 keep-alive at a fixed rate, $((RPC * 64)) req/s offered to every proxy: h2load --h1 -c64 --rps=$RPC -t1 -D $D"; load
+  if command -v h2load >/dev/null; then
+    HDR; rm -f "$W/rows"
+    PIDS=-; h2_row direct 9001 --h1 -c64 --rps="$RPC"; rm -f "$W/rows"
+    for r in $(seq "$ROUNDS"); do for s in "${PROXIES[@]}"; do with_proxy "$s" fixed; done; done
     MEDIANS
   else echo "h2load not installed (apt-get install nghttp2-client)"; fi
 fi

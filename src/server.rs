@@ -76,7 +76,7 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             .and_then(|s| parse_size(s).ok())
             .unwrap_or(u64::MAX);
         bound.push(
-            listener::bind(addr, workers, max_body).map_err(|e| StartError::Bind {
+            listener::bind(addr, workers, max_body, l.defer_accept.unwrap_or(true)).map_err(|e| StartError::Bind {
                 addr: l.bind.clone(),
                 source: e,
             })?,

@@ -54,6 +54,11 @@ pub struct ListenerConfig {
     /// HAProxy and Envoy, because bodies are streamed and cost no memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<String>,
+    /// Hand a connection to Switchyard only once its first bytes arrived (`TCP_DEFER_ACCEPT`,
+    /// as NGINX's `deferred` and HAProxy's `defer-accept`). Default: on, since in HTTP and TLS
+    /// the client always speaks first. *restart*
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer_accept: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

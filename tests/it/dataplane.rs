@@ -301,3 +301,64 @@ fn idle_pooled_connections_are_closed_after_the_idle_timeout_without_traffic() {
         t.elapsed()
     );
 }
+
+/// The kernel's TCP state (hex, as /proc/net/tcp shows it: 01 established, 03 SYN received) of
+/// the server side of the connection from local port `client` to local port `server`.
+fn server_side_state(server: u16, client: u16) -> Option<String> {
+    let t = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    t.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 3
+            && f[1].ends_with(&format!(":{server:04X}"))
+            && f[2].ends_with(&format!(":{client:04X}")))
+        .then(|| f[3].to_string())
+    })
+}
+
+#[test]
+fn connections_are_handed_over_once_they_send_unless_defer_accept_is_off() {
+    use std::io::{Read, Write};
+    let be = backends(1);
+    for defer in [true, false] {
+        let lb = start(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\ndefer_accept = {defer}\n[upstreams.web]\nbackends = [{}]\n",
+            be.list()
+        ));
+        let port = lb.addr.port();
+        let mut s = std::net::TcpStream::connect(lb.addr).unwrap();
+        let client = s.local_addr().unwrap().port();
+        std::thread::sleep(Duration::from_millis(200));
+        // Deferred, the connection is still a request socket in the kernel (SYN received): the
+        // handshake's last ACK did not make it acceptable. Not deferred, it is established.
+        let want = if defer { "03" } else { "01" };
+        assert_eq!(
+            server_side_state(port, client).as_deref(),
+            Some(want),
+            "defer_accept = {defer}"
+        );
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    // A client silent past the deferral (one second, one SYN-ACK retransmission) is handed over
+    // anyway, and served when it speaks.
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let mut s = std::net::TcpStream::connect(lb.addr).unwrap();
+    let client = s.local_addr().unwrap().port();
+    let t0 = Instant::now();
+    while server_side_state(lb.addr.port(), client).as_deref() != Some("01") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never handed over: {:?}",
+            server_side_state(lb.addr.port(), client)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
