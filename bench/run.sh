@@ -18,6 +18,9 @@
 #   -w MINUTES   before each scenario, wait up to MINUTES for the machine to be quiet (other
 #                processes using < 10% of the CPUs over 3 s); the busy figure is printed either way
 #   -B           do not run `cargo build --release` first
+#   -D           also run NGINX with `listen ... deferred` and HAProxy with `bind ... defer-accept`
+#                (TCP_DEFER_ACCEPT, which Switchyard's listeners use by default; off by default in
+#                both): does the difference in scenario (c) come from that option alone?
 #   -j           also run Switchyard with jemalloc preloaded (LD_PRELOAD of Debian's libjemalloc2):
 #                an experiment for the allocator recommendation in BENCHMARKS.md, not a default
 #
@@ -29,12 +32,12 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-D=10; SCEN=a,b,c,d,e,f,g; BUILD=1; JE=; WAIT=0; ROUNDS=1
-while getopts d:s:r:w:Bjh o; do
+D=10; SCEN=a,b,c,d,e,f,g; BUILD=1; JE=; WAIT=0; ROUNDS=1; DEFER=0
+while getopts d:s:r:w:BDjh o; do
   case $o in
-    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;;
+    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;; D) DEFER=1 ;;
     j) JE=$(ldconfig -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $NF; exit}'); [ -n "$JE" ] || echo "no libjemalloc.so.2 (apt-get install libjemalloc2); -j ignored" >&2 ;;
-    *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 W=/tmp/switchyard-bench
@@ -110,6 +113,12 @@ PROXIES=("switchyard 8083 8083 $SY run --config $here/switchyard.toml")
 [ -n "$JE" ] && PROXIES+=("sy+jemalloc 8083 8083 env LD_PRELOAD=$JE $SY run --config $here/switchyard.toml")
 command -v haproxy >/dev/null && PROXIES+=("haproxy 8081 8091 haproxy -f $here/haproxy.cfg -db")
 PROXIES+=("nginx 8082 8092 nginx -c $here/nginx-proxy.conf -p $W/")
+if [ $DEFER = 1 ]; then
+  command -v haproxy >/dev/null && sed 's/^\(  bind 127.0.0.1:8081\)$/\1 defer-accept/' "$here/haproxy.cfg" >"$W/haproxy-deferred.cfg" \
+    && PROXIES+=("haproxy-deferred 8081 8091 haproxy -f $W/haproxy-deferred.cfg -db")
+  sed 's/^\(    listen 127.0.0.1:8082\);/\1 deferred;/' "$here/nginx-proxy.conf" >"$W/nginx-deferred.conf"
+  PROXIES+=("nginx-deferred 8082 8092 nginx -c $W/nginx-deferred.conf -p $W/")
+fi
 
 HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB usr+sys_us; }
 ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" "$@"; printf "%s\n" "$*" >>"$W/rows"; }
