@@ -16,7 +16,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         out.push("admin: changed (listen address takes effect at restart)".into());
     }
     if old.listeners != new.listeners {
-        out.push("listeners: changed (bind addresses and socket options take effect at restart)".into());
+        out.push(
+            "listeners: changed (bind addresses and socket options take effect at restart)".into(),
+        );
     }
     if old.routes != new.routes {
         out.push(format!(

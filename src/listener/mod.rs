@@ -121,7 +121,10 @@ pub fn bind(
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         if defer {
-            defer_accept(&s)?;
+            if let Err(e) = defer_accept(&s) {
+                // Only slower without it: worth a warning, not a refusal to start.
+                tracing::warn!("{addr}: TCP_DEFER_ACCEPT not set: {e}");
+            }
         }
         s.listen(4096)?;
         let l: std::net::TcpListener = s.into();
@@ -144,6 +147,7 @@ pub fn bind(
 /// client that connects and stays silent holds no descriptor, task or buffer of ours meanwhile.
 /// One second: after it the kernel hands the connection over anyway (on the client's ACK of a
 /// retransmitted SYN-ACK), and the header read timeout takes over.
+#[cfg(target_os = "linux")]
 fn defer_accept(s: &socket2::Socket) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let secs: libc::c_int = 1;
@@ -162,6 +166,11 @@ fn defer_accept(s: &socket2::Socket) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_accept(_: &socket2::Socket) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Gives each bound listener its [`Mode`] from its configuration (same order): TLS, a redirect

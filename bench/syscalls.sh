@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# usage: bench/syscalls.sh [-m MODES] [-d SECONDS] [-p PROXIES] [-B]
+#   System calls per request of each proxy, by call, counted by the kernel's syscall tracepoints
+#   (`perf stat -e syscalls:sys_enter_*` on the proxy's worker): unlike strace, which stops the
+#   process at every call and so changes how much each epoll_wait batches, this leaves the proxy
+#   running at full speed, so the counts are those of the benchmark.
+#   -m MODES     comma-separated: ka (keep-alive), close (Connection: close); default ka,close
+#   -d SECONDS   counted load per mode (default 5, after a 2 s warm-up)
+#   -p PROXIES   comma-separated: switchyard,nginx,haproxy (default: those installed)
+#   -B           do not run `cargo build --release` first
+#
+# Set-up as run.sh: the nginx origins and wrk (64 connections) on CPU 0, the proxy alone on CPU 1
+# with its run.sh configuration. Needs perf (apt-get install linux-perf) and tracefs.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+MODES=ka,close; D=5; PROX=; BUILD=1
+while getopts m:d:p:Bh o; do
+  case $o in
+    m) MODES=$OPTARG ;; d) D=$OPTARG ;; p) PROX=$OPTARG ;; B) BUILD=0 ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  esac
+done
+for t in perf wrk nginx taskset; do
+  command -v $t >/dev/null || { echo "missing: $t" >&2; exit 1; }
+done
+[ -n "$PROX" ] || { PROX=switchyard,nginx; command -v haproxy >/dev/null && PROX=$PROX,haproxy; }
+[ "$BUILD" = 1 ] && (cd "$root" && cargo build --release -q)
+W=$(mktemp -d)
+PIDS=()
+cleanup() { local p; for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$W"; }
+trap cleanup EXIT; trap 'exit 130' INT TERM
+wait_port() { local i; for i in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+taskset -c 0 nginx -c "$here/origins.nginx.conf" -p "$W/" >"$W/origins.log" 2>&1 & PIDS+=($!)
+wait_port 9001 && wait_port 9003 || { echo "origins failed"; exit 1; }
+CALLS="accept accept4 read recvfrom readv recvmsg write sendto writev sendmsg close shutdown epoll_wait epoll_pwait epoll_ctl setsockopt getsockopt"
+EV=(); for c in $CALLS; do EV+=(-e "syscalls:sys_enter_$c"); done
+
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); switchyard $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'); bench/syscalls.sh -m $MODES -d $D -p $PROX"
+printf '| mode | proxy | requests | syscalls per request | by call |\n|---|---|---:|---:|---|\n'
+for mode in ${MODES//,/ }; do
+  EX=(); [ "$mode" = close ] && EX=(-H "Connection: close")
+  for p in ${PROX//,/ }; do
+    case $p in
+      switchyard) port=8083; cmd=("$root/target/release/switchyard" run --config "$here/switchyard.toml") ;;
+      nginx) port=8082; cmd=(nginx -c "$here/nginx-proxy.conf" -p "$W/") ;;
+      haproxy) port=8081; cmd=(haproxy -f "$here/haproxy.cfg" -db) ;;
+      *) echo "unknown proxy $p" >&2; continue ;;
+    esac
+    taskset -c 1 "${cmd[@]}" >"$W/$p.log" 2>&1 & P=$!
+    wait_port $port || { echo "$p did not start: $(tail -3 "$W/$p.log")"; kill $P; continue; }
+    # NGINX serves from its worker process; Switchyard and HAProxy from threads of one process.
+    T=$P; c=$(pgrep -P $P | head -1); [ -n "$c" ] && T=$c
+    taskset -c 0 wrk -t1 -c64 -d2s "${EX[@]}" "http://127.0.0.1:$port/" >/dev/null 2>&1
+    perf stat "${EV[@]}" -p "$T" -o "$W/perf-$p.txt" -- sleep "$D" 2>/dev/null & SP=$!
+    out=$(taskset -c 0 wrk -t1 -c64 -d"${D}s" "${EX[@]}" "http://127.0.0.1:$port/" 2>&1)
+    wait $SP
+    n=$(awk '/requests in/{print $1}' <<<"$out")
+    awk -v n="${n:-0}" -v mode="$mode" -v p="$p" '
+      /syscalls:sys_enter_/ { gsub(/,/, "", $1); sub(/syscalls:sys_enter_/, "", $2); if ($1 > 0) { by = by sprintf("%s %.2f, ", $2, $1 / n); t += $1 } }
+      END { if (n <= 0) { print "| " mode " | " p " | - | - | |"; exit } sub(/, $/, "", by); printf "| %s | %s | %d | %.2f | %s |\n", mode, p, n, t / n, by }' "$W/perf-$p.txt"
+    kill $P; wait $P 2>/dev/null; sleep 0.5
+  done
+done
