@@ -64,6 +64,15 @@ pub fn default_workers() -> usize {
 /// Binds and starts everything described by `cfg` (already validated).
 pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     let workers = cfg.workers.unwrap_or_else(default_workers).max(1);
+    let cpus = default_workers();
+    if workers > cpus {
+        // Not an error (a test or a benchmark may want it), but rarely what an operator means:
+        // more workers than CPUs take turns on them, each waking for fewer events.
+        tracing::warn!(
+            "workers = {workers}, but this process may run on {cpus} CPU(s): the workers will \
+             time-share them, which costs CPU per request and tail latency (BENCHMARKS.md, run 24 (e))"
+        );
+    }
     let mut bound = Vec::new();
     for l in &cfg.listeners {
         let addr: SocketAddr = l
