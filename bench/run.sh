@@ -145,6 +145,21 @@ for name, rs in rows.items():
     cols = list(zip(*rs))
     out = [med(c, plus=(i == 6)) for i, c in enumerate(cols)]
     print(f"{name:<16} {out[0]:>10} {out[1]:>9} {out[2]:>9} {out[3]:>8} {out[4]:>11} {out[5]:>8} {out[6]:>12}")
+# Rounds are interleaved, so round k of every proxy ran under the same drift of the host: the
+# ratio within a round is steadier than the ratio of medians.
+names = list(rows)
+def col(r, i):
+    try:
+        return float(r[i])
+    except (ValueError, IndexError):
+        return None
+for other in names[1:]:
+    for label, i in (("CPU/request", 4), ("req/s", 0), ("p99", 2)):
+        pairs = [(col(a, i), col(b, i)) for a, b in zip(rows[names[0]], rows[other])]
+        rs = sorted(x / y for x, y in pairs if x is not None and y)
+        if rs:
+            print(f"   {names[0]} / {other} {label}, per round: median {statistics.median(rs):.2f}"
+                  f" ({rs[0]:.2f}-{rs[-1]:.2f}), below 1 in {sum(r < 1 for r in rs)} of {len(rs)}")
 PY
   rm -f "$W/rows"; }
 
