@@ -331,7 +331,10 @@ pub fn run_worker(
                             // bytes, so spawning it moves that instead of the 3.3 KiB connection
                             // state through each of tokio's spawn layers (callgrind: ~700
                             // instructions per connection, see BENCHMARKS.md).
-                            Box::pin(serve_plain(ClientStream::new(stream), info, conn)).await;
+                            proxy::relay::boxed_in_place(|| {
+                                serve_plain(ClientStream::new(stream), info, conn)
+                            })
+                            .await;
                         }),
                         _ => {
                             let stream = match TcpStream::from_std(stream) {
