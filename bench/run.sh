@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-r ROUNDS] [-w MINUTES] [-B] [-j]
 #   -d SECONDS   measured time of each load run (default 10; each is preceded by a 2 s warm-up)
-#   -s LIST      comma-separated scenarios (default a,b,c,d,e,f,g):
+#   -s LIST      comma-separated scenarios (default a,b,c,d,e,f,g,l):
 #                  a  HTTP/1.1 keep-alive, 64 connections        (wrk)
 #                  b  HTTP/1.1 keep-alive, 1000 connections      (wrk)
 #                  c  a new connection per request, 64 conns     (wrk, "Connection: close")
@@ -32,7 +32,7 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-D=10; SCEN=a,b,c,d,e,f,g; BUILD=1; JE=; WAIT=0; ROUNDS=1; DEFER=0
+D=10; SCEN=a,b,c,d,e,f,g,l; BUILD=1; JE=; WAIT=0; ROUNDS=1; DEFER=0
 while getopts d:s:r:w:BDjh o; do
   case $o in
     d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;; D) DEFER=1 ;;
