@@ -8,6 +8,7 @@
 //! set; `X-Request-Id` kept or created). Anything this path does not handle is reported as
 //! [`Parsed::Handoff`], and the connection goes on under hyper, which has the full rules.
 
+use super::scan::{self, Copier, Field, Scan, Slots};
 use crate::proxy::ConnInfo;
 use crate::state::Snapshot;
 use crate::upstream::balancer::hash_bytes;
@@ -110,10 +111,62 @@ pub enum Parsed {
     Ready(Request),
 }
 
-/// Room for a head's header lines, left uninitialised: httparse writes the ones it finds, and
-/// filling 100 empty slots (3.2 KiB) first cost every request and response head a memset.
+/// Room for httparse's header lines, left uninitialised: httparse writes the ones it finds, and
+/// filling 100 empty slots (3.2 KiB) first cost every head a memset.
 fn uninit_slots<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
     [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// A request head's parts.
+struct RequestHead<'a> {
+    method: &'a str,
+    target: &'a str,
+    head_len: usize,
+    /// The request line's length when it goes upstream as it came (0: it is written anew).
+    verbatim: usize,
+    fields: &'a [Field],
+}
+
+/// Finds the parts of the request head at the start of `buf`: with the strict scan, or with
+/// httparse when the head is not of its shape. `Err`: more bytes are needed, or the head is
+/// for hyper.
+fn request_head<'a>(buf: &'a [u8], slots: &'a mut Slots) -> Result<RequestHead<'a>, Parsed> {
+    let ascii = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| Parsed::Handoff);
+    match scan::request_line(buf) {
+        Ok((method_end, target, target_end, end)) => match scan::fields(buf, end, slots) {
+            Scan::Complete(head_len, n) => {
+                return Ok(RequestHead {
+                    method: ascii(&buf[..method_end])?,
+                    target: ascii(&buf[target..target_end])?,
+                    head_len,
+                    verbatim: end,
+                    fields: scan::written(slots, n),
+                })
+            }
+            Scan::Partial => return Err(Parsed::Partial),
+            Scan::Unusual => {}
+        },
+        Err(Scan::Partial) => return Err(Parsed::Partial),
+        Err(_) => {}
+    }
+    let mut headers = uninit_slots();
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(Parsed::Partial),
+        Err(_) => return Err(Parsed::Handoff),
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Err(Parsed::Handoff);
+    };
+    let n = scan::from_httparse(buf, req.headers, slots);
+    Ok(RequestHead {
+        method,
+        target,
+        head_len,
+        verbatim: 0,
+        fields: scan::written(slots, n),
+    })
 }
 
 fn is_token(v: &[u8], t: &str) -> bool {
@@ -126,16 +179,12 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Parses a request head at the start of `buf`; routes it with `snap`.
 pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
-    let mut slots = uninit_slots();
-    let mut req = httparse::Request::new(&mut []);
-    let head_len = match req.parse_with_uninit_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Handoff,
+    let mut slots = scan::slots();
+    let head = match request_head(buf, &mut slots) {
+        Ok(h) => h,
+        Err(p) => return p,
     };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::Handoff;
-    };
+    let (method, target, head_len) = (head.method, head.target, head.head_len);
     if method == "CONNECT" || !target.starts_with('/') {
         return Parsed::Handoff;
     }
@@ -149,8 +198,8 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     // Header lines (by index) not passed on, classified in this one pass as in parse_response;
     // `ids`: the X-Request-Id lines, dropped unless the client's id is kept.
     let (mut dropped, mut ids) = (0u128, 0u128);
-    for (i, h) in req.headers.iter().enumerate() {
-        let (n, v) = (h.name.as_bytes(), h.value);
+    for (i, f) in head.fields.iter().enumerate() {
+        let (n, v) = (f.name(buf), f.value(buf));
         let bit = 1u128 << i;
         match n.len() {
             4 if is_token(n, "host") && host.replace(v).is_some() => return Parsed::Handoff,
@@ -220,29 +269,33 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     }
     let hash = match upstream.algorithm {
         crate::config::Algorithm::ConsistentHash => {
-            hash_key(&upstream.hash_key, path, req.headers, conn)
+            hash_key(&upstream.hash_key, path, buf, head.fields, conn)
         }
         _ => 0,
     };
 
     // The head as it goes upstream.
     let mut out = Vec::with_capacity(head_len + 160);
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if head.verbatim == 0 {
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+    }
+    let mut copy = Copier::new(head.verbatim);
     let named = &named[..named_len];
     let own_id = request_id.is_some_and(|v| !v.is_empty() && v.len() <= 200);
     if !own_id {
         dropped |= ids;
     }
-    for (i, h) in req.headers.iter().enumerate() {
-        let n = h.name.as_bytes();
+    for (i, f) in head.fields.iter().enumerate() {
+        let n = f.name(buf);
         if dropped & (1u128 << i) != 0 || named.iter().any(|t| n.eq_ignore_ascii_case(t)) {
             continue;
         }
-        push_line(&mut out, buf, h);
+        copy.keep(&mut out, buf, f);
     }
+    copy.flush(&mut out, buf);
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = forwarded_for.filter(|p| !p.is_empty()) {
         out.extend_from_slice(prev);
@@ -283,28 +336,6 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     })
 }
 
-/// Copies a parsed header line of `buf` as it came — `Name:`, optional whitespace, the value —
-/// and ends it with CRLF: one copy where [`push_header`] makes three (the small copies of every
-/// line were most of the relay's `memcpy` calls). httparse's name and value are slices of
-/// `buf`, and with its default settings nothing else lies between them; a line whose slices
-/// do not span `buf` that way is written field by field.
-fn push_line(out: &mut Vec<u8>, buf: &[u8], h: &httparse::Header) {
-    let base = buf.as_ptr() as usize;
-    let span = (h.name.as_ptr() as usize)
-        .checked_sub(base)
-        .and_then(|start| {
-            let end = (h.value.as_ptr() as usize).checked_sub(base)? + h.value.len();
-            buf.get(start..end)
-        });
-    match span {
-        Some(line) if line.len() > h.name.len() && line[h.name.len()] == b':' => {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-        _ => push_header(out, h.name.as_bytes(), h.value),
-    }
-}
-
 pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -322,17 +353,18 @@ fn parse_len(v: &[u8]) -> Option<u64> {
 }
 
 fn header_values<'a>(
-    headers: &'a [httparse::Header<'a>],
+    buf: &'a [u8],
+    fields: &'a [Field],
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> {
-    headers
+    fields
         .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
+        .filter(move |f| f.name(buf).eq_ignore_ascii_case(name.as_bytes()))
+        .map(|f| f.value(buf))
 }
 
-fn hash_key(key: &HashKey, path: &str, headers: &[httparse::Header], conn: &ConnInfo) -> u64 {
-    let header = |name| header_values(headers, name);
+fn hash_key(key: &HashKey, path: &str, buf: &[u8], fields: &[Field], conn: &ConnInfo) -> u64 {
+    let header = |name| header_values(buf, fields, name);
     let ip;
     let bytes: Option<&[u8]> = match key {
         HashKey::ClientIp => {
@@ -373,6 +405,62 @@ pub enum ParsedResponse {
     Ready(Response),
 }
 
+/// A response head's parts.
+struct ResponseHead<'a> {
+    /// The minor version: 0 for HTTP/1.0.
+    version: u8,
+    status: u16,
+    reason: &'a [u8],
+    head_len: usize,
+    /// The status line's length when it goes to the client as it came (0: it is written anew).
+    verbatim: usize,
+    fields: &'a [Field],
+}
+
+/// Finds the parts of the response head at the start of `buf`, as [`request_head`] does.
+/// `Ok(None)`: more bytes are needed.
+fn response_head<'a>(buf: &'a [u8], slots: &'a mut Slots) -> Result<Option<ResponseHead<'a>>, ()> {
+    match scan::status_line(buf) {
+        Ok((status, end)) => match scan::fields(buf, end, slots) {
+            Scan::Complete(head_len, n) => {
+                return Ok(Some(ResponseHead {
+                    version: 1,
+                    status,
+                    // After "HTTP/1.1 200 ", before the CRLF.
+                    reason: &buf[13..end - 2],
+                    head_len,
+                    verbatim: end,
+                    fields: scan::written(slots, n),
+                }))
+            }
+            Scan::Partial => return Ok(None),
+            Scan::Unusual => {}
+        },
+        Err(Scan::Partial) => return Ok(None),
+        Err(_) => {}
+    }
+    let mut headers = uninit_slots();
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let head_len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(());
+    };
+    let n = scan::from_httparse(buf, resp.headers, slots);
+    Ok(Some(ResponseHead {
+        version,
+        status,
+        reason: resp.reason.unwrap_or("").as_bytes(),
+        head_len,
+        verbatim: 0,
+        fields: scan::written(slots, n),
+    }))
+}
+
 /// Parses a response head at the start of `buf` and writes the client's head to `out`. `close`:
 /// the client connection closes after this response, and says so.
 pub fn parse_response(
@@ -382,17 +470,11 @@ pub fn parse_response(
     request_id: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<ParsedResponse, ()> {
-    let mut slots = uninit_slots();
-    let mut resp = httparse::Response::new(&mut []);
-    let config = httparse::ParserConfig::default();
-    let head_len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Partial),
-        Err(_) => return Err(()),
+    let mut slots = scan::slots();
+    let Some(head) = response_head(buf, &mut slots)? else {
+        return Ok(ParsedResponse::Partial);
     };
-    let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return Err(());
-    };
+    let (version, status, head_len) = (head.version, head.status, head.head_len);
     // No upgrade was asked for, so a 101 is a protocol error; other 1xx are interim.
     match status {
         101 => return Err(()),
@@ -411,8 +493,8 @@ pub fn parse_response(
     // ones, and Content-Length lines, dropped when a Transfer-Encoding turns out to be there.
     // Classified here in one pass, by length first, so the copy below compares no names.
     let (mut dropped, mut lengths) = (0u128, 0u128);
-    for (i, h) in resp.headers.iter().enumerate() {
-        let (n, v) = (h.name.as_bytes(), h.value);
+    for (i, f) in head.fields.iter().enumerate() {
+        let (n, v) = (f.name(buf), f.value(buf));
         let bit = 1u128 << i;
         match n.len() {
             14 if is_token(n, "content-length") => {
@@ -476,24 +558,28 @@ pub fn parse_response(
     }
     let close = close || framing == Framing::UntilClose;
 
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa3(status).as_slice());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    if head.verbatim == 0 {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa3(status).as_slice());
+        out.push(b' ');
+        out.extend_from_slice(head.reason);
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut copy = Copier::new(head.verbatim);
     let named = &named[..named_len];
     // With a Transfer-Encoding the body's length is not Content-Length's (RFC 9112 §6.3);
     // passing both on would let the next hop frame it differently.
     if chunked.is_some() {
         dropped |= lengths;
     }
-    for (i, h) in resp.headers.iter().enumerate() {
-        let n = h.name.as_bytes();
+    for (i, f) in head.fields.iter().enumerate() {
+        let n = f.name(buf);
         if dropped & (1u128 << i) != 0 || named.iter().any(|t| n.eq_ignore_ascii_case(t)) {
             continue;
         }
-        push_line(out, buf, h);
+        copy.keep(out, buf, f);
     }
+    copy.flush(out, buf);
     if !has_request_id {
         push_header(out, b"x-request-id", request_id);
     }
@@ -642,13 +728,20 @@ mod tests {
             out.contains("\r\nX-Tab:\tv\r\ncontent-length: 0\r\n"),
             "{out:?}"
         );
-        // Copied from another buffer than the one parsed, a line is written field by field.
-        let mut slots = [httparse::EMPTY_HEADER; 4];
-        let mut r = httparse::Response::new(&mut slots);
-        r.parse(head).unwrap();
+        // Bare LF line ends (httparse's to parse, not the scan's) go out as CRLF, and the
+        // status line is written anew.
+        let head = b"HTTP/1.1 200 OK\nX-Spaced:   a  b\nX-Empty:\ncontent-length: 0\n\n";
         let mut out = Vec::new();
-        push_line(&mut out, b"elsewhere", &r.headers[0]);
-        assert_eq!(out, b"X-Spaced: a  b\r\n");
+        let Ok(ParsedResponse::Ready(r)) = parse_response(head, false, false, b"r", &mut out)
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(r.head_len, head.len());
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\nX-Spaced:   a  b\r\nX-Empty:\r\ncontent-length: 0\r\nx-request-id: r\r\n"),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod framing;
 pub mod from_hyper;
 mod head;
+mod scan;
 pub mod idle;
 
 use super::forward::{backoff, pick_or_queue, record, retryable, Inflight};
