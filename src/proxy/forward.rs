@@ -214,9 +214,11 @@ pub(super) async fn forward(
         let err = match result {
             Ok((resp, tx)) => {
                 let status = resp.status();
-                let latency = started.elapsed();
+                let at = Instant::now();
+                let latency = at.saturating_duration_since(started);
                 trace.first_byte = Some(latency);
-                backend.state.observe_latency(latency.as_micros() as f64);
+                let us = latency.as_secs_f64() * 1e6;
+                backend.state.observe_latency(us, crate::upstream::backend::ms_at(at));
                 let bad = status.is_server_error();
                 record(up, i, !bad, (status.as_u16() / 100) as usize);
                 let retry_status =

@@ -59,8 +59,16 @@ pub fn availability_changed() {
 
 /// Milliseconds on a process-wide monotonic clock, cheap to store in an atomic.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] of a time already read (a clock read costs ~20 ns; the relay reads it twice per
+/// request and passes it on).
+pub fn ms_at(t: Instant) -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
 }
 
 /// `repr(C, align(64))` with the fields a pick reads first: choosing among 10,000 backends touches
@@ -98,6 +106,9 @@ pub struct BackendState {
     pub latency_sum_us: AtomicU64,
     pub upstream: String,
     pub address: String,
+    /// Unique for the life of the process (a reload keeps the state, and so the id, of an
+    /// upstream's address): what the relay's idle connections are kept under.
+    pub id: u64,
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets; +Inf is implied by the count.
@@ -111,7 +122,9 @@ const EWMA_DECAY_MS: f64 = 5_000.0;
 
 impl BackendState {
     pub fn new(upstream: &str, address: &str) -> Arc<Self> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Arc::new(BackendState {
+            id: IDS.fetch_add(1, Relaxed),
             upstream: upstream.to_string(),
             address: address.to_string(),
             active: AtomicU32::new(0),
@@ -195,7 +208,8 @@ impl BackendState {
     /// Records one response-head latency. Peak-EWMA: a slower sample replaces the estimate at once
     /// (so a degrading backend is avoided immediately); faster samples blend in with a decay that
     /// depends on the time since the last sample. Races between workers lose a sample at worst.
-    pub fn observe_latency(&self, us: f64) {
+    /// `now_ms`: [`now_ms`] when the response head arrived.
+    pub fn observe_latency(&self, us: f64, now_ms: u64) {
         let secs = us / 1e6;
         let b = LATENCY_BUCKETS_S
             .iter()
@@ -203,11 +217,14 @@ impl BackendState {
             .unwrap_or(LATENCY_BUCKETS_S.len());
         self.latency_buckets[b].fetch_add(1, Relaxed);
         self.latency_sum_us.fetch_add(us as u64, Relaxed);
-        let now = now_ms();
+        let now = now_ms;
         let last = self.ewma_at_ms.swap(now, Relaxed);
         let prev = self.ewma_us();
         let next = if us > prev || prev == 0.0 {
             us
+        } else if now <= last {
+            // No time has passed, so a faster sample has no weight (exp(0) = 1).
+            prev
         } else {
             let w = (-((now.saturating_sub(last)) as f64) / EWMA_DECAY_MS).exp();
             prev * w + us * (1.0 - w)

@@ -233,14 +233,9 @@ impl Relayed {
             idle::recycle(buf);
             return;
         }
-        let address = &self.up.backends[self.backend].address;
-        idle::put(
-            self.up.connector.pool_key,
-            address,
-            stream,
-            buf,
-            self.up.idle_timeout,
-        );
+        let id = self.up.backends[self.backend].state.id;
+        let expires = std::time::Instant::now() + self.up.idle_timeout;
+        idle::put(self.up.connector.pool_key, id, stream, buf, expires);
     }
 
     pub fn size_hint(&self) -> http_body::SizeHint {

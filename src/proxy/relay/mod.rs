@@ -84,9 +84,12 @@ pub async fn serve(
     let mut stop_rx = stop.clone();
     let stopped = stop_rx.wait_for(|s| *s);
     tokio::pin!(stopped);
+    // When the previous exchange ended (the clock read it already made), for the next head's
+    // deadline.
+    let mut ended: Option<Instant> = None;
     loop {
-        let deadline = tokio::time::Instant::now() + header_timeout;
-        timer.as_mut().reset(deadline);
+        let idle_from = ended.take().unwrap_or_else(Instant::now);
+        timer.as_mut().reset((idle_from + header_timeout).into());
         let mut req = loop {
             if !buf.is_empty() {
                 // The configuration as of this request's arrival, not the connection's last one.
@@ -118,10 +121,11 @@ pub async fn serve(
         let close = req.close;
         let (head, body) = buf[..head_len + body_len].split_at(head_len);
         let on = (&mut nodelay, timer.as_mut());
-        let keep = boxed_in_place(|| exchange(io, head, body, req, shared, conn, on)).await;
-        if !keep || close {
+        let kept = boxed_in_place(|| exchange(io, head, body, req, shared, conn, on)).await;
+        let Some(at) = kept.filter(|_| !close) else {
             return End::Close;
-        }
+        };
+        ended = Some(at);
         set_nodelay(io, &mut nodelay);
         buf.advance(head_len + body_len);
         if buf.is_empty() {
@@ -221,10 +225,12 @@ struct Exchange {
     client_head: Vec<u8>,
     backend: usize,
     inflight: Option<Inflight>,
+    /// When the backend's last bytes so far arrived.
+    last_read: Instant,
 }
 
-/// One request: forward it (with retries), relay the response. Returns whether the client
-/// connection can take another request.
+/// One request: forward it (with retries), relay the response. Returns when the exchange ended
+/// if the client connection can take another request.
 async fn exchange(
     io: &mut ClientStream,
     head: &[u8],
@@ -233,7 +239,7 @@ async fn exchange(
     shared: &Shared,
     conn: &ConnInfo,
     (nodelay, mut timer): (&mut bool, Pin<&mut Sleep>),
-) -> bool {
+) -> Option<Instant> {
     // The client's `Connection: close`, or shutdown (set by `serve`).
     let close = req.close;
     let started = Instant::now();
@@ -259,34 +265,24 @@ async fn exchange(
                 return finish(shared, entry, &trace, &up, request_id, started, outcome);
             };
             if complete && !x.resp.backend_close {
-                let address = &up.backends[x.backend].address;
-                idle::put(
-                    up.connector.pool_key,
-                    address,
-                    x.stream,
-                    x.buf,
-                    up.idle_timeout,
-                );
+                let id = up.backends[x.backend].state.id;
+                let expires = x.last_read + up.idle_timeout;
+                idle::put(up.connector.pool_key, id, x.stream, x.buf, expires);
             } else {
                 idle::recycle(x.buf);
             }
             // A body delimited by the backend's close ends the client connection too.
             let until_close = x.resp.framing == head::Framing::UntilClose;
-            (
-                x.resp.status,
-                None,
-                sent,
-                complete,
-                complete && !until_close,
-            )
+            let keep = complete && !until_close;
+            (x.resp.status, None, sent, complete, keep.then_some(x.last_read))
         }
     };
     finish(shared, entry, &trace, &up, request_id, started, outcome)
 }
 
 /// What an exchange came to: status, Switchyard's error reason, body bytes sent, whether the
-/// response went out whole, whether the client connection can go on.
-type Outcome = (u16, Option<&'static str>, u64, bool, bool);
+/// response went out whole, and when it ended if the client connection can go on.
+type Outcome = (u16, Option<&'static str>, u64, bool, Option<Instant>);
 
 /// Answers with a response Switchyard makes itself.
 async fn local_error(
@@ -298,10 +294,12 @@ async fn local_error(
 ) -> Outcome {
     let (out, body_len) = head::error_response(e, request_id, req.is_head, close);
     let ok = io.write_all(&out).await.is_ok();
-    (e.status().as_u16(), Some(e.reason()), body_len, ok, ok)
+    let at = ok.then(Instant::now);
+    (e.status().as_u16(), Some(e.reason()), body_len, ok, at)
 }
 
-/// Logs the exchange (when the access log is on); returns whether the connection goes on.
+/// Logs the exchange (when the access log is on); returns when it ended if the connection goes
+/// on.
 fn finish(
     shared: &Shared,
     entry: Option<Entry>,
@@ -310,7 +308,7 @@ fn finish(
     request_id: &[u8],
     started: Instant,
     (status, error, sent, complete, keep): Outcome,
-) -> bool {
+) -> Option<Instant> {
     if let (Some(log), Some(mut e)) = (&shared.access_log, entry) {
         e.status = status;
         e.error = error.or((!complete).then_some("downstream_closed"));
@@ -383,9 +381,10 @@ async fn forward(
         let err = match attempt_on(up, backend, req, request_id, close, on, trace).await {
             Ok(mut x) => {
                 let status = x.resp.status;
-                let latency = started.elapsed();
+                let latency = x.last_read.saturating_duration_since(started);
                 trace.first_byte = Some(latency);
-                backend.state.observe_latency(latency.as_micros() as f64);
+                let at_ms = crate::upstream::backend::ms_at(x.last_read);
+                backend.state.observe_latency(latency.as_secs_f64() * 1e6, at_ms);
                 record(up, i, status < 500, (status / 100) as usize);
                 let after = x
                     .resp
@@ -447,7 +446,7 @@ async fn attempt_on(
     let connect_timeout = up
         .connect_timeout
         .min(remaining.max(Duration::from_millis(1)));
-    let pooled = idle::take(up.connector.pool_key, &backend.address, now);
+    let pooled = idle::take(up.connector.pool_key, backend.state.id, now);
     let reused = pooled.is_some();
     let (mut stream, buf) = match pooled {
         Some(s) => s,
@@ -476,6 +475,7 @@ async fn attempt_on(
             client_head,
             backend: 0,
             inflight: None,
+            last_read: Instant::now(),
         }),
         // A request that could not even be written was never sent (any method may retry).
         Err(Failed::Unsent) => Err(ProxyError::ConnectFailed),
@@ -612,6 +612,7 @@ async fn respond(
             return Some((sent, false));
         }
         sent += n as u64;
+        x.last_read = Instant::now();
     }
     Some((sent, true))
 }

@@ -49,8 +49,9 @@ mod tests {
     #[test]
     fn prefers_the_faster_backend() {
         let b = backends(&[1, 1]);
-        b[0].state.observe_latency(50_000.0);
-        b[1].state.observe_latency(1_000.0);
+        let now = crate::upstream::backend::now_ms();
+        b[0].state.observe_latency(50_000.0, now);
+        b[1].state.observe_latency(1_000.0, now);
         assert!((0..50).all(|_| P2cEwma.pick(&b, &PickCtx::default(), &mut |_| true) == Some(1)));
     }
 }
