@@ -8,7 +8,8 @@
 #   -d SECONDS   measured load per mode (default 8; under callgrind a proxy serves ~1-3k req/s)
 #   -c CONNS     client connections (default 16: few requests in flight at the end of a run, so
 #                the count is per completed request within ~0.5 %)
-#   -p PROXIES   comma-separated: switchyard,nginx,haproxy (default: those installed)
+#   -p PROXIES   comma-separated: switchyard,nginx,haproxy (default: those installed), and
+#                nginx+hdrs,haproxy+hdrs (adding the headers Switchyard adds, as run.sh -H)
 #   -o DIR       keep callgrind's output files there (for callgrind_annotate), default a temp dir
 #   -B           do not run `cargo build --release` first
 #   -C           also simulate the caches (callgrind --cache-sim=yes, the host's cache sizes):
@@ -27,7 +28,7 @@ while getopts m:d:c:p:o:BCh o; do
   case $o in
     m) MODES=$OPTARG ;; d) D=$OPTARG ;; c) C=$OPTARG ;; p) PROX=$OPTARG ;; o) OUT=$OPTARG ;; B) BUILD=0 ;;
     C) CACHE=yes ;;
-    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 for t in valgrind callgrind_control wrk nginx taskset; do
@@ -36,6 +37,7 @@ done
 [ -n "$PROX" ] || { PROX=switchyard,nginx; command -v haproxy >/dev/null && PROX=$PROX,haproxy; }
 [ "$BUILD" = 1 ] && (cd "$root" && cargo build --release -q)
 W=$(mktemp -d)
+"$here/headers-configs.sh" "$W"
 [ -n "$OUT" ] || OUT=$W
 mkdir -p "$OUT"
 PIDS=()
@@ -70,6 +72,9 @@ for mode in ${MODES//,/ }; do
       switchyard) port=8083; cmd=("$root/target/release/switchyard" run --config "$here/switchyard.toml") ;;
       nginx) port=8082; cmd=(nginx -c "$here/nginx-proxy.conf" -p "$W/" -g 'master_process off;') ;;
       haproxy) port=8081; cmd=(haproxy -f "$here/haproxy.cfg" -db) ;;
+      # With the headers Switchyard adds (bench/headers-configs.sh).
+      nginx+hdrs) port=8082; cmd=(nginx -c "$W/nginx-headers.conf" -p "$W/" -g 'master_process off;') ;;
+      haproxy+hdrs) port=8081; cmd=(haproxy -f "$W/haproxy-headers.cfg" -db) ;;
       *) echo "unknown proxy $p" >&2; continue ;;
     esac
     [ "$mode" = h2 ] && port=$((port + 10)) && [ "$p" = switchyard ] && port=8083

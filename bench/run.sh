@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-r ROUNDS] [-w MINUTES] [-B] [-j]
+# usage: bench/run.sh [-d SECONDS] [-s SCENARIOS] [-r ROUNDS] [-w MINUTES] [-B] [-D] [-H] [-j]
 #   -d SECONDS   measured time of each load run (default 10; each is preceded by a 2 s warm-up)
 #   -s LIST      comma-separated scenarios (default a,b,c,d,e,f,g,l):
 #                  a  HTTP/1.1 keep-alive, 64 connections        (wrk)
@@ -21,6 +21,9 @@
 #   -D           also run NGINX with `listen ... deferred` and HAProxy with `bind ... defer-accept`
 #                (TCP_DEFER_ACCEPT, which Switchyard's listeners use by default; off by default in
 #                both): does the difference in scenario (c) come from that option alone?
+#   -H           also run NGINX and HAProxy adding the headers Switchyard adds by contract
+#                (X-Forwarded-For, -Proto, -Host, X-Request-Id; bench/headers-configs.sh): the
+#                same work per request, where the base configs add none of them
 #   -j           also run Switchyard with jemalloc preloaded (LD_PRELOAD of Debian's libjemalloc2):
 #                an experiment for the allocator recommendation in BENCHMARKS.md, not a default
 #
@@ -32,12 +35,12 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-D=10; SCEN=a,b,c,d,e,f,g,l; BUILD=1; JE=; WAIT=0; ROUNDS=1; DEFER=0
-while getopts d:s:r:w:BDjh o; do
+D=10; SCEN=a,b,c,d,e,f,g,l; BUILD=1; JE=; WAIT=0; ROUNDS=1; DEFER=0; HDRS=0
+while getopts d:s:r:w:BDHjh o; do
   case $o in
-    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;; D) DEFER=1 ;;
+    d) D=$OPTARG ;; s) SCEN=$OPTARG ;; w) WAIT=$OPTARG ;; r) ROUNDS=$OPTARG ;; B) BUILD=0 ;; D) DEFER=1 ;; H) HDRS=1 ;;
     j) JE=$(ldconfig -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $NF; exit}'); [ -n "$JE" ] || echo "no libjemalloc.so.2 (apt-get install libjemalloc2); -j ignored" >&2 ;;
-    *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 W=/tmp/switchyard-bench
@@ -118,6 +121,11 @@ if [ $DEFER = 1 ]; then
     && PROXIES+=("haproxy-deferred 8081 8091 haproxy -f $W/haproxy-deferred.cfg -db")
   sed 's/^\(    listen 127.0.0.1:8082\);/\1 deferred;/' "$here/nginx-proxy.conf" >"$W/nginx-deferred.conf"
   PROXIES+=("nginx-deferred 8082 8092 nginx -c $W/nginx-deferred.conf -p $W/")
+fi
+if [ $HDRS = 1 ]; then
+  "$here/headers-configs.sh" "$W"
+  command -v haproxy >/dev/null && PROXIES+=("haproxy+hdrs 8081 8091 haproxy -f $W/haproxy-headers.cfg -db")
+  PROXIES+=("nginx+hdrs 8082 8092 nginx -c $W/nginx-headers.conf -p $W/")
 fi
 
 HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB usr+sys_us; }

@@ -50,7 +50,10 @@ fn upstream(alg: Algorithm, n: usize) -> Upstream {
     let up = Upstream::compile("bench", &cfg, backends(n));
     // Give p2c_ewma and least_connections something to compare.
     for (i, b) in up.backends.iter().enumerate() {
-        b.state.observe_latency(500.0 + (i % 7) as f64 * 100.0);
+        b.state.observe_latency(
+            500.0 + (i % 7) as f64 * 100.0,
+            switchyard::upstream::backend::now_ms(),
+        );
     }
     up
 }

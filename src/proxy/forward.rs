@@ -218,7 +218,9 @@ pub(super) async fn forward(
                 let latency = at.saturating_duration_since(started);
                 trace.first_byte = Some(latency);
                 let us = latency.as_secs_f64() * 1e6;
-                backend.state.observe_latency(us, crate::upstream::backend::ms_at(at));
+                backend
+                    .state
+                    .observe_latency(us, crate::upstream::backend::ms_at(at));
                 let bad = status.is_server_error();
                 record(up, i, !bad, (status.as_u16() / 100) as usize);
                 let retry_status =

@@ -492,3 +492,49 @@ fn h2_response_body_stalled_past_the_idle_timeout_fails_the_stream() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "gave up after {took:?}");
 }
+
+/// One response with a `Content-Length` body from `c`.
+fn read_response(c: &mut TcpStream) -> String {
+    read_until(c, |b| {
+        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+        let len = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        b.len() >= end + 4 + len
+    })
+}
+
+#[test]
+fn each_request_on_a_kept_alive_connection_gets_its_whole_timeout() {
+    // The relay moves its one timer per connection lazily: a later deadline is only noted,
+    // and the timer, firing at the earlier one, waits on. Each of these answers takes 250 ms of
+    // a 400 ms timeout and starts before the previous request's deadline, so a timer that gave
+    // up when it first fired would answer the second one 504.
+    let be = backends(1);
+    let lb = start(&config(&format!(
+        "backends = [{}]\ntimeouts = {{ request = \"400ms\" }}",
+        be.list()
+    )));
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    for i in 0..3 {
+        c.write_all(b"GET /delay/250 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut c);
+        assert!(r.starts_with("HTTP/1.1 200 "), "request {i}: {r}");
+    }
+    // And a deadline still ends a request that overruns it, on the same connection.
+    let t = std::time::Instant::now();
+    c.write_all(b"GET /delay/3000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut c);
+    assert!(r.starts_with("HTTP/1.1 504 "), "{r}");
+    assert!(r.contains("upstream_timeout"), "{r}");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+}

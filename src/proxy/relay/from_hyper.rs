@@ -76,7 +76,8 @@ pub async fn forward(
     // this one (armed only if the backend makes it wait).
     let timer = tokio::time::sleep_until((started + up.request_timeout).into());
     tokio::pin!(timer);
-    let on = (started, timer.as_mut());
+    let mut timer = super::Deadline::new(timer);
+    let on = (started, &mut timer);
     let x = super::forward(up, &req, request_id.as_bytes(), false, on, trace).await?;
     response(up, x)
 }

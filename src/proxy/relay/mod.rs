@@ -13,11 +13,12 @@
 //! and per-try timeouts), breakers, passive health, counters and the access log are the same
 //! code as the hyper path's.
 
+mod deadline;
 mod framing;
 pub mod from_hyper;
 mod head;
-mod scan;
 pub mod idle;
+mod scan;
 
 use super::forward::{backoff, pick_or_queue, record, retryable, Inflight};
 use super::{ConnInfo, Trace};
@@ -29,6 +30,7 @@ use crate::upstream::backend::Backend;
 use crate::upstream::balancer::PickCtx;
 use crate::upstream::Upstream;
 use bytes::{Buf, BytesMut};
+use deadline::Deadline;
 use framing::Progress;
 use head::{Parsed, ParsedResponse};
 use std::io;
@@ -38,7 +40,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Sleep;
 
 /// Largest request body the relay takes (read whole, so it can be replayed on a retry); larger
 /// bodies stream through hyper.
@@ -73,12 +74,13 @@ pub async fn serve(
     // request and closes never needs the syscall.
     let mut nodelay = false;
     // One timer serves every deadline of the connection (the next head, the body, the
-    // backend's response head, a slow response body), moved before each wait: moving a
-    // registered timer later is one atomic store, where a timeout per wait inserted an entry in
-    // the timer wheel and removed it again, twice per request (callgrind: ~10 % of a keep-alive
-    // request's instructions with the shutdown wait below).
+    // backend's response head, a slow response body), where a timeout per wait inserted an
+    // entry in the timer wheel and removed it again, twice per request (callgrind: ~10 % of a
+    // keep-alive request's instructions with the shutdown wait below); and it is moved lazily
+    // (`deadline`).
     let timer = tokio::time::sleep(header_timeout);
     tokio::pin!(timer);
+    let mut timer = Deadline::new(timer);
     // Shutdown is waited for once per connection, not once per wait (each wait joined and left
     // the watch's waiter list under its lock).
     let mut stop_rx = stop.clone();
@@ -89,7 +91,7 @@ pub async fn serve(
     let mut ended: Option<Instant> = None;
     loop {
         let idle_from = ended.take().unwrap_or_else(Instant::now);
-        timer.as_mut().reset((idle_from + header_timeout).into());
+        timer.set((idle_from + header_timeout).into());
         let mut req = loop {
             if !buf.is_empty() {
                 // The configuration as of this request's arrival, not the connection's last one.
@@ -100,27 +102,25 @@ pub async fn serve(
                     _ => return End::Handoff,
                 }
             }
-            if !read_more(io, buf, stopped.as_mut(), timer.as_mut()).await {
+            if !read_more(io, buf, stopped.as_mut(), &mut timer).await {
                 return End::Close;
             }
         };
         let (head_len, body_len) = (req.head_len, req.body_len as usize);
         // The body has its own time from the end of the head (the head's ran from idle).
         if buf.len() < head_len + body_len {
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + header_timeout);
+            timer.set(tokio::time::Instant::now() + header_timeout);
         }
         while buf.len() < head_len + body_len {
             buf.reserve(head_len + body_len - buf.len());
-            if !read_more(io, buf, stopped.as_mut(), timer.as_mut()).await {
+            if !read_more(io, buf, stopped.as_mut(), &mut timer).await {
                 return End::Close;
             }
         }
         req.close |= *stop.borrow();
         let close = req.close;
         let (head, body) = buf[..head_len + body_len].split_at(head_len);
-        let on = (&mut nodelay, timer.as_mut());
+        let on = (&mut nodelay, &mut timer);
         let kept = boxed_in_place(|| exchange(io, head, body, req, shared, conn, on)).await;
         let Some(at) = kept.filter(|_| !close) else {
             return End::Close;
@@ -159,7 +159,7 @@ async fn read_more<S: std::future::Future>(
     io: &mut ClientStream,
     buf: &mut BytesMut,
     mut stopped: Pin<&mut S>,
-    mut timer: Pin<&mut Sleep>,
+    timer: &mut Deadline<'_>,
 ) -> bool {
     loop {
         // A socket not yet in the event loop is read at once: its bytes are usually there, and
@@ -170,7 +170,7 @@ async fn read_more<S: std::future::Future>(
                 r = io.readable() => if r.is_err() {
                     return false;
                 },
-                _ = timer.as_mut() => return false,
+                _ = timer.passed() => return false,
                 _ = stopped.as_mut() => return false,
             }
         }
@@ -238,7 +238,7 @@ async fn exchange(
     mut req: head::Request,
     shared: &Shared,
     conn: &ConnInfo,
-    (nodelay, mut timer): (&mut bool, Pin<&mut Sleep>),
+    (nodelay, timer): (&mut bool, &mut Deadline<'_>),
 ) -> Option<Instant> {
     // The client's `Connection: close`, or shutdown (set by `serve`).
     let close = req.close;
@@ -252,7 +252,7 @@ async fn exchange(
     req.upstream_head.extend_from_slice(body);
     let request_id = req.request_id.bytes(head);
     let up = req.upstream.clone();
-    let on = (started, timer.as_mut());
+    let on = (started, &mut *timer);
     let result = forward(&up, &req, request_id, close, on, &mut trace).await;
     let outcome = match result {
         Err(e) => local_error(io, e, &req, request_id, close).await,
@@ -274,7 +274,13 @@ async fn exchange(
             // A body delimited by the backend's close ends the client connection too.
             let until_close = x.resp.framing == head::Framing::UntilClose;
             let keep = complete && !until_close;
-            (x.resp.status, None, sent, complete, keep.then_some(x.last_read))
+            (
+                x.resp.status,
+                None,
+                sent,
+                complete,
+                keep.then_some(x.last_read),
+            )
         }
     };
     finish(shared, entry, &trace, &up, request_id, started, outcome)
@@ -336,7 +342,7 @@ async fn forward(
     req: &head::Request,
     request_id: &[u8],
     close: bool,
-    (now, mut timer): (Instant, Pin<&mut Sleep>),
+    (now, timer): (Instant, &mut Deadline<'_>),
     trace: &mut Trace,
 ) -> Result<Exchange, ProxyError> {
     let policy = &up.retry;
@@ -377,14 +383,16 @@ async fn forward(
         let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
         let started = if attempt == 0 { now } else { Instant::now() };
         let try_deadline = deadline.min(started + per_try);
-        let on = (started, try_deadline, timer.as_mut());
+        let on = (started, try_deadline, &mut *timer);
         let err = match attempt_on(up, backend, req, request_id, close, on, trace).await {
             Ok(mut x) => {
                 let status = x.resp.status;
                 let latency = x.last_read.saturating_duration_since(started);
                 trace.first_byte = Some(latency);
                 let at_ms = crate::upstream::backend::ms_at(x.last_read);
-                backend.state.observe_latency(latency.as_secs_f64() * 1e6, at_ms);
+                backend
+                    .state
+                    .observe_latency(latency.as_secs_f64() * 1e6, at_ms);
                 record(up, i, status < 500, (status / 100) as usize);
                 let after = x
                     .resp
@@ -439,7 +447,7 @@ async fn attempt_on(
     req: &head::Request,
     request_id: &[u8],
     close: bool,
-    (now, deadline, mut timer): (Instant, Instant, Pin<&mut Sleep>),
+    (now, deadline, timer): (Instant, Instant, &mut Deadline<'_>),
     trace: &mut Trace,
 ) -> Result<Exchange, ProxyError> {
     let remaining = deadline.saturating_duration_since(now);
@@ -452,7 +460,7 @@ async fn attempt_on(
         Some(s) => s,
         None => (dial(backend, connect_timeout, trace).await?, idle::buffer()),
     };
-    let on = (deadline, timer.as_mut());
+    let on = (deadline, &mut *timer);
     let mut result = exchange_head(&mut stream, buf, req, request_id, close, on).await;
     // A pooled connection the backend closed meanwhile is replaced once, transparently: always
     // when the request did not go out, and for idempotent requests when it went out but
@@ -464,7 +472,7 @@ async fn attempt_on(
     };
     if reused && stale {
         stream = dial(backend, connect_timeout, trace).await?;
-        let on = (deadline, timer.as_mut());
+        let on = (deadline, &mut *timer);
         result = exchange_head(&mut stream, idle::buffer(), req, request_id, close, on).await;
     }
     match result {
@@ -507,7 +515,7 @@ async fn exchange_head(
     req: &head::Request,
     request_id: &[u8],
     close: bool,
-    (deadline, mut timer): (Instant, Pin<&mut Sleep>),
+    (deadline, timer): (Instant, &mut Deadline<'_>),
 ) -> Result<(BytesMut, head::Response, Vec<u8>), Failed> {
     let work = async {
         // Only a request of which no byte went out counts as unsent: once part of it did, the
@@ -548,11 +556,11 @@ async fn exchange_head(
             }
         }
     };
-    timer.as_mut().reset(deadline.into());
+    timer.set(deadline.into());
     tokio::select! {
         biased;
         r = work => r,
-        _ = timer => Err(Failed::Error(ProxyError::UpstreamTimeout)),
+        _ = timer.passed() => Err(Failed::Error(ProxyError::UpstreamTimeout)),
     }
 }
 
@@ -564,7 +572,7 @@ async fn respond(
     x: &mut Exchange,
     idle: Duration,
     nodelay: &mut bool,
-    mut timer: Pin<&mut Sleep>,
+    timer: &mut Deadline<'_>,
 ) -> Option<(u64, bool)> {
     let mut out = std::mem::take(&mut x.client_head);
     x.buf.advance(x.resp.head_len);
@@ -591,11 +599,11 @@ async fn respond(
     while !progress.done() {
         x.buf.clear();
         x.buf.reserve(idle::BUFFER);
-        timer.as_mut().reset(tokio::time::Instant::now() + idle);
+        timer.set(tokio::time::Instant::now() + idle);
         let read = tokio::select! {
             biased;
             r = x.stream.read_buf(&mut x.buf) => r,
-            _ = timer.as_mut() => return Some((sent, false)),
+            _ = timer.passed() => return Some((sent, false)),
         };
         let got = match read {
             Ok(0) if matches!(progress, Progress::UntilClose) => return Some((sent, true)),
@@ -662,7 +670,8 @@ mod tests {
         tokio::pin!(stopped);
         let timer = tokio::time::sleep(Duration::from_secs(30));
         tokio::pin!(timer);
-        let waiting = read_more(&mut io, &mut buf, stopped.as_mut(), timer.as_mut());
+        let mut timer = Deadline::new(timer);
+        let waiting = read_more(&mut io, &mut buf, stopped.as_mut(), &mut timer);
         let waited = tokio::time::timeout(Duration::from_millis(100), waiting).await;
         assert!(waited.is_err(), "no bytes were sent, so the read waits");
         assert!(io.is_evented(), "the read would block, so it registered");

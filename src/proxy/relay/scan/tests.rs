@@ -5,9 +5,35 @@ use super::*;
 
 /// Pieces heads are made of: well-formed parts, and the bytes that make heads malformed.
 const PIECES: &[&[u8]] = &[
-    b"Host", b"content-length", b"X-Id", b"a", b"Z9", b"!#$%&'*+-.^_`|~", b":", b": ", b" ",
-    b"\t", b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"v", b"value with spaces", b"0", b"\x7f",
-    b"\x00", b"\x0b", b"\x80\xff", b"\xc3\xa9", b"(", b"\"", b"/", b"?", b"=", b"@",
+    b"Host",
+    b"content-length",
+    b"X-Id",
+    b"a",
+    b"Z9",
+    b"!#$%&'*+-.^_`|~",
+    b":",
+    b": ",
+    b" ",
+    b"\t",
+    b"\r\n",
+    b"\r\n",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"v",
+    b"value with spaces",
+    b"0",
+    b"\x7f",
+    b"\x00",
+    b"\x0b",
+    b"\x80\xff",
+    b"\xc3\xa9",
+    b"(",
+    b"\"",
+    b"/",
+    b"?",
+    b"=",
+    b"@",
 ];
 
 fn line(rng: &mut fastrand::Rng, out: &mut Vec<u8>) {
@@ -16,7 +42,9 @@ fn line(rng: &mut fastrand::Rng, out: &mut Vec<u8>) {
         out.extend_from_slice(PIECES[rng.usize(..6)]);
         out.extend_from_slice(if rng.bool() { b": " } else { b":" });
         for _ in 0..rng.usize(0..4) {
-            out.extend_from_slice([b"v".as_slice(), b"x y", b"\t", b" ", b"12345678abc"][rng.usize(..5)]);
+            out.extend_from_slice(
+                [b"v".as_slice(), b"x y", b"\t", b" ", b"12345678abc"][rng.usize(..5)],
+            );
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -44,7 +72,12 @@ fn head(rng: &mut fastrand::Rng, start: &[&[u8]]) -> Vec<u8> {
 }
 
 fn same_fields(buf: &[u8], ours: &[Field], theirs: &[httparse::Header]) {
-    assert_eq!(ours.len(), theirs.len(), "{:?}", String::from_utf8_lossy(buf));
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{:?}",
+        String::from_utf8_lossy(buf)
+    );
     for (f, h) in ours.iter().zip(theirs) {
         assert_eq!(f.name(buf), h.name.as_bytes());
         assert_eq!(f.value(buf), h.value, "{:?}", String::from_utf8_lossy(buf));
@@ -75,7 +108,12 @@ fn the_scan_agrees_with_httparse() {
         match ours {
             Ok(((m, t, te, _), Scan::Complete(n, count))) => {
                 complete += 1;
-                assert_eq!(r, Ok(httparse::Status::Complete(n)), "{:?}", String::from_utf8_lossy(&buf));
+                assert_eq!(
+                    r,
+                    Ok(httparse::Status::Complete(n)),
+                    "{:?}",
+                    String::from_utf8_lossy(&buf)
+                );
                 assert_eq!(req.method.unwrap().as_bytes(), &buf[..m]);
                 assert_eq!(req.path.unwrap().as_bytes(), &buf[t..te]);
                 assert_eq!(req.version, Some(1));
@@ -83,12 +121,20 @@ fn the_scan_agrees_with_httparse() {
             }
             Ok((_, Scan::Partial)) | Err(Scan::Partial) => {
                 partial += 1;
-                assert_eq!(r, Ok(httparse::Status::Partial), "{:?}", String::from_utf8_lossy(&buf));
+                assert_eq!(
+                    r,
+                    Ok(httparse::Status::Partial),
+                    "{:?}",
+                    String::from_utf8_lossy(&buf)
+                );
             }
             _ => {}
         }
     }
-    assert!(complete > 2_000 && partial > 2_000, "{complete} complete, {partial} partial");
+    assert!(
+        complete > 2_000 && partial > 2_000,
+        "{complete} complete, {partial} partial"
+    );
 }
 
 #[test]
@@ -117,20 +163,36 @@ fn the_response_scan_agrees_with_httparse() {
         match ours {
             Ok(((status, line_end), Scan::Complete(n, count))) => {
                 complete += 1;
-                assert_eq!(r, Ok(httparse::Status::Complete(n)), "{:?}", String::from_utf8_lossy(&buf));
+                assert_eq!(
+                    r,
+                    Ok(httparse::Status::Complete(n)),
+                    "{:?}",
+                    String::from_utf8_lossy(&buf)
+                );
                 assert_eq!(resp.code, Some(status));
                 assert_eq!(resp.version, Some(1));
-                assert_eq!(&buf[..line_end], format!("HTTP/1.1 {status} {}\r\n", resp.reason.unwrap()).as_bytes());
+                assert_eq!(
+                    &buf[..line_end],
+                    format!("HTTP/1.1 {status} {}\r\n", resp.reason.unwrap()).as_bytes()
+                );
                 same_fields(&buf, written(&slots, count), resp.headers);
             }
             Ok((_, Scan::Partial)) | Err(Scan::Partial) => {
                 partial += 1;
-                assert_eq!(r, Ok(httparse::Status::Partial), "{:?}", String::from_utf8_lossy(&buf));
+                assert_eq!(
+                    r,
+                    Ok(httparse::Status::Partial),
+                    "{:?}",
+                    String::from_utf8_lossy(&buf)
+                );
             }
             _ => {}
         }
     }
-    assert!(complete > 2_000 && partial > 2_000, "{complete} complete, {partial} partial");
+    assert!(
+        complete > 2_000 && partial > 2_000,
+        "{complete} complete, {partial} partial"
+    );
 }
 
 #[test]
@@ -159,7 +221,11 @@ fn a_value_is_checked_whole_eight_bytes_at_a_time() {
             let v: Vec<u8> = (0..20).map(|i| if i == at { bad } else { b'a' }).collect();
             buf.extend_from_slice(&v);
             buf.extend_from_slice(b"\r\n\r\n");
-            assert_eq!(fields(&buf, 16, &mut slots()), Scan::Unusual, "{bad:#x} at {at}");
+            assert_eq!(
+                fields(&buf, 16, &mut slots()),
+                Scan::Unusual,
+                "{bad:#x} at {at}"
+            );
         }
     }
     let buf = b"X: a\tb\xff\x80c d\r\n\r\n";
