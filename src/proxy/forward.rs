@@ -105,21 +105,22 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// Records the outcome of one attempt for the breaker, passive health and counters.
-pub(super) fn record(up: &Upstream, i: usize, ok: bool, status_class: usize) {
+/// Records the outcome of one attempt for the breaker, passive health and counters, at
+/// `now_ms` ([`now_ms`], or [`crate::upstream::backend::ms_at`] of a time already read).
+pub(super) fn record(up: &Upstream, i: usize, ok: bool, status_class: usize, now_ms: u64) {
     let s = &up.backends[i].state;
     s.responses[status_class].fetch_add(1, Relaxed);
     if !ok {
         s.failures_total.fetch_add(1, Relaxed);
     }
     if let Some(p) = &up.breaker {
-        if let Some(change) = s.breaker.record(p, ok, now_ms()) {
+        if let Some(change) = s.breaker.record(p, ok, now_ms) {
             crate::events::breaker_changed(s, change);
         }
     }
     if let Some(p) = &up.passive {
         if p.record(s, ok, &up.backends) {
-            crate::events::ejected(s, s.ejected_until_ms().saturating_sub(now_ms()));
+            crate::events::ejected(s, s.ejected_until_ms().saturating_sub(now_ms));
         }
     }
 }
@@ -218,11 +219,11 @@ pub(super) async fn forward(
                 let latency = at.saturating_duration_since(started);
                 trace.first_byte = Some(latency);
                 let us = latency.as_secs_f64() * 1e6;
-                backend
-                    .state
-                    .observe_latency(us, crate::upstream::backend::ms_at(at));
+                let at_ms = crate::upstream::backend::ms_at(at);
+                backend.state.observe_latency(us, at_ms);
                 let bad = status.is_server_error();
-                record(up, i, !bad, (status.as_u16() / 100) as usize);
+                let class = (status.as_u16() / 100) as usize;
+                record(up, i, !bad, class, at_ms);
                 let retry_status =
                     policy.on_status.contains(&status.as_u16()) && idempotent && replayable;
                 // Retry-After (seconds) on 503/429 is honoured: the next try waits at least that
@@ -258,7 +259,7 @@ pub(super) async fn forward(
             _ => {}
         }
         if err.is_backend_failure() {
-            record(up, i, false, 0);
+            record(up, i, false, 0, now_ms());
         }
         last_err = err;
         if !retryable(policy, err, idempotent) || Instant::now() >= deadline {

@@ -393,7 +393,7 @@ async fn forward(
                 backend
                     .state
                     .observe_latency(latency.as_secs_f64() * 1e6, at_ms);
-                record(up, i, status < 500, (status / 100) as usize);
+                record(up, i, status < 500, (status / 100) as usize, at_ms);
                 let after = x
                     .resp
                     .retry_after
@@ -419,7 +419,7 @@ async fn forward(
         };
         drop(inflight);
         if err.is_backend_failure() {
-            record(up, i, false, 0);
+            record(up, i, false, 0, crate::upstream::backend::now_ms());
         }
         last_err = err;
         if !retryable(policy, err, resend) || Instant::now() >= deadline {
