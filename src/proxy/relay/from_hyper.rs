@@ -16,6 +16,7 @@
 
 use super::framing::Progress;
 use super::head::{self, Framing};
+use super::scan::{self, Scan};
 use super::{idle, Exchange};
 use crate::error::ProxyError;
 use crate::proxy::body::{BackendBody, BoxError, OnDone, ReqBody, RespBody};
@@ -127,32 +128,32 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
 /// `http::Response` whose body streams from the backend connection.
 fn response(up: &Arc<Upstream>, mut x: Exchange) -> Result<Response<RespBody>, ProxyError> {
     let head = Bytes::from(std::mem::take(&mut x.client_head));
-    // The backend's fields plus the three the relay may add (x-request-id, date, connection).
-    let mut slots = [httparse::EMPTY_HEADER; head::MAX_HEADERS + 3];
-    let mut parsed = httparse::Response::new(&mut slots);
-    // The relay wrote this head from one it parsed, so this should not fail; a 502 if it does.
-    let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) else {
-        return Err(ProxyError::UpstreamReset);
-    };
     let status = StatusCode::from_u16(x.resp.status).map_err(|_| ProxyError::UpstreamReset)?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        // Connection-specific fields do not exist in HTTP/2 (RFC 9113 §8.2.2); the relay keeps
-        // Transfer-Encoding (its client is HTTP/1), but the body is decoded here.
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"connection")
-        {
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(name) else {
+    // The relay wrote this head, almost always in the scan's shape; httparse reads any other
+    // (its line count may exceed the scan's limit by the three fields the relay adds).
+    let mut slots = scan::slots();
+    let scanned = scan::status_line(&head).map(|(_, end)| scan::fields(&head, end, &mut slots));
+    let headers = if let Ok(Scan::Complete(_, n)) = scanned {
+        let fields = scan::written(&slots, n);
+        header_map(
+            &head,
+            fields.iter().map(|f| (f.name(&head), f.value(&head))),
+            n,
+        )?
+    } else {
+        let mut lines = [httparse::EMPTY_HEADER; head::MAX_HEADERS + 3];
+        let mut parsed = httparse::Response::new(&mut lines);
+        // This should not fail (the relay wrote the head from one it parsed); a 502 if it does.
+        let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) else {
             return Err(ProxyError::UpstreamReset);
         };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(h.value)) else {
-            return Err(ProxyError::UpstreamReset);
-        };
-        headers.append(name, value);
-    }
+        let n = parsed.headers.len();
+        header_map(
+            &head,
+            parsed.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+            n,
+        )?
+    };
     x.buf.advance(x.resp.head_len);
     let mut body = Relayed {
         conn: Some((x.stream, std::mem::take(&mut x.buf))),
@@ -181,6 +182,29 @@ fn response(up: &Arc<Upstream>, mut x: Exchange) -> Result<Response<RespBody>, P
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The header fields of a response head the relay wrote (slices of `head`) for hyper.
+fn header_map<'a>(
+    head: &Bytes,
+    lines: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    n: usize,
+) -> Result<HeaderMap, ProxyError> {
+    let mut headers = HeaderMap::with_capacity(n);
+    for (name, value) in lines {
+        // Connection-specific fields do not exist in HTTP/2 (RFC 9113 §8.2.2); the relay keeps
+        // Transfer-Encoding (its client is HTTP/1), but the body is decoded here.
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"connection")
+        {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| ProxyError::UpstreamReset)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(value))
+            .map_err(|_| ProxyError::UpstreamReset)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// A response body read from a relay backend connection, its HTTP/1 framing removed.
