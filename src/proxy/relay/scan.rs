@@ -78,15 +78,7 @@ pub fn request_line(buf: &[u8]) -> Result<(usize, usize, usize, usize), Scan> {
     let target = i;
     // Printable ASCII only (httparse also takes bytes above 0x7f).
     loop {
-        if let Some(chunk) = buf.get(i..i + 8) {
-            let w = word(chunk);
-            let stop = less_than(w, 0x21) | equal(w, 0x7f) | (w & HIGH);
-            if stop == 0 {
-                i += 8;
-                continue;
-            }
-            i += stop.trailing_zeros() as usize / 8;
-        }
+        i = skip_words(buf, i, |w| less_than(w, 0x21) | equal(w, 0x7f) | (w & HIGH));
         match buf.get(i) {
             None => return Err(Scan::Partial),
             Some(0x21..=0x7e) => i += 1,
@@ -204,16 +196,7 @@ pub fn fields(buf: &[u8], mut at: usize, slots: &mut Slots) -> Scan {
 /// printable ASCII or above 0x7f (httparse's value bytes).
 fn value_end(buf: &[u8], mut at: usize) -> Result<usize, Scan> {
     loop {
-        if let Some(chunk) = buf.get(at..at + 8) {
-            let w = word(chunk);
-            let stop = less_than(w, 0x20) | equal(w, 0x7f);
-            if stop == 0 {
-                at += 8;
-                continue;
-            }
-            // The lowest flagged byte is exact (only bytes above it can be false alarms).
-            at += stop.trailing_zeros() as usize / 8;
-        }
+        at = skip_words(buf, at, |w| less_than(w, 0x20) | equal(w, 0x7f));
         match buf.get(at) {
             None => return Err(Scan::Partial),
             Some(b'\r') => return Ok(at),
@@ -221,6 +204,20 @@ fn value_end(buf: &[u8], mut at: usize) -> Result<usize, Scan> {
             Some(_) => return Err(Scan::Unusual),
         }
     }
+}
+
+/// Skips eight bytes at a time from `buf[at..]` while `stop` flags none of them: the offset of
+/// the first flagged byte, or of the last fewer than eight, for the caller to check one by one.
+fn skip_words(buf: &[u8], mut at: usize, stop: impl Fn(u64) -> u64) -> usize {
+    while let Some(chunk) = buf.get(at..at + 8) {
+        let flagged = stop(word(chunk));
+        if flagged != 0 {
+            // The lowest flagged byte is exact (only bytes above it can be false alarms).
+            return at + flagged.trailing_zeros() as usize / 8;
+        }
+        at += 8;
+    }
+    at
 }
 
 /// The lines httparse found, as fields not to be copied as they came.
