@@ -9,7 +9,8 @@
 #   -c CONNS     client connections (default 16: few requests in flight at the end of a run, so
 #                the count is per completed request within ~0.5 %)
 #   -p PROXIES   comma-separated: switchyard,nginx,haproxy (default: those installed), and
-#                nginx+hdrs,haproxy+hdrs (adding the headers Switchyard adds, as run.sh -H)
+#                nginx+hdrs,haproxy+hdrs (adding the headers Switchyard adds, as run.sh -H),
+#                switchyard-w2 (workers = 2, bench/switchyard-w2.toml)
 #   -o DIR       keep callgrind's output files there (for callgrind_annotate), default a temp dir
 #   -B           do not run `cargo build --release` first
 #   -C           also simulate the caches (callgrind --cache-sim=yes, the host's cache sizes):
@@ -70,6 +71,8 @@ for mode in ${MODES//,/ }; do
   for p in ${PROX//,/ }; do
     case $p in
       switchyard) port=8083; cmd=("$root/target/release/switchyard" run --config "$here/switchyard.toml") ;;
+      # Two workers (bench/switchyard-w2.toml), each with its own listener socket (SO_REUSEPORT).
+      switchyard-w2) port=8084; cmd=("$root/target/release/switchyard" run --config "$here/switchyard-w2.toml") ;;
       nginx) port=8082; cmd=(nginx -c "$here/nginx-proxy.conf" -p "$W/" -g 'master_process off;') ;;
       haproxy) port=8081; cmd=(haproxy -f "$here/haproxy.cfg" -db) ;;
       # With the headers Switchyard adds (bench/headers-configs.sh).
@@ -77,7 +80,7 @@ for mode in ${MODES//,/ }; do
       haproxy+hdrs) port=8081; cmd=(haproxy -f "$W/haproxy-headers.cfg" -db) ;;
       *) echo "unknown proxy $p" >&2; continue ;;
     esac
-    [ "$mode" = h2 ] && port=$((port + 10)) && [ "$p" = switchyard ] && port=8083
+    [ "$mode" = h2 ] && case $p in switchyard*) ;; *) port=$((port + 10)) ;; esac
     f="$OUT/callgrind.$mode.$p"
     taskset -c 1 valgrind --tool=callgrind --cache-sim=$CACHE --callgrind-out-file="$f.%p" "${cmd[@]}" >"$W/$p.log" 2>&1 &
     vp=$!; PIDS+=($vp)

@@ -6,7 +6,8 @@
 #                  b  HTTP/1.1 keep-alive, 1000 connections      (wrk)
 #                  c  a new connection per request, 64 conns     (wrk, "Connection: close")
 #                  d  HTTP/2 prior-knowledge h2c, 64 conns x 10 streams (h2load)
-#                  e  Switchyard workers = 1 vs workers = 2, both pinned to CPU 1 (wrk, 64 conns)
+#                  e  workers = 1 vs workers = 2, both pinned to CPU 1 (wrk, 64 conns): Switchyard,
+#                     and NGINX with worker_processes 1 and 2 as the reference
 #                  f  memory: RSS idle, and holding 10,000 idle keep-alive client connections
 #                  g  apply a change to an upstream of 10,000 backends: library timing
 #                     (cargo bench --bench apply) and live, through the admin API, under wrk load
@@ -30,8 +31,9 @@
 # Side-by-side on loopback, as ../shared/peerbench/run.sh: the three nginx origins and the load
 # generator pinned to CPU 0, each proxy under test alone on CPU 1 with one worker. Prints one
 # table per scenario: req/s, p50, p99, errors, the proxy's own CPU time per request (utime+stime
-# of its whole process tree, from /proc) and its peak RSS. Needs wrk, nginx (origins), python3;
-# uses haproxy and h2load when installed.
+# of its whole process tree, from /proc), its peak RSS, and how busy CPU 0 (the load side) was
+# and what it spent per request. Needs wrk, nginx (origins), python3; uses haproxy and h2load
+# when installed.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -72,6 +74,13 @@ cpu_ticks() { # "utime stime" in clock ticks, summed over pids
 # cpu_per_req "U0 S0" "U1 S1" REQUESTS: prints "total usr+sys" in microseconds per request
 cpu_per_req() { awk -v a="$1" -v b="$2" -v hz="$HZ" -v n="${3:-0}" 'BEGIN{ split(a, x, " "); split(b, y, " ");
   if (n <= 0) { print "- -"; exit } u=(y[1]-x[1])/hz*1e6/n; s=(y[2]-x[2])/hz*1e6/n; printf "%.2f %.1f+%.1f", u+s, u, s }'; }
+# CPU 0 runs the load generator and the origins: its busy ticks (user, nice, system, irq,
+# softirq) over a load run say what the load side spent per request, and how close to saturated
+# it was. Throughput in the closed loop cannot pass 1 / (CPU 0 time per request).
+cpu0_ticks() { awk '/^cpu0 /{print $2+$3+$4+$7+$8}' /proc/stat; }
+# cpu0_cols TICKS0 TICKS1 REQUESTS SECONDS: prints "busy% us/request"
+cpu0_cols() { awk -v a="$1" -v b="$2" -v n="${3:-0}" -v d="$4" -v hz="$HZ" 'BEGIN{
+  if (n <= 0) { print "- -"; exit } t = b - a; p = t/hz/d*100; printf "%.0f %.2f", (p > 100 ? 100 : p), t/hz*1e6/n }'; }
 mem_kib() { # sum of a /proc/PID/status field (VmRSS, VmHWM) over pids
   local f=$1 s=0 p r; shift
   for p in "$@"; do r=$(awk -v f="$f:" '$1==f{print $2}' "/proc/$p/status" 2>/dev/null); s=$((s + ${r:-0})); done; echo $s; }
@@ -128,13 +137,13 @@ if [ $HDRS = 1 ]; then
   PROXIES+=("nginx+hdrs 8082 8092 nginx -c $W/nginx-headers.conf -p $W/")
 fi
 
-HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB usr+sys_us; }
-ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s\n" "$@"; printf "%s\n" "$*" >>"$W/rows"; }
+HDR() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s %6s %12s\n" proxy req/s p50_ms p99_ms errors cpu_us/req rss_MiB usr+sys_us cpu0_% cpu0_us/req; }
+ROW() { printf "%-16s %10s %9s %9s %8s %11s %8s %12s %6s %12s\n" "$@"; printf "%s\n" "$*" >>"$W/rows"; }
 # MEDIANS: after a scenario run with -r > 1, the median of each column per proxy
 MEDIANS() {
   [ "$ROUNDS" -gt 1 ] && [ -s "$W/rows" ] || { rm -f "$W/rows"; return 0; }
   echo "-- median of $ROUNDS rounds"; HDR
-  python3 - "$W/rows" <<'PY'
+  python3 - "$W/rows" "$W/pairs" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -151,33 +160,48 @@ def med(vals, plus=False):
         return "-"
 for name, rs in rows.items():
     cols = list(zip(*rs))
-    out = [med(c, plus=(i == 6)) for i, c in enumerate(cols)]
-    print(f"{name:<16} {out[0]:>10} {out[1]:>9} {out[2]:>9} {out[3]:>8} {out[4]:>11} {out[5]:>8} {out[6]:>12}")
+    out = [med(c, plus=(i == 6)) for i, c in enumerate(cols)] + ["-"] * (9 - len(cols))
+    print(f"{name:<16} {out[0]:>10} {out[1]:>9} {out[2]:>9} {out[3]:>8} {out[4]:>11} {out[5]:>8} {out[6]:>12} {out[7]:>6} {out[8]:>12}")
 # Rounds are interleaved, so round k of every proxy ran under the same drift of the host: the
 # ratio within a round is steadier than the ratio of medians.
 names = list(rows)
+# Which rows to compare: the first with every other, or the pairs a scenario names in $W/pairs.
+pairs = [(names[0], o) for o in names[1:]]
+try:
+    pairs = [tuple(l.split()) for l in open(sys.argv[2]) if len(l.split()) == 2]
+except (IndexError, OSError):
+    pass
 def col(r, i):
     try:
         return float(r[i])
     except (ValueError, IndexError):
         return None
-for other in names[1:]:
+for first, other in pairs:
+    if first not in rows or other not in rows:
+        continue
     for label, i in (("CPU/request", 4), ("req/s", 0), ("p99", 2)):
-        pairs = [(col(a, i), col(b, i)) for a, b in zip(rows[names[0]], rows[other])]
-        rs = sorted(x / y for x, y in pairs if x is not None and y)
+        xy = [(col(a, i), col(b, i)) for a, b in zip(rows[first], rows[other])]
+        rs = sorted(x / y for x, y in xy if x is not None and y)
         if rs:
-            print(f"   {names[0]} / {other} {label}, per round: median {statistics.median(rs):.2f}"
+            print(f"   {first} / {other} {label}, per round: median {statistics.median(rs):.2f}"
                   f" ({rs[0]:.2f}-{rs[-1]:.2f}), below 1 in {sum(r < 1 for r in rs)} of {len(rs)}")
+# The load side's ceiling: CPU 0 at 100 % busy, at the CPU 0 time per request measured.
+for name, rs in rows.items():
+    c0 = [col(r, 8) for r in rs if len(r) > 8]
+    c0 = [c for c in c0 if c]
+    if c0:
+        print(f"   {name}: CPU 0 {statistics.median(col(r, 7) or 0 for r in rs):.0f} % busy, "
+              f"{statistics.median(c0):.2f} us/request: ceiling {1e6 / statistics.median(c0):.0f} req/s")
 PY
-  rm -f "$W/rows"; }
+  rm -f "$W/rows" "$W/pairs"; }
 
 # wrk_row NAME PORT CONNS [wrk args...]: warm-up, then the measured run; PIDS = tree to account
 wrk_row() {
-  local name=$1 port=$2 c=$3 out t0 t1 rps reqs p50 p99 errs cpu rss; shift 3
+  local name=$1 port=$2 c=$3 out t0 t1 z0 z1 rps reqs p50 p99 errs cpu rss; shift 3
   taskset -c 0 wrk -t1 -c"$c" -d2s "$@" "http://127.0.0.1:$port/" >/dev/null 2>&1
-  t0=$(cpu_ticks $PIDS)
+  t0=$(cpu_ticks $PIDS); z0=$(cpu0_ticks)
   out=$(taskset -c 0 wrk -t1 -c"$c" -d"${D}s" --latency "$@" "http://127.0.0.1:$port/" 2>&1)
-  t1=$(cpu_ticks $PIDS)
+  t1=$(cpu_ticks $PIDS); z1=$(cpu0_ticks)
   echo "$out" >"$W/wrk-$name-$port-$c.txt"
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out"); reqs=$(awk '/requests in/{print $1}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")"); p99=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
@@ -186,18 +210,18 @@ wrk_row() {
     cpu=$(cpu_per_req "$t0" "$t1" "$reqs")
     rss=$(mib "$(mem_kib VmHWM $PIDS)")
   fi
-  ROW "$name" "${rps:--}" "$p50" "$p99" "$errs" ${cpu% *} "$rss" ${cpu#* }
+  ROW "$name" "${rps:--}" "$p50" "$p99" "$errs" ${cpu% *} "$rss" ${cpu#* } $(cpu0_cols "$z0" "$z1" "$reqs" "$D")
 }
 
 # h2_row NAME PORT [h2load args...]: h2load warm-up, then measured run with a per-request log
 # for percentiles (default: -c64 -m10, h2c)
 h2_row() {
-  local name=$1 port=$2 out t0 t1 rps done_ errs lat cpu rss args; shift 2
+  local name=$1 port=$2 out t0 t1 z0 z1 rps done_ errs lat cpu rss args; shift 2
   args=("$@"); [ ${#args[@]} -gt 0 ] || args=(-c64 -m10)
   taskset -c 0 h2load "${args[@]}" -t1 -D 2 "http://127.0.0.1:$port/" >/dev/null 2>&1
-  t0=$(cpu_ticks $PIDS)
+  t0=$(cpu_ticks $PIDS); z0=$(cpu0_ticks)
   out=$(taskset -c 0 h2load "${args[@]}" -t1 -D "$D" --log-file="$W/h2-$name.log" "http://127.0.0.1:$port/" 2>&1)
-  t1=$(cpu_ticks $PIDS)
+  t1=$(cpu_ticks $PIDS); z1=$(cpu0_ticks)
   echo "$out" >"$W/h2load-$name.txt"
   rps=$(awk '/^finished in/{print $4}' <<<"$out" | tr -d ,)
   # requests: T total, S started, D done, OK succeeded, F failed, E errored, TO timeout
@@ -211,7 +235,7 @@ h2_row() {
     cpu=$(cpu_per_req "$t0" "$t1" "$done_")
     rss=$(mib "$(mem_kib VmHWM $PIDS)")
   fi
-  ROW "$name" "${rps:--}" ${lat% *} ${lat#* } "$errs" ${cpu% *} "$rss" ${cpu#* }
+  ROW "$name" "${rps:--}" ${lat% *} ${lat#* } "$errs" ${cpu% *} "$rss" ${cpu#* } $(cpu0_cols "$z0" "$z1" "$done_" "$D")
 }
 
 # with_proxy "SPEC" FN ARGS...: starts the proxy of SPEC pinned to CPU 1, runs FN, stops it
@@ -270,14 +294,21 @@ if has l; then
 fi
 
 if has e; then
-  echo; echo "== (e) Switchyard workers = 1 vs 2, both on CPU 1: wrk -t1 -c64 -d${D}s (keep-alive), then -c64 'Connection: close'"; load; HDR
+  echo; echo "== (e) workers = 1 vs 2 (Switchyard workers, NGINX worker_processes), both on CPU 1: wrk -t1 -c64 -d${D}s (keep-alive), then -c64 'Connection: close'"; load; HDR
   W1="switchyard-w1 8083 8083 $SY run --config $here/switchyard.toml"
   W2="switchyard-w2 8084 8084 $SY run --config $here/switchyard-w2.toml"
+  # NGINX with two worker processes on the same CPU: what a second event loop on one core costs
+  # in NGINX's design, as a reference for Switchyard's.
+  sed 's/^worker_processes 1;/worker_processes 2;/' "$here/nginx-proxy.conf" >"$W/nginx-w2.conf"
+  N1="nginx-w1 8082 8082 nginx -c $here/nginx-proxy.conf -p $W/"
+  N2="nginx-w2 8082 8082 nginx -c $W/nginx-w2.conf -p $W/"
   rm -f "$W/rows"
+  printf '%s\n' "switchyard-w2 switchyard-w1" "w2-close w1-close" "nginx-w2 nginx-w1" "nginx-w2-close nginx-w1-close" >"$W/pairs"
   for r in $(seq "$ROUNDS"); do
-    EXTRA=(); with_proxy "$W1" h1 64; with_proxy "$W2" h1 64
+    EXTRA=(); with_proxy "$W1" h1 64; with_proxy "$W2" h1 64; with_proxy "$N1" h1 64; with_proxy "$N2" h1 64
     EXTRA=(-H "Connection: close")
     with_proxy "${W1/switchyard-w1/w1-close}" h1 64; with_proxy "${W2/switchyard-w2/w2-close}" h1 64
+    with_proxy "${N1/nginx-w1/nginx-w1-close}" h1 64; with_proxy "${N2/nginx-w2/nginx-w2-close}" h1 64
   done
   EXTRA=(); MEDIANS
 fi

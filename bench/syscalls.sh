@@ -6,7 +6,8 @@
 #   running at full speed, so the counts are those of the benchmark.
 #   -m MODES     comma-separated: ka (keep-alive), close (Connection: close); default ka,close
 #   -d SECONDS   counted load per mode (default 5, after a 2 s warm-up)
-#   -p PROXIES   comma-separated: switchyard,nginx,haproxy (default: those installed)
+#   -p PROXIES   comma-separated: switchyard,nginx,haproxy (default: those installed), and
+#                switchyard-w2 (workers = 2, bench/switchyard-w2.toml)
 #   -B           do not run `cargo build --release` first
 #
 # Set-up as run.sh: the nginx origins and wrk (64 connections) on CPU 0, the proxy alone on CPU 1
@@ -44,6 +45,8 @@ for mode in ${MODES//,/ }; do
   for p in ${PROX//,/ }; do
     case $p in
       switchyard) port=8083; cmd=("$root/target/release/switchyard" run --config "$here/switchyard.toml") ;;
+      # Two workers (bench/switchyard-w2.toml), each with its own listener socket (SO_REUSEPORT).
+      switchyard-w2) port=8084; cmd=("$root/target/release/switchyard" run --config "$here/switchyard-w2.toml") ;;
       nginx) port=8082; cmd=(nginx -c "$here/nginx-proxy.conf" -p "$W/") ;;
       haproxy) port=8081; cmd=(haproxy -f "$here/haproxy.cfg" -db) ;;
       *) echo "unknown proxy $p" >&2; continue ;;
@@ -53,13 +56,21 @@ for mode in ${MODES//,/ }; do
     # NGINX serves from its worker process; Switchyard and HAProxy from threads of one process.
     T=$P; c=$(pgrep -P $P | head -1); [ -n "$c" ] && T=$c
     taskset -c 0 wrk -t1 -c64 -d2s "${EX[@]}" "http://127.0.0.1:$port/" >/dev/null 2>&1
-    perf stat "${EV[@]}" -p "$T" -o "$W/perf-$p.txt" -- sleep "$D" 2>/dev/null & SP=$!
+    perf stat --per-thread "${EV[@]}" -p "$T" -o "$W/perf-$p.txt" -- sleep "$D" 2>/dev/null & SP=$!
     out=$(taskset -c 0 wrk -t1 -c64 -d"${D}s" "${EX[@]}" "http://127.0.0.1:$port/" 2>&1)
     wait $SP
     n=$(awk '/requests in/{print $1}' <<<"$out")
     awk -v n="${n:-0}" -v mode="$mode" -v p="$p" '
-      /syscalls:sys_enter_/ { gsub(/,/, "", $1); sub(/syscalls:sys_enter_/, "", $2); if ($1 > 0) { by = by sprintf("%s %.2f, ", $2, $1 / n); t += $1 } }
-      END { if (n <= 0) { print "| " mode " | " p " | - | - | |"; exit } sub(/, $/, "", by); printf "| %s | %s | %d | %.2f | %s |\n", mode, p, n, t / n, by }' "$W/perf-$p.txt"
+      # One line per thread and call: "THREAD-TID COUNT syscalls:sys_enter_CALL" (or "<not
+      # counted>" for a thread that made none); summed over threads, in the order first seen.
+      { for (i = 2; i <= NF; i++) if ($i ~ /^syscalls:sys_enter_/) {
+          c = $(i - 1); gsub(/,/, "", c); if (c !~ /^[0-9]+$/) next
+          name = $i; sub(/syscalls:sys_enter_/, "", name)
+          if (!(name in sum)) order[++k] = name
+          sum[name] += c; t += c } }
+      END { if (n <= 0) { print "| " mode " | " p " | - | - | |"; exit }
+            for (j = 1; j <= k; j++) if (sum[order[j]] > 0) by = by sprintf("%s %.2f, ", order[j], sum[order[j]] / n)
+            sub(/, $/, "", by); printf "| %s | %s | %d | %.2f | %s |\n", mode, p, n, t / n, by }' "$W/perf-$p.txt"
     kill $P; wait $P 2>/dev/null; sleep 0.5
   done
 done

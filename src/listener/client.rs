@@ -64,8 +64,14 @@ impl ClientStream {
 
     /// Waits until the socket is readable (registering it: waiting is what the event loop is
     /// for). Readiness may be stale; the read that follows says.
+    ///
+    /// Through the reader slot that `poll_read` uses, not `TcpStream::readable`: that one links
+    /// a waiter into the socket's list and unlinks it when done, three lock round trips per
+    /// wait where this is one. Only one task ever reads a client connection, so the single slot
+    /// is enough. (Measured: −25 of ~10,880 instructions per keep-alive request.)
     pub async fn readable(&mut self) -> io::Result<()> {
-        self.evented()?.readable().await
+        let s = self.evented()?;
+        std::future::poll_fn(|cx| s.poll_read_ready(cx)).await
     }
 
     /// While the socket is bare, `op` on it directly (again if interrupted): its result, or
