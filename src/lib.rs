@@ -11,6 +11,7 @@
 //! changes configuration only through [`state::Shared::apply`]: validate whole, compile, swap.
 
 pub mod admin;
+pub mod alloc;
 pub mod cluster;
 pub mod config;
 pub mod demo;

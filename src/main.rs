@@ -59,9 +59,9 @@ enum Command {
 /// tokio cells) that glibc takes from its large bins and `memalign`: 6 % fewer user-space
 /// instructions per keep-alive request, 10 % fewer per connection-per-request and 8 % fewer per
 /// h2c request (`bench/instr.sh`, BENCHMARKS.md); in CPU time a few per cent, inside this
-/// host's noise.
+/// host's noise. `switchyard::alloc` says why it is not the `mimalloc` crate's wrapper.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: switchyard::alloc::Mimalloc = switchyard::alloc::Mimalloc;
 
 /// Transparent huge pages off for this process: with the kernel's THP set to `always`, the
 /// first touch of mimalloc's 2 MiB-aligned arenas faults in whole huge pages, which took the
