@@ -26,27 +26,35 @@ fn plain(size: usize, align: usize) -> bool {
     align <= PLAIN_ALIGN && align <= size
 }
 
+/// A new block for `layout`, zeroed or not: plain where that is aligned enough.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+#[inline]
+unsafe fn block(layout: Layout, zero: bool) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    let p = unsafe {
+        match (plain(size, align), zero) {
+            (true, false) => mi::mi_malloc(size),
+            (true, true) => mi::mi_zalloc(size),
+            (false, false) => mi::mi_malloc_aligned(size, align),
+            (false, true) => mi::mi_zalloc_aligned(size, align),
+        }
+    };
+    p.cast()
+}
+
 // SAFETY: every block comes from mimalloc, aligned as the layout asks (see `plain`), and goes
 // back to it through `mi_free`, which takes plain and aligned blocks alike.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = if plain(layout.size(), layout.align()) {
-            unsafe { mi::mi_malloc(layout.size()) }
-        } else {
-            unsafe { mi::mi_malloc_aligned(layout.size(), layout.align()) }
-        };
-        p.cast()
+        unsafe { block(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = if plain(layout.size(), layout.align()) {
-            unsafe { mi::mi_zalloc(layout.size()) }
-        } else {
-            unsafe { mi::mi_zalloc_aligned(layout.size(), layout.align()) }
-        };
-        p.cast()
+        unsafe { block(layout, true) }
     }
 
     #[inline]
