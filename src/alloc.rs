@@ -1,15 +1,16 @@
 //! The process allocator: mimalloc, asked for a plain block whenever a plain block is aligned
 //! enough, and for an aligned one only when it is not.
 //!
-//! The `mimalloc` crate's `GlobalAlloc` passed every request to `mi_malloc_aligned`. For a
+//! The `mimalloc` crate's `GlobalAlloc` passes every request to `mi_malloc_aligned`. For a
 //! block above 1 KiB whose size class is not a power of two — the relay's 2.4 KiB exchange,
 //! one per request — mimalloc's aligned path cannot rely on natural alignment, so it
 //! over-allocates and marks the page as holding aligned blocks, and every free from that page
 //! then takes the slow path as well. Plain `mi_malloc` blocks are aligned to 16 bytes (blocks of
 //! 16 bytes or more come in multiples of two machine words, from 16-byte-aligned pages; a
-//! block of 8 is 8-aligned), and a Rust layout's size is a multiple of its alignment, so a plain
-//! block serves every layout aligned to 16 or less. Only the rare larger alignments (tokio's
-//! 128-byte cache-line-padded cells) still go through `mi_malloc_aligned`.
+//! block of 8 is 8-aligned), so a plain block serves every layout aligned to 16 or less whose
+//! size is at least its alignment (a type's always is: its size is a multiple of it). Only the
+//! rare others — larger alignments such as tokio's 128-byte cache-line-padded cells, and
+//! layouts aligned above their size — still go through `mi_malloc_aligned`.
 
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
