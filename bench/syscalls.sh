@@ -22,19 +22,7 @@ while getopts m:d:p:Bh o; do
     *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
-for t in perf wrk nginx taskset; do
-  command -v $t >/dev/null || { echo "missing: $t" >&2; exit 1; }
-done
-[ -n "$PROX" ] || { PROX=switchyard,nginx; command -v haproxy >/dev/null && PROX=$PROX,haproxy; }
-[ "$BUILD" = 1 ] && (cd "$root" && cargo build --release -q)
-W=$(mktemp -d)
-PIDS=()
-cleanup() { local p; for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$W"; }
-trap cleanup EXIT; trap 'exit 130' INT TERM
-wait_port() { local i; for i in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-
-taskset -c 0 nginx -c "$here/origins.nginx.conf" -p "$W/" >"$W/origins.log" 2>&1 & PIDS+=($!)
-wait_port 9001 && wait_port 9003 || { echo "origins failed"; exit 1; }
+. "$here/counted-setup.sh"
 CALLS="accept accept4 read recvfrom readv recvmsg write sendto writev sendmsg close shutdown epoll_wait epoll_pwait epoll_ctl setsockopt getsockopt"
 EV=(); for c in $CALLS; do EV+=(-e "syscalls:sys_enter_$c"); done
 
@@ -43,16 +31,9 @@ printf '| mode | proxy | requests | syscalls per request | by call |\n|---|---|-
 for mode in ${MODES//,/ }; do
   EX=(); [ "$mode" = close ] && EX=(-H "Connection: close")
   for p in ${PROX//,/ }; do
-    case $p in
-      switchyard) port=8083; cmd=("$root/target/release/switchyard" run --config "$here/switchyard.toml") ;;
-      # Two workers (bench/switchyard-w2.toml), each with its own listener socket (SO_REUSEPORT).
-      switchyard-w2) port=8084; cmd=("$root/target/release/switchyard" run --config "$here/switchyard-w2.toml") ;;
-      nginx) port=8082; cmd=(nginx -c "$here/nginx-proxy.conf" -p "$W/") ;;
-      haproxy) port=8081; cmd=(haproxy -f "$here/haproxy.cfg" -db) ;;
-      *) echo "unknown proxy $p" >&2; continue ;;
-    esac
-    taskset -c 1 "${cmd[@]}" >"$W/$p.log" 2>&1 & P=$!
-    wait_port $port || { echo "$p did not start: $(tail -3 "$W/$p.log")"; kill $P; continue; }
+    # NGINX with two worker processes would be counted in one of them only.
+    [ "$p" = nginx-w2 ] && { echo "nginx-w2: not counted here (one worker process is traced)" >&2; continue; }
+    start_proxy "$p" || continue
     # NGINX serves from its worker process; Switchyard and HAProxy from threads of one process.
     T=$P; c=$(pgrep -P $P | head -1); [ -n "$c" ] && T=$c
     taskset -c 0 wrk -t1 -c64 -d2s "${EX[@]}" "http://127.0.0.1:$port/" >/dev/null 2>&1
