@@ -29,6 +29,6 @@ start_proxy() {
     haproxy) port=8081; cmd=(haproxy -f "$here/haproxy.cfg" -db) ;;
     *) echo "unknown proxy $1" >&2; return 1 ;;
   esac
-  taskset -c 1 "${cmd[@]}" >"$W/$1.log" 2>&1 & P=$!
+  taskset -c 1 "${cmd[@]}" >"$W/$1.log" 2>&1 & P=$!; PIDS+=($P)   # so an interrupted run leaves no proxy on CPU 1
   wait_port $port || { echo "$1 did not start: $(tail -3 "$W/$1.log")"; kill $P; return 1; }
 }
