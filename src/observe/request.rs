@@ -3,7 +3,7 @@
 //! [`OnDone`] guard. Only built when the access log or tracing is on; otherwise the request path
 //! does none of this work.
 
-use super::access_log::{rfc3339, AccessLog, Entry};
+use super::access_log::{self, rfc3339, AccessLog, Entry};
 use super::otlp::{Exporter, Span, TraceCtx};
 use crate::proxy::body::{OnDone, RespBody};
 use crate::proxy::{headers, ConnInfo, Trace, X_SWITCHYARD_ERROR};
@@ -101,8 +101,8 @@ impl Observer {
             .get(X_SWITCHYARD_ERROR)
             .and_then(|v| crate::error::reason_from_header(v.as_bytes()));
         e.attempts = trace.attempts;
-        e.upstream_connect_ms = trace.connect.map(|d| d.as_secs_f64() * 1e3);
-        e.upstream_first_byte_ms = trace.first_byte.map(|d| d.as_secs_f64() * 1e3);
+        e.upstream_connect_ms = trace.connect.map(access_log::ms);
+        e.upstream_first_byte_ms = trace.first_byte.map(access_log::ms);
         if let Some(up) = &trace.upstream {
             e.upstream = Some(up.name.clone());
             e.backend = trace
@@ -150,7 +150,7 @@ impl OnDone for Observer {
             .body
             .as_ref()
             .map_or(self.trace.bytes_in, |s| s.bytes.load(Relaxed));
-        e.duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        e.duration_ms = access_log::ms(self.started.elapsed());
         if !complete && e.error.is_none() {
             e.error = Some("downstream_closed");
         }

@@ -24,7 +24,7 @@ use super::forward::{backoff, pick_or_queue, record, retryable, Inflight};
 use super::{ConnInfo, Trace};
 use crate::error::ProxyError;
 use crate::listener::ClientStream;
-use crate::observe::access_log::Entry;
+use crate::observe::access_log::{self, Entry};
 use crate::state::Shared;
 use crate::upstream::backend::Backend;
 use crate::upstream::balancer::PickCtx;
@@ -243,7 +243,13 @@ async fn exchange(
     // The client's `Connection: close`, or shutdown (set by `serve`).
     let close = req.close;
     let started = Instant::now();
-    let entry = shared.access_log.as_ref().map(|_| log_entry(head, conn));
+    // Boxed: the exchange moves it twice on the way to `finish`, and an `Option<Entry>` is
+    // ~300 bytes copied each time even when the log is off (callgrind: 128 instructions per
+    // request).
+    let entry = shared
+        .access_log
+        .as_ref()
+        .map(|_| Box::new(log_entry(head, conn)));
     let mut trace = Trace {
         upstream: Some(req.upstream.clone()),
         bytes_in: body.len() as u64,
@@ -308,7 +314,7 @@ async fn local_error(
 /// on.
 fn finish(
     shared: &Shared,
-    entry: Option<Entry>,
+    entry: Option<Box<Entry>>,
     trace: &Trace,
     up: &Upstream,
     request_id: &[u8],
@@ -321,10 +327,10 @@ fn finish(
         e.request_id = String::from_utf8_lossy(request_id).into_owned();
         e.bytes_in = trace.bytes_in;
         e.bytes_out = sent;
-        e.duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        e.duration_ms = access_log::ms(started.elapsed());
         e.attempts = trace.attempts;
-        e.upstream_connect_ms = trace.connect.map(|d| d.as_secs_f64() * 1e3);
-        e.upstream_first_byte_ms = trace.first_byte.map(|d| d.as_secs_f64() * 1e3);
+        e.upstream_connect_ms = trace.connect.map(access_log::ms);
+        e.upstream_first_byte_ms = trace.first_byte.map(access_log::ms);
         e.upstream = Some(up.name.clone());
         e.backend = trace
             .backend
