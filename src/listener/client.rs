@@ -74,6 +74,30 @@ impl ClientStream {
         std::future::poll_fn(|cx| s.poll_read_ready(cx)).await
     }
 
+    /// Reads into `buf`'s spare capacity without waiting: the count, 0 at end of stream, or
+    /// `WouldBlock` (then wait with [`Self::readable`], which registers a bare socket).
+    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        if let State::Bare(_) = self.0 {
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: `read` only writes initialised bytes into the slice and returns how many;
+            // exactly those are marked filled below.
+            let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+            return match self.try_bare(|s| s.read(spare)) {
+                Some(Ok(n)) => {
+                    unsafe { buf.set_len(buf.len() + n) };
+                    Ok(n)
+                }
+                Some(Err(e)) => Err(e),
+                // It would block: join the event loop now, so that the caller's wait works.
+                None => self.evented().and(Err(io::ErrorKind::WouldBlock.into())),
+            };
+        }
+        match &self.0 {
+            State::Evented(s) => crate::proxy::relay::sock::try_read(s, buf),
+            _ => Err(failed()),
+        }
+    }
+
     /// While the socket is bare, `op` on it directly (again if interrupted): its result, or
     /// `None` when it would block or the socket is registered (the caller then polls tokio's).
     fn try_bare<T>(
@@ -141,7 +165,12 @@ impl AsyncWrite for ClientStream {
             return Poll::Ready(r);
         }
         match self.evented() {
-            Ok(s) => Pin::new(s).poll_write(cx, data),
+            // Tried through the readiness bits first (`relay::sock`): a ready socket needs no
+            // waker or budget.
+            Ok(s) => match s.try_write(data) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Pin::new(s).poll_write(cx, data),
+                r => Poll::Ready(r),
+            },
             Err(e) => Poll::Ready(Err(e)),
         }
     }

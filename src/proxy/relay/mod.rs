@@ -19,6 +19,7 @@ pub mod from_hyper;
 mod head;
 pub mod idle;
 mod scan;
+pub(crate) mod sock;
 
 use super::forward::{backoff, pick_or_queue, record, retryable, Inflight};
 use super::{ConnInfo, Trace};
@@ -181,27 +182,12 @@ async fn read_more<S: std::future::Future>(
                 buf.reserve(4096);
             }
         }
-        // Through `AsyncRead`, which clears the readiness on a short read: the next wait goes
-        // straight to epoll instead of trying a read that would block.
-        let read = std::future::poll_fn(|cx| {
-            use tokio::io::AsyncRead;
-            let mut rb = tokio::io::ReadBuf::uninit(buf.spare_capacity_mut());
-            match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                std::task::Poll::Ready(r) => std::task::Poll::Ready(r.map(|()| rb.filled().len())),
-                // Readiness was stale: wait again, holding no buffer.
-                std::task::Poll::Pending => {
-                    std::task::Poll::Ready(Err(io::ErrorKind::WouldBlock.into()))
-                }
-            }
-        })
-        .await;
+        // A short read clears the readiness (`sock::try_read`): the next wait goes straight
+        // to epoll instead of trying a read that would block.
+        let read = io.try_read_buf(buf);
         match read {
             Ok(0) => return false,
-            Ok(n) => {
-                // SAFETY: `poll_read` initialised the first `n` spare bytes.
-                unsafe { buf.set_len(buf.len() + n) };
-                return true;
-            }
+            Ok(_) => return true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // The first read of a socket not yet in the event loop took a buffer for bytes
                 // that were not there: give it back before waiting, or every idle keep-alive
@@ -528,7 +514,7 @@ async fn exchange_head(
         // backend may be acting on it.
         let mut written = 0;
         while written < req.upstream_head.len() {
-            match stream.write(&req.upstream_head[written..]).await {
+            match sock::write(stream, &req.upstream_head[written..]).await {
                 Ok(n) if n > 0 => written += n,
                 _ if written == 0 => return Err(Failed::Unsent),
                 _ => return Err(Failed::Error(ProxyError::UpstreamReset)),
@@ -538,7 +524,7 @@ async fn exchange_head(
         // reallocations per response.
         let mut client_head = Vec::with_capacity(1024);
         loop {
-            match stream.read_buf(&mut buf).await {
+            match sock::read(stream, &mut buf).await {
                 Ok(0) | Err(_) if buf.is_empty() => return Err(Failed::Empty),
                 Ok(0) | Err(_) => return Err(Failed::Error(ProxyError::UpstreamReset)),
                 Ok(_) => {}
