@@ -78,12 +78,9 @@ impl ClientStream {
     /// `WouldBlock` (then wait with [`Self::readable`], which registers a bare socket).
     pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         if let State::Bare(_) = self.0 {
-            let spare = buf.spare_capacity_mut();
-            // SAFETY: `read` only writes initialised bytes into the slice and returns how many;
-            // exactly those are marked filled below.
-            let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
-            return match self.try_bare(|s| s.read(spare)) {
+            return match self.read_bare(buf.spare_capacity_mut()) {
                 Some(Ok(n)) => {
+                    // SAFETY: `read_bare` initialised the first `n` spare bytes.
                     unsafe { buf.set_len(buf.len() + n) };
                     Ok(n)
                 }
@@ -96,6 +93,14 @@ impl ClientStream {
             State::Evented(s) => crate::proxy::relay::sock::try_read(s, buf),
             _ => Err(failed()),
         }
+    }
+
+    /// While the socket is bare, a read into `spare` directly, as [`Self::try_bare`].
+    fn read_bare(&mut self, spare: &mut [std::mem::MaybeUninit<u8>]) -> Option<io::Result<usize>> {
+        // SAFETY: `read` only writes initialised bytes into the slice and returns how many; the
+        // callers mark exactly those initialised.
+        let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+        self.try_bare(|s| s.read(spare))
     }
 
     /// While the socket is bare, `op` on it directly (again if interrupted): its result, or
@@ -134,12 +139,10 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if let State::Bare(_) = self.0 {
-            // SAFETY: `read` only writes initialised bytes into the slice and returns how many;
-            // exactly those are marked filled.
-            let spare = unsafe { buf.unfilled_mut() };
-            let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
-            match self.try_bare(|s| s.read(spare)) {
+            // SAFETY: `read_bare` only writes initialised bytes (exactly those are marked below).
+            match self.read_bare(unsafe { buf.unfilled_mut() }) {
                 Some(Ok(n)) => {
+                    // SAFETY: `read_bare` initialised the first `n` bytes.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
