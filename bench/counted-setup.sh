@@ -1,6 +1,13 @@
-# Sourced by bench/syscalls.sh and bench/sched.sh after their options are parsed (MODES, D,
-# PROX, BUILD set; `here` and `root` the bench and project directories): checks the tools,
-# builds, makes the work directory $W with its cleanup, and starts the nginx origins on CPU 0.
+# Sourced by bench/syscalls.sh and bench/sched.sh once their defaults are set (MODES, D, PROX,
+# BUILD; `here` and `root` the bench and project directories): parses their common options
+# (usage: lines 2-13 of the script), checks the tools, builds, makes the work directory $W with
+# its cleanup, and starts the nginx origins on CPU 0.
+while getopts m:d:p:Bh o; do
+  case $o in
+    m) MODES=$OPTARG ;; d) D=$OPTARG ;; p) PROX=$OPTARG ;; B) BUILD=0 ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  esac
+done
 for t in perf wrk nginx taskset; do
   command -v $t >/dev/null || { echo "missing: $t" >&2; exit 1; }
 done

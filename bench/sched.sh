@@ -18,12 +18,6 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 MODES=ka; D=6; PROX=; BUILD=1
-while getopts m:d:p:Bh o; do
-  case $o in
-    m) MODES=$OPTARG ;; d) D=$OPTARG ;; p) PROX=$OPTARG ;; B) BUILD=0 ;;
-    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
-  esac
-done
 . "$here/counted-setup.sh"
 EV=sched:sched_switch,sched:sched_waking,ipi:ipi_send_cpu,irq_vectors:reschedule_entry
 

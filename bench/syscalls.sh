@@ -16,12 +16,6 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 MODES=ka,close; D=5; PROX=; BUILD=1
-while getopts m:d:p:Bh o; do
-  case $o in
-    m) MODES=$OPTARG ;; d) D=$OPTARG ;; p) PROX=$OPTARG ;; B) BUILD=0 ;;
-    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
-  esac
-done
 . "$here/counted-setup.sh"
 CALLS="accept accept4 read recvfrom readv recvmsg write sendto writev sendmsg close shutdown epoll_wait epoll_pwait epoll_ctl setsockopt getsockopt"
 EV=(); for c in $CALLS; do EV+=(-e "syscalls:sys_enter_$c"); done
