@@ -38,7 +38,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -594,7 +594,7 @@ async fn respond(
         timer.set(tokio::time::Instant::now() + idle);
         let read = tokio::select! {
             biased;
-            r = x.stream.read_buf(&mut x.buf) => r,
+            r = sock::read(&x.stream, &mut x.buf) => r,
             _ = timer.passed() => return Some((sent, false)),
         };
         let got = match read {
