@@ -59,14 +59,22 @@ pub fn add_forwarded(
     https: bool,
     host: Option<&HeaderValue>,
 ) {
+    // Every X-Forwarded-For line, in order, is one list (RFC 9110 §5.3): a proxy in front that
+    // adds a line of its own (HAProxy's `option forwardfor`) must not lose the earlier ones.
+    let mut prev = String::new();
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        let v = v.to_str().map_or("", str::trim);
+        if !v.is_empty() {
+            if !prev.is_empty() {
+                prev.push_str(", ");
+            }
+            prev.push_str(v);
+        }
+    }
     // Most requests bring no X-Forwarded-For: the connection's precomputed value is inserted
     // as is (a reference count), with no formatting or allocation per request.
-    let prev = h
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| !p.is_empty());
-    let xff = match (prev, client_ip.to_str()) {
-        (Some(prev), Ok(ip)) => HeaderValue::try_from(format!("{prev}, {ip}")).ok(),
+    let xff = match client_ip.to_str() {
+        Ok(ip) if !prev.is_empty() => HeaderValue::try_from(format!("{prev}, {ip}")).ok(),
         _ => Some(client_ip.clone()),
     };
     if let Some(v) = xff {
@@ -76,9 +84,11 @@ pub fn add_forwarded(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    if let Some(host) = host {
-        h.insert(X_FORWARDED_HOST, host.clone());
-    }
+    // The client's own value never passes, with or without a host to replace it.
+    match host {
+        Some(host) => h.insert(X_FORWARDED_HOST, host.clone()),
+        None => h.remove(X_FORWARDED_HOST),
+    };
 }
 
 /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.

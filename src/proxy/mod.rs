@@ -126,8 +126,16 @@ async fn serve(
     let client_upgrade = upgrade.clone().map(|u| u.on(&mut req));
     let (mut parts, incoming) = req.into_parts();
 
-    // Framing and syntax problems hyper does not already reject.
-    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+    // Framing and syntax problems hyper does not already reject. Two Host lines (RFC 9112
+    // §3.2) would let the router and the origin each act on a different one.
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let (first_host, second_host) = (hosts.next(), hosts.next());
+    if second_host.is_some()
+        || (parts.version == Version::HTTP_11 && first_host.is_none())
+        // A reverse proxy is no tunnel endpoint: CONNECT is refused here, as NGINX does (an
+        // HTTP/2 extended CONNECT is a WebSocket upgrade, taken above).
+        || (parts.method == Method::CONNECT && !(parts.version == Version::HTTP_2 && upgrade.is_some()))
+    {
         return error_response(ProxyError::BadRequest);
     }
     let declared_len = match parts
@@ -142,12 +150,16 @@ async fn serve(
     if declared_len.is_some_and(|n| n > conn.max_body) {
         return error_response(ProxyError::BodyTooLarge);
     }
-    let host_value = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The request-target's authority (absolute-form, HTTP/2 `:authority`) wins over Host, which
+    // is then replaced by it (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+    let host_value = parts
+        .uri
+        .authority()
+        .and_then(|a| {
+            let a = a.as_str();
+            HeaderValue::from_str(a.rsplit_once('@').map_or(a, |(_, h)| h)).ok()
+        })
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     let host = host_value
         .as_ref()
         .and_then(|h| h.to_str().ok())
@@ -175,10 +187,13 @@ async fn serve(
     if let Some(proto) = &upgrade {
         upgrade::restore_headers(&mut parts, proto);
     }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(h) = &host_value {
-            parts.headers.insert(header::HOST, h.clone());
-        }
+    // An HTTP/1.0 request may come without any host; HTTP/1.1 upstream needs one, and gets the
+    // upstream's name, as NGINX sends its `$proxy_host`.
+    let upstream_host = host_value
+        .clone()
+        .or_else(|| HeaderValue::from_str(&upstream.name).ok());
+    if let Some(h) = upstream_host {
+        parts.headers.insert(header::HOST, h);
     }
     headers::add_forwarded(
         &mut parts.headers,

@@ -90,18 +90,20 @@ fn no_route_is_404_and_h2c_is_served() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-switchyard-error"], "no_route");
+    // HTTP/2 routes by `:authority` (a differing Host header does not count: RFC 9113 §8.3.1).
     let h2 = reqwest::blocking::Client::builder()
         .http2_prior_knowledge()
+        .resolve("api.test", lb.addr)
         .build()
         .unwrap();
     let r = h2
-        .get(format!("http://api.test:{}/x", lb.addr.port()))
-        .send();
-    // reqwest resolves api.test itself; talk to the address instead with the Host header set.
-    drop(r);
-    let r = h2
         .get(lb.url("/x"))
         .header("host", "api.test")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "routed by :authority, not by Host");
+    let r = h2
+        .get(format!("http://api.test:{}/x", lb.addr.port()))
         .send()
         .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);

@@ -538,3 +538,73 @@ fn each_request_on_a_kept_alive_connection_gets_its_whole_timeout() {
     assert!(took >= Duration::from_millis(400), "{took:?}");
     assert!(took < Duration::from_millis(2500), "{took:?}");
 }
+
+/// What the origin got last, lowercased (the relay copies the client's lines as they came,
+/// hyper writes names in lowercase).
+fn last_seen(seen: &Seen) -> String {
+    seen.lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+#[test]
+fn forwarding_headers_keep_every_client_line_and_host_follows_the_request_target() {
+    let (addr, seen) = scripted(answer);
+    let lb = lb_for(addr);
+    let to = lb.addr;
+    // Two X-Forwarded-For lines are one list (RFC 9110 §5.3), the client appended at its end:
+    // on the relay (a plain GET) and on hyper's path (a chunked body goes there).
+    let xff = "X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n";
+    let relayed = format!("GET / HTTP/1.1\r\nHost: a\r\n{xff}Connection: close\r\n\r\n");
+    let via_hyper = format!("POST / HTTP/1.1\r\nHost: a\r\n{xff}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n");
+    for req in [relayed, via_hyper] {
+        let resp = raw(to, req.as_bytes());
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let got = last_seen(&seen);
+        assert!(
+            got.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 127.0.0.1\r\n"),
+            "{got}"
+        );
+        assert_eq!(got.matches("x-forwarded-for").count(), 1, "{got}");
+    }
+    // HTTP/1.0 without Host: the client's X-Forwarded-Host does not pass, and the HTTP/1.1
+    // request upstream gets a Host (the upstream's name, as NGINX's `$proxy_host`).
+    let resp = raw(
+        to,
+        b"GET / HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+    let got = last_seen(&seen);
+    assert!(!got.contains("evil"), "{got}");
+    assert!(got.contains("\r\nhost: web\r\n"), "{got}");
+    // Absolute-form: the target's authority replaces Host (RFC 9112 §3.2.2).
+    let resp = raw(
+        to,
+        b"GET http://other.test/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let got = last_seen(&seen);
+    assert!(got.starts_with("get /x http/1.1\r\n"), "{got}");
+    assert!(got.contains("\r\nhost: other.test\r\n"), "{got}");
+    assert!(
+        got.contains("\r\nx-forwarded-host: other.test\r\n"),
+        "{got}"
+    );
+    assert!(!got.contains("host: a\r\n"), "{got}");
+    // Two Host lines, and CONNECT: 400, and nothing reaches the origin.
+    let before = seen.lock().unwrap().len();
+    let two_hosts = raw(
+        to,
+        b"GET / HTTP/1.1\r\nHost: public.example\r\nHost: admin.example\r\n\r\n",
+    );
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+    let connect = raw(
+        to,
+        format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    );
+    assert!(connect.starts_with("HTTP/1.1 400"), "{connect}");
+    assert_eq!(seen.lock().unwrap().len(), before);
+}

@@ -228,7 +228,8 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     let mut host: Option<&[u8]> = None;
     let mut body_len: Option<u64> = None;
     let mut close = false;
-    let mut forwarded_for: Option<&[u8]> = None;
+    // The X-Forwarded-For lines (by index): all of them are the list the client is added to.
+    let mut forwarded_for = 0u128;
     let mut request_id: Option<&[u8]> = None;
     let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
     let mut named_len = 0;
@@ -273,7 +274,7 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
             }
             15 if is_name(n, "x-forwarded-for") => {
                 dropped |= bit;
-                forwarded_for.get_or_insert(v);
+                forwarded_for |= bit;
             }
             12 if is_name(n, "x-request-id") => {
                 ids |= bit;
@@ -334,9 +335,14 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     }
     copy.flush(&mut out, buf);
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = forwarded_for.filter(|p| !p.is_empty()) {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
+    // Every line in order, as one list (RFC 9110 §5.3), as the hyper path joins them.
+    while forwarded_for != 0 {
+        let prev = head.fields[forwarded_for.trailing_zeros() as usize].value(buf);
+        forwarded_for &= forwarded_for - 1;
+        if !prev.is_empty() {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(conn.client_ip.as_bytes());
     // The fixed parts of the added lines are written as few pieces as they allow (each small
