@@ -10,21 +10,25 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-/// The token in force, if any. Read per admin request so a rotated token file takes effect.
-pub fn configured_token(shared: &Shared) -> Option<String> {
+/// The token in force, if any: `Err` when a token file is configured but cannot be read or is
+/// empty (say, mid-rotation), so the API fails closed instead of opening. Read per admin request
+/// so a rotated token file takes effect.
+pub fn configured_token(shared: &Shared) -> Option<Result<String, String>> {
     let cfg = shared.current().config.clone();
     if let Some(t) = &cfg.admin.token {
-        return Some(t.clone());
+        return Some(Ok(t.clone()));
     }
     if let Some(f) = &cfg.admin.token_file {
-        return std::fs::read_to_string(f)
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty());
+        return Some(match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+            Ok(_) => Err(format!("admin.token_file {f} is empty")),
+            Err(e) => Err(format!("admin.token_file {f}: {e}")),
+        });
     }
     std::env::var("SWITCHYARD_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
+        .map(Ok)
 }
 
 /// Decodes `%XX` escapes and `+` (as browsers encode query strings).
@@ -66,8 +70,17 @@ pub async fn require_token(
     let path = req.uri().path();
     // The UI's page and assets hold no data; the login form must be reachable.
     let open = path == "/health" || path == "/" || path.starts_with("/ui/");
-    let Some(token) = (!open).then(|| configured_token(&shared)).flatten() else {
-        return next.run(req).await;
+    let token = match (!open).then(|| configured_token(&shared)).flatten() {
+        None => return next.run(req).await,
+        Some(Ok(t)) => t,
+        Some(Err(why)) => {
+            tracing::error!("admin API refused: {why}");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"error": format!("admin token unavailable: {why}")})),
+            )
+                .into_response();
+        }
     };
     let bearer = req
         .headers()

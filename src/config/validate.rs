@@ -195,6 +195,29 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
 }
 
 fn check_admin(cfg: &Config, p: &mut Vec<Problem>) {
+    // An empty token would be matched by an empty `Bearer `; an unreadable token file would
+    // leave nothing to match (the API then refuses every request: see admin::auth).
+    if cfg
+        .admin
+        .token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        p.push(Problem::new(
+            "admin.token",
+            "is empty; leave it out for no token".to_string(),
+        ));
+    }
+    if let Some(f) = &cfg.admin.token_file {
+        match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => {}
+            Ok(_) => p.push(Problem::new("admin.token_file", format!("{f} is empty"))),
+            Err(e) => p.push(Problem::new(
+                "admin.token_file",
+                format!("cannot read {f}: {e}"),
+            )),
+        }
+    }
     let Some(listen) = &cfg.admin.listen else {
         return;
     };

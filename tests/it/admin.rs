@@ -292,6 +292,54 @@ fn token_is_required_when_configured() {
 }
 
 #[test]
+fn an_unreadable_or_emptied_token_file_fails_closed() {
+    let be = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let cfg = |f: &std::path::Path| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {f:?}\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{}]\n",
+            be.list()
+        )
+    };
+    // Missing, or empty: refused whole, with the field named.
+    for contents in [None, Some("\n")] {
+        if let Some(c) = contents {
+            std::fs::write(&file, c).unwrap();
+        }
+        let e =
+            switchyard::config::parse_config(&cfg(&file), switchyard::config::Format::Toml, None)
+                .unwrap_err();
+        assert_eq!(e.problems[0].path, "admin.token_file", "{contents:?}");
+    }
+    std::fs::write(&file, "tok1\n").unwrap();
+    let lb = start(&cfg(&file));
+    let c = client();
+    let get = |token: Option<&str>| {
+        let r = c.get(lb.admin_url("/api/v1/config"));
+        let r = match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!((get(None), get(Some("tok1"))), (401, 200));
+    // Rotated by truncating the file: no token matches meanwhile, and nothing opens.
+    std::fs::write(&file, "").unwrap();
+    assert_eq!((get(None), get(Some(""))), (503, 503));
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"remove": [be.addrs[0].to_string()]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(lb.running().shared.current().version, 1, "nothing changed");
+    std::fs::write(&file, "tok2").unwrap();
+    assert_eq!((get(Some("tok1")), get(Some("tok2"))), (401, 200));
+    assert_eq!(c.get(lb.admin_url("/health")).send().unwrap().status(), 200);
+}
+
+#[test]
 fn non_loopback_admin_without_token_is_refused() {
     let cfg = "[admin]\nlisten = \"0.0.0.0:5000\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{ address = \"127.0.0.1:9\" }]\n";
     let e =
