@@ -129,9 +129,16 @@ async fn health(State(shared): S) -> impl IntoResponse {
     Json(body)
 }
 
-/// Parses a JSON body, mapping malformed JSON to 400.
+/// Parses a JSON body: malformed JSON is 400; well-formed JSON with a value of the wrong type
+/// or form is 422 with the value's path (`add[0].weight`), as the contract asks of an invalid
+/// change.
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+    let tree: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = config::load::path_text(e.path());
+        ApiError::Invalid(config::ConfigError::one(path, e.inner().to_string()))
+    })
 }
 
 /// Every upstream and backend with live state.

@@ -62,21 +62,24 @@ pub fn parse_config(
             )
         }
     };
-    let cfg = match parsed {
-        Ok(c) => c,
-        Err((msg, span)) => {
-            let mut p = Problem::new("", msg);
-            if let (Some(o), Some(s)) = (origin, span) {
-                p.location = Some(line_col(o, text, s.start));
-            }
-            return Err(ConfigError { problems: vec![p] });
+    let (cfg, mut problems) = match parsed {
+        Ok(c) => {
+            let mut problems = unknown_keys(unknown);
+            problems.extend(validate(&c));
+            (c, problems)
         }
+        Err((msg, span)) => match typed_problems(text, format) {
+            Some(found) => found,
+            // Not even a tree of values: a syntax error, located by the parser's span.
+            None => {
+                let mut p = Problem::new("", msg);
+                if let (Some(o), Some(s)) = (origin, span) {
+                    p.location = Some(line_col(o, text, s.start));
+                }
+                return Err(ConfigError { problems: vec![p] });
+            }
+        },
     };
-    let mut problems: Vec<Problem> = unknown
-        .into_iter()
-        .map(|path| Problem::new(path, "unknown key"))
-        .collect();
-    problems.extend(validate(&cfg));
     if problems.is_empty() {
         return Ok(cfg);
     }
@@ -84,6 +87,122 @@ pub fn parse_config(
         locate(&mut problems, text, format, origin);
     }
     Err(ConfigError { problems })
+}
+
+fn unknown_keys(paths: Vec<String>) -> Vec<Problem> {
+    paths
+        .into_iter()
+        .map(|path| Problem::new(path, "unknown key"))
+        .collect()
+}
+
+/// At most this many values of the wrong type or form are reported from one text.
+const MAX_TYPE_PROBLEMS: usize = 64;
+
+/// Every value of the wrong type or form in a text that is syntactically sound, each with its
+/// field path: deserialization stops at the first, so each one found is recorded and cut out
+/// of the tree, and the rest deserialized again. The configuration left (with defaults where
+/// values were cut) is then validated, and its problems kept where they do not concern a value
+/// already reported. `None`: the text is not even a tree of values (a syntax error).
+fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> {
+    use serde::de::IntoDeserializer;
+    let mut tree: serde_json::Value = match format {
+        Format::Toml => serde_json::to_value(text.parse::<toml::Table>().ok()?).ok()?,
+        Format::Json => serde_json::from_str(text).ok()?,
+    };
+    let mut typed: Vec<Problem> = Vec::new();
+    let mut unknown = Vec::new();
+    let mut cut: Vec<String> = Vec::new();
+    let cfg = loop {
+        let mut note = |p: serde_ignored::Path<'_>| unknown.push(path_of(&p));
+        let de = serde_ignored::Deserializer::new(tree.clone().into_deserializer(), &mut note);
+        let err = match serde_path_to_error::deserialize::<_, Config>(de) {
+            Ok(cfg) => break Some(cfg),
+            Err(e) => e,
+        };
+        let path = path_text(err.path());
+        let message = err.inner().to_string();
+        // A required field cut out above shows up again as missing from its parent: that is
+        // the same problem, already reported.
+        let recut = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .is_some_and(|f| cut.contains(&join(&path, f)));
+        if !recut {
+            typed.push(Problem::new(path.clone(), message));
+        }
+        if path.is_empty() || typed.len() >= MAX_TYPE_PROBLEMS || !prune(&mut tree, err.path()) {
+            break None;
+        }
+        cut.push(path);
+    };
+    unknown.sort();
+    unknown.dedup();
+    let mut problems = unknown_keys(unknown);
+    let related = |p: &str| {
+        typed.iter().any(|t| {
+            let (a, b) = (p, t.path.as_str());
+            a.starts_with(b) || b.starts_with(a)
+        })
+    };
+    let cfg = cfg.unwrap_or_default();
+    let semantic: Vec<Problem> = validate(&cfg)
+        .into_iter()
+        .filter(|p| !related(&p.path))
+        .collect();
+    problems.extend(typed);
+    problems.extend(semantic);
+    Some((cfg, problems))
+}
+
+/// A deserializer's path as this module writes field paths (`a.b[0].c`; the root is empty).
+pub fn path_text(p: &serde_path_to_error::Path) -> String {
+    match p.to_string() {
+        p if p == "." => String::new(),
+        p => p,
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Removes the value at `path` from `tree`; false if there is none.
+fn prune(tree: &mut serde_json::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_json::Value;
+    use serde_path_to_error::Segment;
+    let segs: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut cur = tree;
+    for seg in parents {
+        let next = match (seg, cur) {
+            (Segment::Seq { index }, Value::Array(a)) => a.get_mut(*index),
+            (Segment::Map { key } | Segment::Enum { variant: key }, Value::Object(m)) => {
+                m.get_mut(key.as_str())
+            }
+            _ => None,
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return false,
+        }
+    }
+    match (last, cur) {
+        (Segment::Seq { index }, Value::Array(a)) if *index < a.len() => {
+            a.remove(*index);
+            true
+        }
+        (Segment::Map { key } | Segment::Enum { variant: key }, Value::Object(m)) => {
+            m.remove(key.as_str()).is_some()
+        }
+        _ => false,
+    }
 }
 
 /// Reads and validates a file.
@@ -153,15 +272,23 @@ fn segments(path: &str) -> Vec<Seg<'_>> {
     out
 }
 
+/// Sets each problem's FILE:LINE:COL, and orders them as they appear in the file.
 fn locate(problems: &mut [Problem], text: &str, format: Format, origin: &str) {
+    let mut at = Vec::with_capacity(problems.len());
     for p in problems.iter_mut() {
         let offset = match format {
             Format::Toml => toml_offset(text, &p.path),
             // JSON keys are quoted and unique enough: find the last key of the path.
             Format::Json => json_offset(text, &p.path),
-        };
-        p.location = Some(line_col(origin, text, offset.unwrap_or(0)));
+        }
+        .unwrap_or(0);
+        p.location = Some(line_col(origin, text, offset));
+        at.push(offset);
     }
+    let mut order: Vec<usize> = (0..problems.len()).collect();
+    order.sort_by_key(|&i| at[i]);
+    let sorted: Vec<Problem> = order.iter().map(|&i| problems[i].clone()).collect();
+    problems.clone_from_slice(&sorted);
 }
 
 fn toml_offset(text: &str, path: &str) -> Option<usize> {
