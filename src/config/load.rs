@@ -113,14 +113,18 @@ fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> 
     let mut typed: Vec<Problem> = Vec::new();
     let mut unknown = Vec::new();
     let mut cut: Vec<String> = Vec::new();
+    let mut cuts = Cuts::default();
     let cfg = loop {
-        let mut note = |p: serde_ignored::Path<'_>| unknown.push(path_of(&p));
+        let mut seen = Vec::new();
+        let mut note = |p: serde_ignored::Path<'_>| seen.push(path_of(&p));
         let de = serde_ignored::Deserializer::new(tree.clone().into_deserializer(), &mut note);
-        let err = match serde_path_to_error::deserialize::<_, Config>(de) {
+        let result = serde_path_to_error::deserialize::<_, Config>(de);
+        unknown.extend(seen.iter().map(|p| cuts.original(p)));
+        let err = match result {
             Ok(cfg) => break Some(cfg),
             Err(e) => e,
         };
-        let path = path_text(err.path());
+        let path = cuts.original(&path_text(err.path()));
         let message = err.inner().to_string();
         // A required field cut out above shows up again as missing from its parent: that is
         // the same problem, already reported.
@@ -134,6 +138,7 @@ fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> 
         if path.is_empty() || typed.len() >= MAX_TYPE_PROBLEMS || !prune(&mut tree, err.path()) {
             break None;
         }
+        cuts.removed(&path);
         cut.push(path);
     };
     unknown.sort();
@@ -148,11 +153,47 @@ fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> 
     let cfg = cfg.unwrap_or_default();
     let semantic: Vec<Problem> = validate(&cfg)
         .into_iter()
+        .map(|mut p| {
+            p.path = cuts.original(&p.path);
+            p
+        })
         .filter(|p| !related(&p.path))
         .collect();
     problems.extend(typed);
     problems.extend(semantic);
     Some((cfg, problems))
+}
+
+/// The array elements cut out of the tree so far, by the array's path and their indexes as
+/// first read: problems found later are found in the cut tree, and their paths are translated
+/// back to the indexes the operator wrote.
+#[derive(Default)]
+struct Cuts(std::collections::HashMap<String, Vec<usize>>);
+
+impl Cuts {
+    /// `path` in the cut tree, as a path in the text.
+    fn original(&self, path: &str) -> String {
+        let mut out = String::new();
+        for seg in segments(path) {
+            match seg {
+                Seg::Key(k) => out = join(&out, k),
+                Seg::Index(i) => {
+                    let gone = self.0.get(&out).map_or(&[][..], Vec::as_slice);
+                    let first = (0..).filter(|j| !gone.contains(j)).nth(i).unwrap_or(i);
+                    out = format!("{out}[{first}]");
+                }
+            }
+        }
+        out
+    }
+
+    /// Notes that the value at `path` (a path in the text) was cut out.
+    fn removed(&mut self, path: &str) {
+        let element = path.strip_suffix(']').and_then(|p| p.rsplit_once('['));
+        if let Some((array, Ok(i))) = element.map(|(a, i)| (a, i.parse::<usize>())) {
+            self.0.entry(array.to_string()).or_default().push(i);
+        }
+    }
 }
 
 /// A deserializer's path as this module writes field paths (`a.b[0].c`; the root is empty).
@@ -214,7 +255,8 @@ pub fn load_file(path: &Path) -> Result<(Config, String), ConfigError> {
     Ok((cfg, text))
 }
 
-fn path_of(p: &serde_ignored::Path<'_>) -> String {
+/// A path `serde_ignored` reports, as this module writes field paths.
+pub fn path_of(p: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path as P;
     match p {
         P::Root => String::new(),
@@ -324,4 +366,60 @@ fn json_offset(text: &str, path: &str) -> Option<usize> {
         Seg::Index(_) => None,
     })?;
     text.find(&format!("\"{last_key}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_of_the_wrong_type_is_reported_with_its_path_and_the_rest_still_validated() {
+        let text = r#"workers = "two"
+
+[[listeners]]
+bind = "127.0.0.1:0"
+
+[[routes]]
+upstream = "missing"
+
+[upstreams.web]
+algorithm = "fastest"
+backends = [{ address = 5 }, { address = "127.0.0.1:9", weight = -1 }, { address = "127.0.0.1:9", wieght = 2 }]
+timeouts = { connect = "2x" }
+"#;
+        let e = parse_config(text, Format::Toml, Some("f.toml")).unwrap_err();
+        let got: Vec<(&str, &str)> = e
+            .problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.location.as_deref().unwrap_or("")))
+            .collect();
+        let want = [
+            ("workers", "f.toml:1:1"),
+            ("routes[0].upstream", "f.toml:7:1"),
+            ("upstreams.web.algorithm", "f.toml:10:1"),
+            ("upstreams.web.backends[0].address", "f.toml:11:15"),
+            ("upstreams.web.backends[1].weight", "f.toml:11:57"),
+            ("upstreams.web.backends[2].wieght", "f.toml:11:99"),
+            // Validated in the tree left, and still named by the text's indexes.
+            ("upstreams.web.backends[2].address", "f.toml:11:74"),
+            ("upstreams.web.timeouts.connect", "f.toml:12:14"),
+        ];
+        for w in want {
+            assert!(got.contains(&w), "{w:?} not in {got:?}");
+        }
+        // In file order, and the cut-out address is not reported again as missing.
+        let lines: Vec<&str> = got.iter().map(|(_, l)| *l).collect();
+        let mut sorted = lines.clone();
+        sorted.sort_by_key(|l| {
+            let mut it = l.split(':').skip(1).map(|n| n.parse::<u32>().unwrap_or(0));
+            (it.next(), it.next())
+        });
+        assert_eq!(lines, sorted);
+        assert!(
+            !e.problems
+                .iter()
+                .any(|p| p.message.contains("missing field")),
+            "{e}"
+        );
+    }
 }

@@ -127,6 +127,31 @@ fn invalid_change_gets_422_and_changes_nothing() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 422);
+    // Well-formed JSON with a misspelt key or a value of the wrong type: 422 with its path
+    // (a misspelt "weight" must not add the backend at full weight).
+    for (body, path) in [
+        (
+            json!({"add": [{"address": "127.0.0.1:1", "wieght": 0}]}),
+            "add[0].wieght",
+        ),
+        (
+            json!({"add": [{"address": "127.0.0.1:1", "weight": -5}]}),
+            "add[0].weight",
+        ),
+        (
+            json!({"config": {"listeners": [{"bind": "127.0.0.1:0"}], "upstreams": {"web": {"backends": [{"address": "127.0.0.1:1", "weight": "x"}]}}}}),
+            "upstreams.web.backends[0].weight",
+        ),
+    ] {
+        let r = c
+            .post(lb.admin_url("/update-config"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["path"], path, "{v}");
+    }
     let r = c
         .post(lb.admin_url("/update-config"))
         .body("{not json")
