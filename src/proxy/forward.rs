@@ -149,7 +149,7 @@ pub(super) async fn forward(
     let (mut prepaid, mut min_pause) = (false, Duration::ZERO);
     for attempt in 0..policy.attempts.max(1) {
         if attempt > 0 {
-            if !std::mem::take(&mut prepaid) && !up.budget.try_retry(policy.budget_ratio) {
+            if !may_retry(up, &mut prepaid, last_err) {
                 break;
             }
             let pause = backoff(policy, attempt, std::mem::take(&mut min_pause));
@@ -287,6 +287,14 @@ pub(super) fn backoff(
 ) -> Duration {
     let ceiling = policy.backoff.saturating_mul(1 << (attempt - 1).min(6));
     ceiling.mul_f64(fastrand::f64()).max(min_pause)
+}
+
+/// Whether the next attempt may go, as far as the retry budget goes: paid for already (a
+/// retried status), free when the last try never reached a backend (as HAProxy's `redispatch`:
+/// it cost no backend any work, `attempts` still bounds it, and with one backend of three down
+/// a third of requests need it, more than the budget's 20 %), or paid for now.
+pub(super) fn may_retry(up: &Upstream, prepaid: &mut bool, last: ProxyError) -> bool {
+    std::mem::take(prepaid) || last.never_sent() || up.budget.try_retry(up.retry.budget_ratio)
 }
 
 /// Whether a failed attempt may go to another backend (the body being replayable is the

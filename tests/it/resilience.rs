@@ -306,3 +306,38 @@ fn passive_health_ejects_a_failing_backend() {
         be.addrs[1]
     )));
 }
+
+/// A backend that refuses connections, with no health check to find it: each request that
+/// picks it goes to another backend, whatever the method and however many need it (a third of
+/// them here, more than the retry budget's 20 %), as HAProxy's `redispatch`.
+#[test]
+fn a_refused_connection_is_always_retried_elsewhere_whatever_the_budget() {
+    let be = backends(2);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let lb = start(&config(&format!(
+        "backends = [{}, {{ address = \"{dead}\" }}]\npassive_health = {{ consecutive_failures = 1000 }}",
+        be.list()
+    )));
+    let c = client();
+    let mut failed = Vec::new();
+    for i in 0..300 {
+        let r = if i % 2 == 0 {
+            c.get(lb.url("/")).send().unwrap()
+        } else {
+            c.post(lb.url("/")).body("x").send().unwrap()
+        };
+        if r.status() != 200 {
+            failed.push((
+                i,
+                r.status(),
+                r.headers().get("x-switchyard-error").cloned(),
+            ));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

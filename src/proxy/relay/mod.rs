@@ -21,7 +21,7 @@ pub mod idle;
 mod scan;
 pub(crate) mod sock;
 
-use super::forward::{backoff, pick_or_queue, record, retryable, Inflight};
+use super::forward::{backoff, may_retry, pick_or_queue, record, retryable, Inflight};
 use super::{ConnInfo, Trace};
 use crate::error::ProxyError;
 use crate::listener::ClientStream;
@@ -351,7 +351,7 @@ async fn forward(
     let (mut prepaid, mut min_pause) = (false, Duration::ZERO);
     for attempt in 0..policy.attempts.max(1) {
         if attempt > 0 {
-            if !std::mem::take(&mut prepaid) && !up.budget.try_retry(policy.budget_ratio) {
+            if !may_retry(up, &mut prepaid, last_err) {
                 break;
             }
             let pause = backoff(policy, attempt, std::mem::take(&mut min_pause));
