@@ -313,20 +313,20 @@ pub fn run_worker(
                         stop: stop.clone(),
                         hsts: None,
                     };
-                    tracker.open.fetch_add(1, Relaxed);
+                    // Counted from here: a connection dropped below still comes off the count.
+                    let open = Open::new(tracker.clone());
                     // Plain connections, the common case, are served by a task holding only
                     // what plain HTTP needs; TLS handshake state and the TLS stream are boxed
                     // so they do not widen every connection's task (10 KiB → 3.3 KiB measured
                     // on 30 Nov, most of what 10,000 idle keep-alive connections cost).
                     // Every connection's state is boxed inside a small task (below).
-                    let tracker = tracker.clone();
                     match &*mode {
                         // Plain connections join the event loop only if they have to wait (see
                         // `client`), and set TCP_NODELAY only once they write twice (see
                         // `serve_plain`), as NGINX does: a connection per request needs neither.
                         Mode::Plain => tokio::spawn(async move {
                             // A guard: the count comes down even if serving the connection panics.
-                            let _open = Open(tracker);
+                            let _open = open;
                             // Boxed here, in the task: the task's own future stays a few hundred
                             // bytes, so spawning it moves that instead of the 3.3 KiB connection
                             // state through each of tokio's spawn layers (callgrind: ~700
@@ -351,7 +351,7 @@ pub fn run_worker(
                                     async move { accepted_conn(stream, info, &mode, conn).await },
                                 );
                             tokio::spawn(async move {
-                                let _open = Open(tracker);
+                                let _open = open;
                                 served.await;
                             })
                         }
@@ -413,11 +413,20 @@ async fn accept(
     }
 }
 
-/// One open client connection in the worker's [`Tracker`].
+/// One open client connection in the worker's [`Tracker`] and the connection metrics.
 struct Open(Arc<Tracker>);
+
+impl Open {
+    fn new(tracker: Arc<Tracker>) -> Open {
+        tracker.open.fetch_add(1, Relaxed);
+        crate::observe::metrics::connection_opened();
+        Open(tracker)
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
+        crate::observe::metrics::connection_closed();
         if self.0.open.fetch_sub(1, Relaxed) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -466,6 +475,7 @@ async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut c
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
         _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
     };
+    crate::observe::metrics::tls_handshake(matches!(tls, Ok(Ok(_))));
     let tls = match tls {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -75,6 +75,30 @@ fn metrics_count_exactly_and_pass_promtool() {
 }
 
 #[test]
+fn client_connections_are_counted_as_they_open_and_close() {
+    use std::io::{Read, Write};
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    // The counters are the process's, shared by every test running: only growth is checked.
+    let total = "switchyard_downstream_connections_total ";
+    let open = "switchyard_downstream_connections_open ";
+    let before = sample(&scrape(&lb), total);
+    let held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(lb.addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            let mut b = [0u8; 512];
+            assert!(s.read(&mut b).unwrap() > 0);
+            s
+        })
+        .collect();
+    let text = scrape(&lb);
+    assert!(sample(&text, total) - before >= 3.0, "{text}");
+    assert!(sample(&text, open) >= 3.0, "{text}");
+    drop(held);
+}
+
+#[test]
 fn access_log_has_a_line_per_request_including_errors_switchyard_made() {
     let be = backends(1);
     let dead = std::net::TcpListener::bind("127.0.0.1:0")

@@ -110,9 +110,25 @@ fn tls12_is_refused_when_min_version_is_13() {
     let rt = pki::rt();
     let tls12 = client_config(&ca, &["http/1.1"], TLS12, None);
     let tls13 = client_config(&ca, &["http/1.1"], TLS13, None);
+    // Refused handshakes are counted (the counters are the process's, shared by every test:
+    // only growth is checked).
+    let handshakes = |result: &str| {
+        let text = client()
+            .get(strict.admin_url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let key = format!("switchyard_tls_handshakes_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map_or(-1.0, |v| v.parse::<f64>().unwrap())
+    };
+    let (failed, ok) = (handshakes("failed"), handshakes("ok"));
     assert!(rt
         .block_on(pki::connect(strict.addr, "localhost", tls12.clone()))
         .is_err());
+    assert!(eventually(Duration::from_secs(3), || handshakes("failed") > failed));
     let s = rt
         .block_on(pki::connect(strict.addr, "localhost", tls13))
         .unwrap();
@@ -120,6 +136,7 @@ fn tls12_is_refused_when_min_version_is_13() {
         s.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
+    assert!(eventually(Duration::from_secs(3), || handshakes("ok") > ok));
     let r = rt
         .block_on(pki::get(lenient.addr, "localhost", tls12, "/"))
         .unwrap();
