@@ -288,8 +288,15 @@ pub fn unix_now() -> f64 {
 }
 
 /// Temp file in the same directory, fsync, rename: a crash leaves the old file or the new one.
+/// A symlinked path is written through (the link stays, its target changes, as config
+/// management layouts expect), and the new file keeps the old one's mode and, where allowed,
+/// owner: a 0600 file holding `admin.token` must not come back world-readable.
 pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let real = std::fs::canonicalize(path).ok();
+    let path = real.as_deref().unwrap_or(path);
+    let old = std::fs::metadata(path).ok();
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -301,7 +308,20 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<(
             .unwrap_or("config"),
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&tmp)?;
+    // Private until the old file's mode is copied over.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    if let Some(m) = &old {
+        f.set_permissions(m.permissions())?;
+        // Only root may give a file away; anyone else keeps it as their own, as before.
+        let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+    } else {
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    }
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -309,4 +329,28 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_rewrite_goes_through_a_symlink_and_keeps_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let target = real.join("lb.toml");
+        std::fs::write(&target, "old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("lb.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        super::write_atomically(&link, "new").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing left behind.
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
+    }
 }
