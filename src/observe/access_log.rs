@@ -153,8 +153,10 @@ fn combined(e: &Entry) -> String {
         "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"",
         e.client
             .rsplit_once(':')
-            .map_or(e.client.as_str(), |(ip, _)| ip),
-        e.time,
+            .map_or(e.client.as_str(), |(ip, _)| ip)
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+        clf_time(&e.time),
         e.method,
         e.path,
         e.protocol,
@@ -163,6 +165,25 @@ fn combined(e: &Entry) -> String {
         e.referer.as_deref().unwrap_or("-"),
         e.user_agent.as_deref().unwrap_or("-"),
     )
+}
+
+/// The common log format's `24/Nov/2025:16:00:00 +0000` from [`rfc3339`]'s
+/// `2025-11-24T16:00:00.123Z`, which log parsers (goaccess, the `COMBINEDAPACHELOG` grok
+/// pattern, fail2ban) expect in a combined line; any other text is kept as it is.
+fn clf_time(t: &str) -> std::borrow::Cow<'_, str> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = t
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .and_then(|m| MONTHS.get(m.wrapping_sub(1)));
+    match (t.get(0..4), month, t.get(8..10), t.get(11..19)) {
+        (Some(y), Some(m), Some(d), Some(hms)) if t.len() >= 20 => {
+            format!("{d}/{m}/{y}:{hms} +0000").into()
+        }
+        _ => t.into(),
+    }
 }
 
 /// RFC 3339 UTC time with milliseconds, without a date-time dependency.
@@ -210,6 +231,15 @@ mod tests {
         assert_eq!(
             combined(&e),
             "10.0.0.1 - - [t] \"GET /x HTTP/1.1\" 200 12 \"-\" \"-\""
+        );
+        let e = Entry {
+            client: "[::1]:5555".into(),
+            time: rfc3339(t),
+            ..e
+        };
+        assert_eq!(
+            combined(&e),
+            "::1 - - [24/Nov/2025:16:00:00 +0000] \"GET /x HTTP/1.1\" 200 12 \"-\" \"-\""
         );
     }
 
