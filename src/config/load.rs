@@ -386,6 +386,7 @@ upstream = "missing"
 algorithm = "fastest"
 backends = [{ address = 5 }, { address = "127.0.0.1:9", weight = -1 }, { address = "127.0.0.1:9", wieght = 2 }]
 timeouts = { connect = "2x" }
+max_connections = 0
 "#;
         let e = parse_config(text, Format::Toml, Some("f.toml")).unwrap_err();
         let got: Vec<(&str, &str)> = e
@@ -403,6 +404,7 @@ timeouts = { connect = "2x" }
             // Validated in the tree left, and still named by the text's indexes.
             ("upstreams.web.backends[2].address", "f.toml:11:74"),
             ("upstreams.web.timeouts.connect", "f.toml:12:14"),
+            ("upstreams.web.max_connections", "f.toml:13:1"),
         ];
         for w in want {
             assert!(got.contains(&w), "{w:?} not in {got:?}");

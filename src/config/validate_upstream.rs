@@ -28,6 +28,13 @@ pub(super) fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut
             "upstream names use letters, digits, '-' and '_'",
         ));
     }
+    // 0 would refuse every request (HAProxy reads `maxconn 0` as "no limit"): say which.
+    if u.max_connections == Some(0) {
+        p.push(Problem::new(
+            format!("{path}.max_connections"),
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
     let mut seen = HashSet::new();
     for (i, b) in u.backends.iter().enumerate() {
         let bp = format!("{path}.backends[{i}]");
