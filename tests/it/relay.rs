@@ -107,6 +107,7 @@ fn answer(req: &str) -> (Vec<u8>, bool) {
         "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive, x-internal\r\nx-internal: 1\r\n\r\n5\r\nhello\r\n6;ext\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
         "/interim" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         "/named-length" => b"HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 3\r\n\r\nxyz",
+        "/slow" => b"\0\0HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         "/eof" => return (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end".to_vec(), true),
         "/echo" => {
             let body = req.split("\r\n\r\n").nth(1).unwrap_or("");
@@ -607,4 +608,31 @@ fn forwarding_headers_keep_every_client_line_and_host_follows_the_request_target
     );
     assert!(connect.starts_with("HTTP/1.1 400"), "{connect}");
     assert_eq!(seen.lock().unwrap().len(), before);
+}
+
+#[test]
+fn a_response_in_flight_when_shutdown_begins_says_the_connection_closes() {
+    let (addr, _seen) = scripted(answer);
+    let lb = lb_for(addr);
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    // A first exchange makes the connection a kept-alive one.
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let first = read_until(&mut c, |b| b.ends_with(b"abc"));
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    // The backend takes 200 ms to answer; shutdown begins meanwhile.
+    c.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(80));
+    lb.running().begin_shutdown();
+    let second = read_until(&mut c, |b| b.ends_with(b"ok"));
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        second
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{second}"
+    );
 }

@@ -646,6 +646,14 @@ pub fn parse_response(
     }))
 }
 
+/// Adds `connection: close` to a client head [`parse_response`] wrote without it.
+pub fn announce_close(head: &mut Vec<u8>) {
+    if head.ends_with(b"\r\n\r\n") {
+        head.truncate(head.len() - 2);
+        head.extend_from_slice(b"connection: close\r\n\r\n");
+    }
+}
+
 fn itoa3(n: u16) -> [u8; 3] {
     let n = n.min(999);
     [

@@ -121,7 +121,7 @@ pub async fn serve(
         req.close |= *stop.borrow();
         let close = req.close;
         let (head, body) = buf[..head_len + body_len].split_at(head_len);
-        let on = (&mut nodelay, &mut timer);
+        let on = (&mut nodelay, &mut timer, stop);
         let kept = boxed_in_place(|| exchange(io, head, body, req, shared, conn, on)).await;
         let Some(at) = kept.filter(|_| !close) else {
             return End::Close;
@@ -224,7 +224,7 @@ async fn exchange(
     mut req: head::Request,
     shared: &Shared,
     conn: &ConnInfo,
-    (nodelay, timer): (&mut bool, &mut Deadline<'_>),
+    (nodelay, timer, stop): (&mut bool, &mut Deadline<'_>, &watch::Receiver<bool>),
 ) -> Option<Instant> {
     // The client's `Connection: close`, or shutdown (set by `serve`).
     let close = req.close;
@@ -249,6 +249,13 @@ async fn exchange(
     let outcome = match result {
         Err(e) => local_error(io, e, &req, request_id, close).await,
         Ok(mut x) => {
+            // Shutdown began while the backend answered: the client is told this connection
+            // ends here, as HAProxy and Envoy do, instead of finding it closed under its next
+            // request. (`has_changed`: one atomic load; shutdown is the only change sent.)
+            let draining = !close && stop.has_changed().unwrap_or(true);
+            if draining {
+                head::announce_close(&mut x.client_head);
+            }
             let Some((sent, complete)) = respond(io, &mut x, up.idle_timeout, nodelay, timer).await
             else {
                 // The body's first bytes were malformed and nothing went out yet.
@@ -265,7 +272,7 @@ async fn exchange(
             }
             // A body delimited by the backend's close ends the client connection too.
             let until_close = x.resp.framing == head::Framing::UntilClose;
-            let keep = complete && !until_close;
+            let keep = complete && !until_close && !draining;
             (
                 x.resp.status,
                 None,
