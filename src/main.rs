@@ -118,9 +118,12 @@ fn init_logging(cfg: &Config) {
         .ok()
         .or_else(|| cfg.log.level.clone())
         .unwrap_or_else(|| "info".into());
+    // Colour only for a person at a terminal: a log file or journald gets plain text.
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }
 
@@ -152,6 +155,15 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let (cfg, _) =
         config::load_file(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     init_logging(&cfg);
+    // Listeners are bound in the configuration's order.
+    let schemes: Vec<&str> = cfg
+        .listeners
+        .iter()
+        .map(|l| match &l.tls {
+            Some(t) if !t.certificates.is_empty() => "https",
+            _ => "http",
+        })
+        .collect();
     let running = server::start(
         cfg,
         Options {
@@ -159,8 +171,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
             ..Options::default()
         },
     )?;
-    for a in &running.listeners {
-        tracing::info!("listening on http://{a}");
+    for (i, a) in running.listeners.iter().enumerate() {
+        let scheme = schemes.get(i).copied().unwrap_or("http");
+        tracing::info!("listening on {scheme}://{a}");
     }
     if let Some(a) = running.admin {
         tracing::info!("admin API and web UI on http://{a}");
