@@ -7,9 +7,11 @@ use std::collections::{HashMap, HashSet};
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if old.workers != new.workers {
+        let n = |w: Option<usize>| w.map_or("one per CPU".to_string(), |w| w.to_string());
         out.push(format!(
-            "workers: {:?} -> {:?} (takes effect at restart)",
-            old.workers, new.workers
+            "workers: {} -> {} (takes effect at restart)",
+            n(old.workers),
+            n(new.workers)
         ));
     }
     if old.admin != new.admin {
