@@ -71,7 +71,9 @@ impl Registry {
                 // What is left of `old` was removed from this upstream.
                 map.insert(name.clone(), old);
                 next.insert(name.clone(), kept);
-                Arc::new(Upstream::compile(name, u, backends))
+                let up = Upstream::compile(name, u, backends);
+                up.settle_live_state();
+                Arc::new(up)
             })
             .collect();
         // Backends that left the configuration drain: their in-flight requests finish on the old

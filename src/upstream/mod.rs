@@ -84,6 +84,10 @@ pub struct Upstream {
     pub passive: Option<PassivePolicy>,
     pub retry: RetryPolicy,
     pub slow_start_ms: u64,
+    /// An active `health_check` is configured. Only then does active health gate traffic: a
+    /// verdict left by a check since removed would never be revised (HAProxy treats a server
+    /// without `check` as always up).
+    pub checked: bool,
     pub max_connections: Option<u32>,
     pub max_pending: Option<u32>,
     pub config: UpstreamConfig,
@@ -142,6 +146,7 @@ impl Upstream {
             passive: cfg.passive_health.as_ref().map(PassivePolicy::from_config),
             retry: RetryPolicy::from_config(cfg.retry.as_ref()),
             slow_start_ms: cfg.slow_start.map_or(0, |d| d.get().as_millis() as u64),
+            checked,
             max_connections: cfg.max_connections,
             max_pending: cfg.max_pending,
             config: cfg.clone(),
@@ -163,19 +168,43 @@ impl Upstream {
                 .is_none_or(|m| b.state.active.load(Relaxed) < m)
     }
 
-    /// Healthy, not draining, not ejected, circuit admitting: everything but load.
+    /// Healthy (when checked), not draining, not ejected, circuit admitting: everything but load.
     fn usable_ignoring_limit(&self, i: usize, now: u64) -> bool {
         let b = &self.backends[i];
         let s = &b.state;
         b.weight > 0
             && !s.is_draining()
-            && s.health() != Health::Unhealthy
-            && !(self.require_checked && s.health() == Health::Unknown)
+            && self.health_admits(s.health())
             && !s.is_ejected(now)
             && self
                 .breaker
                 .as_ref()
                 .is_none_or(|p| s.breaker.admits(p, now))
+    }
+
+    /// Active health as it gates traffic: `unhealthy` only while a check can revise it, and
+    /// `unknown` only where a first check must pass (see `require_checked`).
+    fn health_admits(&self, h: Health) -> bool {
+        match h {
+            Health::Healthy => true,
+            Health::Unhealthy => !self.checked,
+            Health::Unknown => !self.require_checked,
+        }
+    }
+
+    /// Resets live state left by a policy this upstream no longer has, which nothing would ever
+    /// update again: without `health_check` active health goes back to unknown, without
+    /// `circuit_breaker` the circuit closes (with the event of any other transition). Everything
+    /// else a backend has learned survives the change.
+    pub fn settle_live_state(&self) {
+        for b in &self.backends {
+            if !self.checked {
+                health::forget(&b.state);
+            }
+            if self.breaker.is_none() && b.state.breaker.reset() {
+                crate::events::breaker_changed(&b.state, breaker::Circuit::Closed);
+            }
+        }
     }
 
     /// Slow start: during the ramp a backend is admitted with a probability that grows linearly
@@ -263,7 +292,9 @@ impl Upstream {
         };
         // A current stamp means the circuit was closed (or there is none), where dispatching
         // changes nothing: skip reading the state, which at 10,000 backends is a cache miss.
-        if self.stamps[i].load(Relaxed) != epoch {
+        // Without a breaker policy nothing may drive the circuit (it was closed when the policy
+        // went, see `settle_live_state`).
+        if self.breaker.is_some() && self.stamps[i].load(Relaxed) != epoch {
             if let Some(change) = self.backends[i].state.breaker.on_dispatch(now()) {
                 crate::events::breaker_changed(&self.backends[i].state, change);
             }
@@ -276,9 +307,16 @@ impl Upstream {
 mod tests {
     use super::*;
 
+    fn checked() -> Option<crate::config::HealthCheckConfig> {
+        Some(crate::config::HealthCheckConfig::default())
+    }
+
     #[test]
     fn unhealthy_and_draining_backends_are_skipped() {
-        let cfg = UpstreamConfig::default();
+        let cfg = UpstreamConfig {
+            health_check: checked(),
+            ..UpstreamConfig::default()
+        };
         let backends = balancer::test_support::backends(&[1, 1, 1]);
         backends[0].state.set_health(Health::Unhealthy);
         backends[1].state.set_draining(true);
@@ -302,6 +340,7 @@ mod tests {
                 consecutive_failures: Some(1),
                 ..Default::default()
             }),
+            health_check: checked(),
             ..UpstreamConfig::default()
         };
         let u = Upstream::compile("t", &cfg, balancer::test_support::backends(&[1, 1]));
@@ -348,5 +387,52 @@ mod tests {
             fresh < 250,
             "a backend that just joined took {fresh} of 1000"
         );
+    }
+
+    #[test]
+    fn active_health_gates_traffic_only_while_a_check_is_configured() {
+        let backends = balancer::test_support::backends(&[1, 1]);
+        backends[0].state.set_health(Health::Unhealthy);
+        let now = now_ms();
+        let with = UpstreamConfig {
+            health_check: checked(),
+            ..UpstreamConfig::default()
+        };
+        let u = Upstream::compile("t", &with, backends.clone());
+        assert!(!u.available(0, now));
+        let u = Upstream::compile("t", &UpstreamConfig::default(), backends);
+        assert!(u.available(0, now), "no check: a stale verdict is ignored");
+    }
+
+    #[test]
+    fn settling_resets_only_what_a_removed_policy_left() {
+        let breaker = UpstreamConfig {
+            circuit_breaker: Some(crate::config::CircuitBreakerConfig {
+                consecutive_failures: Some(1),
+                ..Default::default()
+            }),
+            health_check: checked(),
+            ..UpstreamConfig::default()
+        };
+        let u = Upstream::compile("t", &breaker, balancer::test_support::backends(&[1]));
+        let s = u.backends[0].state.clone();
+        s.set_health(Health::Unhealthy);
+        s.breaker
+            .record(u.breaker.as_ref().unwrap(), false, now_ms());
+        s.requests_total.store(7, Relaxed);
+        u.settle_live_state();
+        assert_eq!(
+            (s.health(), s.breaker.state()),
+            (Health::Unhealthy, breaker::Circuit::Open),
+            "policies kept: state kept"
+        );
+        let u = Upstream::compile("t", &UpstreamConfig::default(), u.backends.clone());
+        u.settle_live_state();
+        assert_eq!(
+            (s.health(), s.breaker.state()),
+            (Health::Unknown, breaker::Circuit::Closed)
+        );
+        assert_eq!(s.requests_total.load(Relaxed), 7, "counters kept");
+        assert_eq!(u.pick(&PickCtx::default(), &[]), Ok(0));
     }
 }
