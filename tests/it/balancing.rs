@@ -235,3 +235,37 @@ fn weighted_round_robin_shares_a_drained_backends_turns_by_weight() {
     let (m, _) = counts(&lb, 300);
     assert_near(&m, &[("b0", 0), ("b1", 100), ("b2", 200)], 10);
 }
+
+/// Slow start ramps a backend's share, it never refuses traffic: backends present at start take
+/// their full share at once (as HAProxy), a backend that joins later takes a small share that
+/// grows, one that is alone takes everything, and `/health` counts ramping backends as healthy.
+#[test]
+fn slow_start_ramps_a_joining_backends_share_and_never_refuses() {
+    let be = backends(3);
+    let body = |entries: &[(usize, &str)]| {
+        config(&format!("slow_start = \"30s\"\n{}", listed(&be, entries)))
+    };
+    let lb = start(&body(&[(0, ""), (1, "")]));
+    let c = client();
+    let (m, _) = counts(&lb, 100);
+    assert_near(&m, &[("b0", 50), ("b1", 50)], 5);
+    let healthy = || get_json(&c, &lb.admin_url("/health"))["upstreams"]["web"]["healthy"].clone();
+    assert_eq!(healthy(), 2);
+
+    // b2 joins: in the first seconds of a 30s ramp it is picked about a tenth as often.
+    put_config(&lb, &body(&[(0, ""), (1, ""), (2, "")]));
+    assert_eq!(healthy(), 3, "a ramping backend is healthy");
+    let (m, _) = counts(&lb, 600);
+    let fresh = m.get("b2").copied().unwrap_or(0);
+    assert!(
+        (1..=90).contains(&fresh),
+        "joining backend took {fresh} of 600: {m:?}"
+    );
+    assert!(m["b0"].abs_diff(m["b1"]) <= 30, "{m:?}");
+
+    // Alone and ramping, it still takes every request.
+    put_config(&lb, &body(&[(2, "")]));
+    let (m, _) = counts(&lb, 50);
+    assert_eq!(m["b2"], 50);
+    assert_eq!(healthy(), 1);
+}
