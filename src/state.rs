@@ -71,7 +71,9 @@ impl Registry {
                 // What is left of `old` was removed from this upstream.
                 map.insert(name.clone(), old);
                 next.insert(name.clone(), kept);
-                Arc::new(Upstream::compile(name, u, backends))
+                let up = Upstream::compile(name, u, backends);
+                up.settle_live_state();
+                Arc::new(up)
             })
             .collect();
         // Backends that left the configuration drain: their in-flight requests finish on the old
@@ -162,6 +164,12 @@ impl Shared {
     ) -> Shared {
         let registry = Registry::default();
         let snap = registry.compile(&cfg, 1);
+        // Slow start ramps a backend that joins a running upstream or recovers, not the fleet a
+        // process starts with (HAProxy's `slowstart` neither): ramping every backend alike
+        // changes no share and would only delay full service.
+        for b in snap.upstreams.iter().flat_map(|u| &u.backends) {
+            b.state.set_available_since(0);
+        }
         let first = Version {
             version: 1,
             source: "start".into(),

@@ -83,8 +83,8 @@ pub struct BackendState {
     draining: AtomicBool,
     /// Passive health: the ejection deadline (0 = not ejected). Set through `eject_until`.
     ejected_until_ms: AtomicU64,
-    /// When the backend (re)joined the eligible set; drives slow start. Set by `set_health`
-    /// (or `set_available_since`, which bumps the availability epoch too).
+    /// When the backend joined the upstream or recovered from `unhealthy`; drives slow start.
+    /// Set by `set_health` (or `set_available_since`, which bumps the availability epoch too).
     available_since_ms: AtomicU64,
     /// Peak-EWMA of response-head latency in microseconds, stored as f64 bits.
     ewma_us: AtomicU64,
@@ -152,10 +152,13 @@ impl BackendState {
     }
 
     /// Sets the health; returns the previous value so callers can emit a transition event.
+    /// Leaving `unhealthy` is a recovery and restarts the slow-start ramp; a first verdict
+    /// (`unknown` → `healthy`) is not: the backend was already in service, and its ramp (if it
+    /// has one) runs from when it joined.
     pub fn set_health(&self, h: Health) -> Health {
         let prev = Health::from_u8(self.health.swap(h as u8, Relaxed));
         if prev != h {
-            if h == Health::Healthy {
+            if prev == Health::Unhealthy {
                 self.available_since_ms.store(now_ms(), Relaxed);
             }
             availability_changed();
@@ -168,7 +171,16 @@ impl BackendState {
         self.available_since_ms.load(Relaxed)
     }
 
-    /// Restarts (or ends) the slow-start ramp from `ms`.
+    /// How long the backend has been in service at `now`, for slow start: since it joined or
+    /// recovered, or `u64::MAX` for one in service from the start.
+    pub fn in_service_ms(&self, now: u64) -> u64 {
+        match self.available_since_ms() {
+            0 => u64::MAX,
+            since => now.saturating_sub(since),
+        }
+    }
+
+    /// Restarts the slow-start ramp from `ms`; 0 = in service from the start, never ramped.
     pub fn set_available_since(&self, ms: u64) {
         self.available_since_ms.store(ms, Relaxed);
         availability_changed();

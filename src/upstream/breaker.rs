@@ -85,6 +85,30 @@ impl Breaker {
         }
     }
 
+    /// Back to closed with nothing counted, as a new breaker: for a backend whose upstream no
+    /// longer has a breaker policy, where nothing else would ever close it. Returns whether the
+    /// circuit was not closed (a transition to report).
+    pub fn reset(&self) -> bool {
+        let was = self.state.swap(Circuit::Closed as u8, Relaxed);
+        for counter in [
+            &self.trips,
+            &self.consecutive,
+            &self.probes_inflight,
+            &self.probes_ok,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        for word in [
+            &self.open_until_ms,
+            &self.win_start_ms,
+            &self.cur,
+            &self.prev,
+        ] {
+            word.store(0, Relaxed);
+        }
+        was != Circuit::Closed as u8
+    }
+
     /// Whether the balancer may pick this backend now. No side effects: picking calls
     /// [`Breaker::on_dispatch`] for the one backend chosen.
     pub fn admits(&self, p: &BreakerPolicy, now: u64) -> bool {
@@ -247,6 +271,22 @@ mod tests {
         assert_eq!(b.record(&p, false, 201), Some(Circuit::Open));
         assert!(!b.admits(&p, 350), "second trip stays open twice as long");
         assert!(b.admits(&p, 402));
+    }
+
+    #[test]
+    fn reset_closes_and_forgets() {
+        let (b, p) = (Breaker::default(), policy());
+        assert!(!b.reset(), "closed already: nothing to report");
+        for t in 0..3 {
+            b.record(&p, false, t);
+        }
+        assert_eq!(b.state(), Circuit::Open);
+        assert!(b.reset());
+        assert_eq!(b.state(), Circuit::Closed);
+        // Nothing counted survives: it takes a full run of failures to trip again.
+        assert_eq!(b.record(&p, false, 10), None);
+        assert_eq!(b.record(&p, false, 11), None);
+        assert_eq!(b.record(&p, false, 12), Some(Circuit::Open));
     }
 
     #[test]

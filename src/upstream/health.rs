@@ -4,14 +4,16 @@
 //!
 //! A backend starts `unknown` and is checked at once. `healthy_threshold` successes in a row make
 //! it healthy and `unhealthy_threshold` failures unhealthy; a backend never yet seen healthy goes
-//! unhealthy at its first failure, since it has no track record to give it credit.
+//! unhealthy at its first failure, since it has no track record to give it credit. When an
+//! upstream's check is removed its backends go back to `unknown` ([`forget`]): a verdict nothing
+//! will revise must not linger in the API (it no longer gates traffic either).
 
 use super::backend::{BackendState, Health};
 use crate::config::{
     validate::parse_status_range, CheckKind, HealthCheckConfig, Protocol, UpstreamTls,
 };
 use crate::proxy::connector::{Connector, Io};
-use crate::state::Shared;
+use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
@@ -85,13 +87,16 @@ pub fn spawn_checker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         wanted.insert((up.name.clone(), b.address.clone()), task);
                     }
                 }
-                running.retain(|key, (policy, task)| {
-                    let keep = wanted.get(key).is_some_and(|(p, ..)| p == policy);
-                    if !keep {
-                        task.abort();
+                let stale: Vec<(String, String)> = running
+                    .iter()
+                    .filter(|(key, (policy, _))| wanted.get(*key).is_none_or(|(p, ..)| p != policy))
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in stale {
+                    if let Some((_, task)) = running.remove(&key) {
+                        stop_checking(&snap, &key, task).await;
                     }
-                    keep
-                });
+                }
                 for (key, (policy, state, connector, socket)) in wanted {
                     running.entry(key).or_insert_with(|| {
                         let task =
@@ -109,6 +114,35 @@ pub fn spawn_checker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             t.abort();
         }
     });
+}
+
+/// Stops one checker. When its upstream no longer has a check, the backend's health is
+/// forgotten only once the task has really ended: a probe that was in flight when the
+/// configuration changed can no longer store its verdict after the reset.
+async fn stop_checking(
+    snap: &Snapshot,
+    (upstream, address): &(String, String),
+    task: JoinHandle<()>,
+) {
+    task.abort();
+    let _ = task.await;
+    let Some(up) = snap
+        .upstream(upstream)
+        .filter(|u| u.config.health_check.is_none())
+    else {
+        return;
+    };
+    if let Some(b) = up.backends.iter().find(|b| &b.address == address) {
+        forget(&b.state);
+    }
+}
+
+/// Back to `unknown`, with its event: for a backend no check decides any more.
+pub fn forget(state: &BackendState) {
+    let prev = state.set_health(Health::Unknown);
+    if prev != Health::Unknown {
+        crate::events::health_changed(state, prev, Health::Unknown);
+    }
 }
 
 async fn check_loop(

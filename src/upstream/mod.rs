@@ -83,7 +83,15 @@ pub struct Upstream {
     pub breaker: Option<BreakerPolicy>,
     pub passive: Option<PassivePolicy>,
     pub retry: RetryPolicy,
+    /// The slow-start ramp (0 = off; see [`Upstream::ramp`]). Always off for `consistent_hash`:
+    /// thinning a ramping backend's picks would send the same key to it or to its neighbour at
+    /// random, which breaks the affinity the algorithm is for (HAProxy too ramps only dynamic
+    /// algorithms).
     pub slow_start_ms: u64,
+    /// An active `health_check` is configured. Only then does active health gate traffic: a
+    /// verdict left by a check since removed would never be revised (HAProxy treats a server
+    /// without `check` as always up).
+    pub checked: bool,
     pub max_connections: Option<u32>,
     pub max_pending: Option<u32>,
     pub config: UpstreamConfig,
@@ -105,6 +113,12 @@ pub struct Upstream {
     /// than among 3.
     stamps: Box<[AtomicU64]>,
 }
+
+/// Slow start's floor: a backend that just joined takes a tenth of its share (Envoy's default
+/// `min_weight_percent`), enough to warm it without flooding it.
+const RAMP_FLOOR: f64 = 0.1;
+/// How many times one pick may re-pick past ramping backends before it keeps what it has.
+const RAMP_REPICKS: usize = 3;
 
 /// Why no backend could be chosen; becomes the `x-switchyard-error` reason of a 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +155,11 @@ impl Upstream {
             breaker: cfg.circuit_breaker.as_ref().map(BreakerPolicy::from_config),
             passive: cfg.passive_health.as_ref().map(PassivePolicy::from_config),
             retry: RetryPolicy::from_config(cfg.retry.as_ref()),
-            slow_start_ms: cfg.slow_start.map_or(0, |d| d.get().as_millis() as u64),
+            slow_start_ms: match cfg.algorithm {
+                Algorithm::ConsistentHash => 0,
+                _ => cfg.slow_start.map_or(0, |d| d.get().as_millis() as u64),
+            },
+            checked,
             max_connections: cfg.max_connections,
             max_pending: cfg.max_pending,
             config: cfg.clone(),
@@ -153,24 +171,24 @@ impl Upstream {
         }
     }
 
-    /// Whether backend `i` may take a new request now: the single availability rule.
+    /// Whether backend `i` may take a new request now: the single availability rule. Slow start
+    /// is not part of it: a ramping backend is available, only picked less often (see
+    /// [`Upstream::ramp`]).
     pub fn available(&self, i: usize, now: u64) -> bool {
         let b = &self.backends[i];
         self.usable_ignoring_limit(i, now)
-            && self.slow_start_admits(b, now)
             && self
                 .max_connections
                 .is_none_or(|m| b.state.active.load(Relaxed) < m)
     }
 
-    /// Healthy, not draining, not ejected, circuit admitting: everything but load.
+    /// Healthy (when checked), not draining, not ejected, circuit admitting: everything but load.
     fn usable_ignoring_limit(&self, i: usize, now: u64) -> bool {
         let b = &self.backends[i];
         let s = &b.state;
         b.weight > 0
             && !s.is_draining()
-            && s.health() != Health::Unhealthy
-            && !(self.require_checked && s.health() == Health::Unknown)
+            && self.health_admits(s.health())
             && !s.is_ejected(now)
             && self
                 .breaker
@@ -178,15 +196,76 @@ impl Upstream {
                 .is_none_or(|p| s.breaker.admits(p, now))
     }
 
-    /// Slow start: during the ramp a backend is admitted with a probability that grows linearly
-    /// from 10% to 100%, which scales its share for every algorithm alike.
-    fn slow_start_admits(&self, b: &Backend, now: u64) -> bool {
-        if self.slow_start_ms == 0 {
-            return true;
+    /// Active health as it gates traffic: `unhealthy` only while a check can revise it, and
+    /// `unknown` only where a first check must pass (see `require_checked`).
+    fn health_admits(&self, h: Health) -> bool {
+        match h {
+            Health::Healthy => true,
+            Health::Unhealthy => !self.checked,
+            Health::Unknown => !self.require_checked,
         }
-        let age = now.saturating_sub(b.state.available_since_ms());
-        age >= self.slow_start_ms
-            || fastrand::f64() < (0.1 + 0.9 * age as f64 / self.slow_start_ms as f64)
+    }
+
+    /// Slow start: the fraction of its full share backend `i` takes at `now`, rising linearly
+    /// from [`RAMP_FLOOR`] to 1 over `slow_start` from when it joined or recovered.
+    pub fn ramp(&self, i: usize, now: u64) -> f64 {
+        let age = self.backends[i].state.in_service_ms(now);
+        if age >= self.slow_start_ms {
+            return 1.0;
+        }
+        RAMP_FLOOR + (1.0 - RAMP_FLOOR) * age as f64 / self.slow_start_ms as f64
+    }
+
+    /// Scales a ramping backend's share by thinning the picks that land on it: such a pick stands
+    /// with probability [`Upstream::ramp`], else the balancer picks again without it. Each
+    /// algorithm thus ranks the rest its own way (round robin passes the turn on, least
+    /// connections takes the next least loaded, p2c and random draw again), weights and load
+    /// included, and the ramping backend gets its weight × ramp of the traffic. A ramping backend
+    /// is never refused: when nothing else is available, or the re-picks land on ramping ones
+    /// too, the pick stands.
+    fn thin_ramping(
+        &self,
+        first: usize,
+        ctx: &PickCtx,
+        tried: &[usize],
+        now: &OnceCell<u64>,
+        epoch: u64,
+    ) -> usize {
+        let mut passed = [usize::MAX; RAMP_REPICKS];
+        let mut i = first;
+        for n in 0..RAMP_REPICKS {
+            // A current stamp means fully ramped (see `available_at`).
+            if self.stamps[i].load(Relaxed) == epoch
+                || fastrand::f64() < self.ramp(i, *now.get_or_init(now_ms))
+            {
+                return i;
+            }
+            passed[n] = i;
+            let passed = &passed[..=n];
+            let again = self.balancer.pick(&self.backends, ctx, &mut |j| {
+                !passed.contains(&j) && !tried.contains(&j) && self.available_at(j, now, epoch)
+            });
+            match again {
+                Some(j) => i = j,
+                None => return i,
+            }
+        }
+        i
+    }
+
+    /// Resets live state left by a policy this upstream no longer has, which nothing would ever
+    /// update again: without `health_check` active health goes back to unknown, without
+    /// `circuit_breaker` the circuit closes (with the event of any other transition). Everything
+    /// else a backend has learned survives the change.
+    pub fn settle_live_state(&self) {
+        for b in &self.backends {
+            if !self.checked {
+                health::forget(&b.state);
+            }
+            if self.breaker.is_none() && b.state.breaker.reset() {
+                crate::events::breaker_changed(&b.state, breaker::Circuit::Closed);
+            }
+        }
     }
 
     /// [`Upstream::available`] through the stamp of `i`: a backend found fully in service at the
@@ -206,8 +285,7 @@ impl Upstream {
         if ok {
             let s = &self.backends[i].state;
             let closed = self.breaker.is_none() || s.breaker.state() == breaker::Circuit::Closed;
-            let ramped = self.slow_start_ms == 0
-                || now.saturating_sub(s.available_since_ms()) >= self.slow_start_ms;
+            let ramped = self.slow_start_ms == 0 || s.in_service_ms(now) >= self.slow_start_ms;
             if closed && ramped {
                 self.stamps[i].store(epoch, Relaxed);
             }
@@ -246,6 +324,12 @@ impl Upstream {
                     })
                 })?
             });
+        let found = match found {
+            Some(i) if self.slow_start_ms > 0 => {
+                Some(self.thin_ramping(i, ctx, tried, &now, epoch))
+            }
+            other => other,
+        };
         let now = || *now.get_or_init(now_ms);
         let Some(i) = found else {
             let now = now();
@@ -263,7 +347,9 @@ impl Upstream {
         };
         // A current stamp means the circuit was closed (or there is none), where dispatching
         // changes nothing: skip reading the state, which at 10,000 backends is a cache miss.
-        if self.stamps[i].load(Relaxed) != epoch {
+        // Without a breaker policy nothing may drive the circuit (it was closed when the policy
+        // went, see `settle_live_state`).
+        if self.breaker.is_some() && self.stamps[i].load(Relaxed) != epoch {
             if let Some(change) = self.backends[i].state.breaker.on_dispatch(now()) {
                 crate::events::breaker_changed(&self.backends[i].state, change);
             }
@@ -276,9 +362,16 @@ impl Upstream {
 mod tests {
     use super::*;
 
+    fn checked() -> Option<crate::config::HealthCheckConfig> {
+        Some(crate::config::HealthCheckConfig::default())
+    }
+
     #[test]
     fn unhealthy_and_draining_backends_are_skipped() {
-        let cfg = UpstreamConfig::default();
+        let cfg = UpstreamConfig {
+            health_check: checked(),
+            ..UpstreamConfig::default()
+        };
         let backends = balancer::test_support::backends(&[1, 1, 1]);
         backends[0].state.set_health(Health::Unhealthy);
         backends[1].state.set_draining(true);
@@ -302,6 +395,7 @@ mod tests {
                 consecutive_failures: Some(1),
                 ..Default::default()
             }),
+            health_check: checked(),
             ..UpstreamConfig::default()
         };
         let u = Upstream::compile("t", &cfg, balancer::test_support::backends(&[1, 1]));
@@ -345,8 +439,114 @@ mod tests {
             .filter(|_| u.pick(&PickCtx::default(), &[]) == Ok(1))
             .count();
         assert!(
-            fresh < 250,
+            (1..250).contains(&fresh),
             "a backend that just joined took {fresh} of 1000"
         );
+    }
+
+    #[test]
+    fn slow_start_never_refuses_a_backend_that_is_alone() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::Random,
+            Algorithm::P2cEwma,
+        ] {
+            let cfg = UpstreamConfig {
+                algorithm,
+                slow_start: Some(crate::config::Dur::millis(60_000)),
+                ..UpstreamConfig::default()
+            };
+            let backends = balancer::test_support::backends(&[1, 1]);
+            backends[0].state.set_draining(true);
+            backends[1].state.set_available_since(now_ms());
+            let u = Upstream::compile("t", &cfg, backends);
+            let now = now_ms();
+            assert!(u.available(1, now), "{algorithm:?}: ramping is available");
+            assert!(u.ramp(1, now) < 0.2, "{algorithm:?}");
+            for _ in 0..200 {
+                assert_eq!(u.pick(&PickCtx::default(), &[]), Ok(1), "{algorithm:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn slow_start_scales_the_share_for_every_algorithm() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::Random,
+            Algorithm::P2cEwma,
+        ] {
+            let cfg = UpstreamConfig {
+                algorithm,
+                slow_start: Some(crate::config::Dur::millis(60_000)),
+                ..UpstreamConfig::default()
+            };
+            let backends = balancer::test_support::backends(&[1, 1, 1, 1]);
+            for b in &backends[..3] {
+                b.state.set_available_since(0);
+            }
+            backends[3].state.set_available_since(now_ms());
+            let u = Upstream::compile("t", &cfg, backends);
+            let mut counts = [0usize; 4];
+            for _ in 0..4_000 {
+                counts[u.pick(&PickCtx::default(), &[]).unwrap()] += 1;
+            }
+            // A full share would be 1,000; at a tenth of weight, about 1/31 of 4,000.
+            assert!(
+                (40..300).contains(&counts[3]),
+                "{algorithm:?}: ramping backend took {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn active_health_gates_traffic_only_while_a_check_is_configured() {
+        let backends = balancer::test_support::backends(&[1, 1]);
+        backends[0].state.set_health(Health::Unhealthy);
+        let now = now_ms();
+        let with = UpstreamConfig {
+            health_check: checked(),
+            ..UpstreamConfig::default()
+        };
+        let u = Upstream::compile("t", &with, backends.clone());
+        assert!(!u.available(0, now));
+        let u = Upstream::compile("t", &UpstreamConfig::default(), backends);
+        assert!(u.available(0, now), "no check: a stale verdict is ignored");
+    }
+
+    #[test]
+    fn settling_resets_only_what_a_removed_policy_left() {
+        let breaker = UpstreamConfig {
+            circuit_breaker: Some(crate::config::CircuitBreakerConfig {
+                consecutive_failures: Some(1),
+                ..Default::default()
+            }),
+            health_check: checked(),
+            ..UpstreamConfig::default()
+        };
+        let u = Upstream::compile("t", &breaker, balancer::test_support::backends(&[1]));
+        let s = u.backends[0].state.clone();
+        s.set_health(Health::Unhealthy);
+        s.breaker
+            .record(u.breaker.as_ref().unwrap(), false, now_ms());
+        s.requests_total.store(7, Relaxed);
+        u.settle_live_state();
+        assert_eq!(
+            (s.health(), s.breaker.state()),
+            (Health::Unhealthy, breaker::Circuit::Open),
+            "policies kept: state kept"
+        );
+        let u = Upstream::compile("t", &UpstreamConfig::default(), u.backends.clone());
+        u.settle_live_state();
+        assert_eq!(
+            (s.health(), s.breaker.state()),
+            (Health::Unknown, breaker::Circuit::Closed)
+        );
+        assert_eq!(s.requests_total.load(Relaxed), 7, "counters kept");
+        assert_eq!(u.pick(&PickCtx::default(), &[]), Ok(0));
     }
 }

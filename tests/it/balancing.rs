@@ -130,3 +130,142 @@ fn consistent_hash_keeps_keys_and_moves_few_when_a_backend_joins() {
         "keys move only to the new backend"
     );
 }
+
+/// Replaces the whole configuration through the admin API (as an operator's live change).
+fn put_config(lb: &Lb, toml_text: &str) {
+    let r = client()
+        .put(lb.admin_url("/api/v1/config"))
+        .header("content-type", "application/toml")
+        .body(toml_text.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+}
+
+fn listed(be: &Backends, entries: &[(usize, &str)]) -> String {
+    let list = entries
+        .iter()
+        .map(|(i, extra)| format!("{{ address = \"{}\"{extra} }}", be.addrs[*i]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("backends = [{list}]")
+}
+
+fn assert_near(m: &HashMap<String, usize>, want: &[(&str, usize)], tolerance: usize) {
+    for (b, n) in want {
+        let got = m.get(*b).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(*n) <= tolerance,
+            "{b}: {got}, want {n}±{tolerance}: {m:?}"
+        );
+    }
+}
+
+/// An unavailable backend's turns are shared by all the others, not handed to its neighbour in
+/// the list (as NGINX and HAProxy do).
+#[test]
+fn round_robin_shares_an_unhealthy_backends_turns_evenly() {
+    let be = backends(4);
+    let check = "health_check = { kind = \"http\", path = \"/healthz\", interval = \"100ms\", \
+                 timeout = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }";
+    let lb = start(&config(&format!(
+        "{}\n{check}",
+        listed(&be, &[(0, ""), (1, ""), (2, ""), (3, "")])
+    )));
+    let c = client();
+    c.post(format!("http://{}/healthz/fail", be.addrs[1]))
+        .send()
+        .unwrap();
+    let health = |i: usize| -> String {
+        upstreams(&lb)["upstreams"][0]["backends"][i]["health"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(eventually(Duration::from_secs(5), || health(1)
+        == "unhealthy"
+        && [0, 2, 3].iter().all(|&i| health(i) == "healthy")));
+    let (m, _) = counts(&lb, 600);
+    assert_near(&m, &[("b0", 200), ("b1", 0), ("b2", 200), ("b3", 200)], 10);
+
+    // Weight 0 takes no turns either: with b0 at weight 0 and b1 still unhealthy, b2 and b3
+    // share the rest.
+    put_config(
+        &lb,
+        &config(&format!(
+            "{}\n{check}",
+            listed(&be, &[(0, ", weight = 0"), (1, ""), (2, ""), (3, "")])
+        )),
+    );
+    let (m, _) = counts(&lb, 400);
+    assert_near(&m, &[("b0", 0), ("b1", 0), ("b2", 200), ("b3", 200)], 10);
+}
+
+#[test]
+fn weighted_round_robin_shares_a_drained_backends_turns_by_weight() {
+    let be = backends(3);
+    let lb = start(&config(&format!(
+        "algorithm = \"weighted_round_robin\"\n{}",
+        listed(
+            &be,
+            &[
+                (0, ", weight = 5, drain = true"),
+                (1, ", weight = 1"),
+                (2, ", weight = 1")
+            ]
+        )
+    )));
+    let (m, _) = counts(&lb, 400);
+    assert_near(&m, &[("b0", 0), ("b1", 200), ("b2", 200)], 10);
+    // With weights 5/1/2 and the heaviest out, 1:2.
+    put_config(
+        &lb,
+        &config(&format!(
+            "algorithm = \"weighted_round_robin\"\n{}",
+            listed(
+                &be,
+                &[
+                    (0, ", weight = 5, drain = true"),
+                    (1, ", weight = 1"),
+                    (2, ", weight = 2")
+                ]
+            )
+        )),
+    );
+    let (m, _) = counts(&lb, 300);
+    assert_near(&m, &[("b0", 0), ("b1", 100), ("b2", 200)], 10);
+}
+
+/// Slow start ramps a backend's share, it never refuses traffic: backends present at start take
+/// their full share at once (as HAProxy), a backend that joins later takes a small share that
+/// grows, one that is alone takes everything, and `/health` counts ramping backends as healthy.
+#[test]
+fn slow_start_ramps_a_joining_backends_share_and_never_refuses() {
+    let be = backends(3);
+    let body = |entries: &[(usize, &str)]| {
+        config(&format!("slow_start = \"30s\"\n{}", listed(&be, entries)))
+    };
+    let lb = start(&body(&[(0, ""), (1, "")]));
+    let c = client();
+    let (m, _) = counts(&lb, 100);
+    assert_near(&m, &[("b0", 50), ("b1", 50)], 5);
+    let healthy = || get_json(&c, &lb.admin_url("/health"))["upstreams"]["web"]["healthy"].clone();
+    assert_eq!(healthy(), 2);
+
+    // b2 joins: in the first seconds of a 30s ramp it is picked about a tenth as often.
+    put_config(&lb, &body(&[(0, ""), (1, ""), (2, "")]));
+    assert_eq!(healthy(), 3, "a ramping backend is healthy");
+    let (m, _) = counts(&lb, 600);
+    let fresh = m.get("b2").copied().unwrap_or(0);
+    assert!(
+        (1..=90).contains(&fresh),
+        "joining backend took {fresh} of 600: {m:?}"
+    );
+    assert!(m["b0"].abs_diff(m["b1"]) <= 30, "{m:?}");
+
+    // Alone and ramping, it still takes every request.
+    put_config(&lb, &body(&[(2, "")]));
+    let (m, _) = counts(&lb, 50);
+    assert_eq!(m["b2"], 50);
+    assert_eq!(healthy(), 1);
+}

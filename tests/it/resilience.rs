@@ -341,3 +341,134 @@ fn a_refused_connection_is_always_retried_elsewhere_whatever_the_budget() {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// Replaces the whole configuration through the admin API (as an operator's live change).
+fn put_config(lb: &Lb, toml_text: &str) {
+    let r = client()
+        .put(lb.admin_url("/api/v1/config"))
+        .header("content-type", "application/toml")
+        .body(toml_text.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+}
+
+fn event_details(lb: &Lb, kind: &str, backend: &str) -> Vec<String> {
+    let ev: Value = client()
+        .get(lb.admin_url("/api/v1/events/history"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    ev.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && e["backend"] == backend)
+        .map(|e| e["detail"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Without a `health_check` nothing decides active health, so it must not gate traffic: a live
+/// change that removes the check puts the backends it had marked unhealthy back in service (as
+/// HAProxy treats a server without `check`) and shows them `unknown` again.
+#[test]
+fn removing_the_health_check_puts_unhealthy_backends_back_in_service() {
+    let be = backends(2);
+    let addrs: Vec<String> = be.addrs.iter().map(|a| a.to_string()).collect();
+    let check = "health_check = { kind = \"http\", path = \"/healthz\", interval = \"100ms\", \
+                 timeout = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }";
+    let body = |extra: &str| {
+        config(&format!(
+            "backends = [{}]\nretry = {{ attempts = 1 }}\n{extra}",
+            be.list()
+        ))
+    };
+    let lb = start(&body(check));
+    let c = client();
+    for a in &addrs {
+        c.post(format!("http://{a}/healthz/fail")).send().unwrap();
+    }
+    let all = |lb: &Lb, h: &str| addrs.iter().all(|a| backend_state(lb, a)["health"] == h);
+    assert!(eventually(Duration::from_secs(5), || all(&lb, "unhealthy")));
+    assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 503);
+
+    // A change that keeps the check keeps what it learned.
+    put_config(
+        &lb,
+        &body(&format!("{check}\ntimeouts = {{ connect = \"1s\" }}")),
+    );
+    assert_eq!(
+        c.get(lb.url("/")).send().unwrap().status(),
+        503,
+        "health survives a change that keeps the check"
+    );
+    let served = backend_state(&lb, &addrs[0])["requests_total"]
+        .as_u64()
+        .unwrap();
+
+    put_config(&lb, &body("timeouts = { connect = \"1s\" }"));
+    for _ in 0..10 {
+        assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 200);
+    }
+    assert!(eventually(Duration::from_secs(3), || all(&lb, "unknown")));
+    // A probe that was in flight at the change does not mark them again.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(all(&lb, "unknown"), "{:?}", upstreams(&lb));
+    let h = get_json(&c, &lb.admin_url("/health"));
+    assert_eq!(h["upstreams"]["web"]["healthy"], 2, "{h}");
+    assert!(
+        backend_state(&lb, &addrs[0])["requests_total"]
+            .as_u64()
+            .unwrap()
+            > served,
+        "counters survive the change"
+    );
+    for a in &addrs {
+        let details = event_details(&lb, "health", a);
+        assert_eq!(
+            details.last().unwrap(),
+            "unhealthy -> unknown",
+            "{details:?}"
+        );
+    }
+}
+
+/// Without a `circuit_breaker` nothing can close an open circuit: a live change that removes the
+/// breaker closes it, says so in `/api/v1/upstreams`, and emits the `circuit closed` event.
+#[test]
+fn removing_the_circuit_breaker_closes_an_open_circuit() {
+    let be = backends(1);
+    let addr = be.addrs[0].to_string();
+    let body = |extra: &str| {
+        config(&format!(
+            "backends = [{}]\nretry = {{ attempts = 1 }}\n{extra}",
+            be.list()
+        ))
+    };
+    let lb = start(&body(
+        "circuit_breaker = { consecutive_failures = 3, open_for = \"60s\" }",
+    ));
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(lb.url("/status/500")).send().unwrap().status(), 500);
+    }
+    assert_eq!(backend_state(&lb, &addr)["circuit"], "open");
+    assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 503);
+    let failures = backend_state(&lb, &addr)["failures_total"]
+        .as_u64()
+        .unwrap();
+
+    put_config(&lb, &body(""));
+    assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 200);
+    let state = backend_state(&lb, &addr);
+    assert_eq!(state["circuit"], "closed", "{state}");
+    assert_eq!(
+        state["failures_total"].as_u64().unwrap(),
+        failures,
+        "counters survive the change"
+    );
+    assert_eq!(
+        event_details(&lb, "circuit", &addr),
+        ["circuit open", "circuit closed"]
+    );
+}

@@ -15,6 +15,7 @@ mod weighted_round_robin;
 
 use super::backend::Backend;
 use crate::config::Algorithm;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 pub use consistent_hash::{hash_bytes, ConsistentHash};
 
@@ -53,6 +54,43 @@ pub fn build(alg: Algorithm, backends: &[Backend]) -> Box<dyn Balancer> {
 /// found nothing available.
 fn scan_from(n: usize, start: usize, ok: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
     (0..n).map(|i| (start + i) % n).find(|&i| ok(i))
+}
+
+/// Further turns a rotation pick draws when its turn's backend is unavailable, before it scans.
+const REDRAWS: usize = 8;
+
+/// A pick from a rotation of `len` turns shared through the counter `next`; `owner(turn)` is the
+/// backend whose turn it is (round robin: the turn itself; weighted: the cycle's entry).
+///
+/// When the owner is unavailable the pick draws the *next turn from the counter*, not the next
+/// entry after the unavailable one: every turn then serves exactly one request, so each
+/// available backend keeps one request per turn it owns and the unavailable backend's turns are
+/// spread over all the others alike (by weight for WRR), as NGINX and HAProxy do. Walking on
+/// from the unavailable entry instead handed its whole share to its neighbour in the list.
+/// Draws are bounded so a mostly unavailable fleet costs a few atomics; then a scan finds the
+/// next available turn and takes the turns it walked over too, so the rotation resumes after
+/// that backend and a long run of unavailable ones is crossed once per cycle, not per request.
+fn rotation_pick(
+    next: &AtomicUsize,
+    len: usize,
+    owner: impl Fn(usize) -> usize,
+    ok: &mut dyn FnMut(usize) -> bool,
+) -> Option<usize> {
+    if len == 0 {
+        return None;
+    }
+    let mut turn = 0;
+    for _ in 0..=REDRAWS {
+        turn = next.fetch_add(1, Relaxed) % len;
+        if ok(owner(turn)) {
+            return Some(owner(turn));
+        }
+    }
+    let (k, i) = (1..len)
+        .map(|k| (k, owner((turn + k) % len)))
+        .find(|&(_, i)| ok(i))?;
+    next.fetch_add(k, Relaxed);
+    Some(i)
 }
 
 #[cfg(test)]

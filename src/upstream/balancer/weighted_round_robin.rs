@@ -6,10 +6,10 @@
 //! is exact across workers and a pick is O(1). Weights are divided by their GCD first; cycles that
 //! would be too long to precompute cheaply use earliest-deadline-first order instead (also smooth).
 
-use super::{Backend, Balancer, PickCtx};
+use super::{rotation_pick, Backend, Balancer, PickCtx};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::AtomicUsize;
 
 /// Longest cycle kept; longer ones are scaled down proportionally.
 const MAX_CYCLE: u64 = 1 << 20;
@@ -100,16 +100,14 @@ fn edf_cycle(w: &[u64], total: u64) -> Vec<u32> {
 
 impl Balancer for WeightedRoundRobin {
     fn pick(&self, _: &[Backend], _: &PickCtx, ok: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
-        let n = self.cycle.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Relaxed);
-        // Skipping an unavailable entry takes its turn to the next one in the cycle, so the others
-        // keep their relative weights.
-        (0..n)
-            .map(|i| self.cycle[(start + i) % n] as usize)
-            .find(|&i| ok(i))
+        // An unavailable entry's turn goes to the next turn drawn, so the others keep their
+        // relative weights (5,1,1 with the 5 out: 1:1).
+        rotation_pick(
+            &self.next,
+            self.cycle.len(),
+            |turn| self.cycle[turn] as usize,
+            ok,
+        )
     }
 }
 
@@ -126,6 +124,24 @@ mod tests {
             .map(|_| wrr.pick(&b, &PickCtx::default(), &mut |_| true).unwrap())
             .collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn an_unavailable_backends_turns_are_shared_by_weight() {
+        let share = |weights: &[u32], out: usize, picks: usize| {
+            let b = backends(weights);
+            let wrr = WeightedRoundRobin::new(&b);
+            let mut counts = vec![0; weights.len()];
+            for _ in 0..picks {
+                counts[wrr
+                    .pick(&b, &PickCtx::default(), &mut |i| i != out)
+                    .unwrap()] += 1;
+            }
+            counts
+        };
+        assert_eq!(share(&[5, 1, 1], 0, 200), [0, 100, 100]);
+        assert_eq!(share(&[5, 1, 2], 0, 300), [0, 100, 200]);
+        assert_eq!(share(&[1, 5, 1], 2, 600), [100, 500, 0]);
     }
 
     #[test]
