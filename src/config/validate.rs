@@ -243,8 +243,12 @@ fn check_admin(cfg: &Config, p: &mut Vec<Problem>) {
 
 /// Whether `address` is `host:port` with a valid port and a plausible host name or IP.
 pub fn check_address(address: &str) -> Result<(), String> {
-    if address.parse::<SocketAddr>().is_ok() {
-        return Ok(());
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        // Port 0 can be bound but not connected to.
+        return match a.port() {
+            0 => Err(format!("{address:?} has an invalid port")),
+            _ => Ok(()),
+        };
     }
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("{address:?} must be host:port"));
