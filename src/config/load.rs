@@ -320,7 +320,6 @@ fn locate(problems: &mut [Problem], text: &str, format: Format, origin: &str) {
     for p in problems.iter_mut() {
         let offset = match format {
             Format::Toml => toml_offset(text, &p.path),
-            // JSON keys are quoted and unique enough: find the last key of the path.
             Format::Json => json_offset(text, &p.path),
         }
         .unwrap_or(0);
@@ -360,12 +359,103 @@ fn toml_offset(text: &str, path: &str) -> Option<usize> {
     Some(best)
 }
 
+/// Where the value at `path` is in JSON `text`: its key (or array element), or as deep as the
+/// path exists. A walk of the text itself, since `serde_json` keeps no positions.
 fn json_offset(text: &str, path: &str) -> Option<usize> {
-    let last_key = segments(path).into_iter().rev().find_map(|s| match s {
-        Seg::Key(k) => Some(k),
-        Seg::Index(_) => None,
-    })?;
-    text.find(&format!("\"{last_key}\""))
+    let b = text.as_bytes();
+    let mut at = skip_ws(b, 0);
+    let mut best = at;
+    for seg in segments(path) {
+        match (seg, b.get(at)) {
+            (Seg::Key(k), Some(b'{')) => {
+                at = skip_ws(b, at + 1);
+                loop {
+                    if b.get(at) != Some(&b'"') {
+                        return Some(best);
+                    }
+                    let key_at = at;
+                    let end = skip_value(b, at)?;
+                    let key = text.get(key_at + 1..end - 1)?;
+                    at = skip_ws(b, end);
+                    at = skip_ws(b, at + 1); // the ':'
+                    if key == k {
+                        best = key_at;
+                        break;
+                    }
+                    at = skip_ws(b, skip_value(b, at)?);
+                    if b.get(at) != Some(&b',') {
+                        return Some(best);
+                    }
+                    at = skip_ws(b, at + 1);
+                }
+            }
+            (Seg::Index(i), Some(b'[')) => {
+                at = skip_ws(b, at + 1);
+                for _ in 0..i {
+                    at = skip_ws(b, skip_value(b, at)?);
+                    if b.get(at) != Some(&b',') {
+                        return Some(best);
+                    }
+                    at = skip_ws(b, at + 1);
+                }
+                best = at;
+            }
+            _ => return Some(best),
+        }
+    }
+    Some(best)
+}
+
+fn skip_ws(b: &[u8], mut at: usize) -> usize {
+    while b.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
+/// The offset after the JSON value starting at `at`.
+fn skip_value(b: &[u8], mut at: usize) -> Option<usize> {
+    match b.get(at)? {
+        b'"' => {
+            at += 1;
+            loop {
+                match b.get(at)? {
+                    b'\\' => at += 2,
+                    b'"' => return Some(at + 1),
+                    _ => at += 1,
+                }
+            }
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match b.get(at)? {
+                    b'"' => {
+                        at = skip_value(b, at)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => {
+            while b
+                .get(at)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+            {
+                at += 1;
+            }
+            Some(at)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -423,5 +513,29 @@ max_connections = 0
                 .any(|p| p.message.contains("missing field")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn json_problems_are_located_by_their_whole_path() {
+        // The same key under another upstream, and strings holding brackets and quotes, first.
+        let text = r#"{
+  "listeners": [{"bind": "127.0.0.1:0"}],
+  "upstreams": {
+    "a": {"backends": [{"address": "127.0.0.1:1", "weight": 1}], "x": "[{\"}"},
+    "b": {"backends": [{"address": "127.0.0.1:2"},
+                       {"address": "bad", "weight": 20000}]}
+  }
+}"#;
+        let e = parse_config(text, Format::Json, Some("f.json")).unwrap_err();
+        let at = |path: &str| {
+            e.problems
+                .iter()
+                .find(|p| p.path == path)
+                .and_then(|p| p.location.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(at("upstreams.b.backends[1].address"), "f.json:6:25");
+        assert_eq!(at("upstreams.b.backends[1].weight"), "f.json:6:43");
+        assert_eq!(at("upstreams.a.x"), "f.json:4:66", "{e}");
     }
 }
