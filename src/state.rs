@@ -71,9 +71,7 @@ impl Registry {
                 // What is left of `old` was removed from this upstream.
                 map.insert(name.clone(), old);
                 next.insert(name.clone(), kept);
-                let up = Upstream::compile(name, u, backends);
-                up.settle_live_state();
-                Arc::new(up)
+                Arc::new(Upstream::compile(name, u, backends))
             })
             .collect();
         // Backends that left the configuration drain: their in-flight requests finish on the old
@@ -254,7 +252,13 @@ impl Shared {
         let version = current.version + 1;
         let snap = self.registry.compile(&cfg, version);
         let config = snap.config.clone();
-        self.snapshot.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.snapshot.store(snap.clone());
+        // Only once the old snapshot is out of service: before, its policies (a check that
+        // refuses unknown backends, a breaker) still acted on the state being reset.
+        for u in &snap.upstreams {
+            u.settle_live_state();
+        }
         let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         if versions.len() == KEPT_VERSIONS {
             versions.pop_front();

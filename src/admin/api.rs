@@ -133,18 +133,25 @@ async fn health(State(shared): S) -> impl IntoResponse {
 /// or form is 422 with the value's path (`add[0].weight`), as the contract asks of an invalid
 /// change.
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    use serde::de::IntoDeserializer;
-    let tree: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    // Straight from the bytes, not through a `Value`, whose maps would keep only the last of
+    // two equal keys (`"weight": 0, "weight": 10000`) where the parser refuses them.
     // Unknown keys are errors here as in a configuration file: `"wieght": 0` must not add a
     // backend at full weight.
     let mut unknown = Vec::new();
     let mut note = |p: serde_ignored::Path<'_>| unknown.push(config::load::path_of(&p));
-    let de = serde_ignored::Deserializer::new(tree.into_deserializer(), &mut note);
-    let parsed = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = config::load::path_text(e.path());
-        ApiError::Invalid(config::ConfigError::one(path, e.inner().to_string()))
-    })?;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&mut de, &mut note))
+            .map_err(|e| {
+                if e.inner().classify() == serde_json::error::Category::Data {
+                    let path = config::load::path_text(e.path());
+                    ApiError::Invalid(config::ConfigError::one(path, e.inner().to_string()))
+                } else {
+                    ApiError::BadRequest(format!("malformed JSON: {}", e.inner()))
+                }
+            })?;
+    de.end()
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     if !unknown.is_empty() {
         let problems = unknown
             .into_iter()

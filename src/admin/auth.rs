@@ -74,10 +74,13 @@ pub async fn require_token(
         None => return next.run(req).await,
         Some(Ok(t)) => t,
         Some(Err(why)) => {
+            // The file's path and the OS error are for the operator's log, not for callers.
             tracing::error!("admin API refused: {why}");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"error": format!("admin token unavailable: {why}")})),
+                axum::Json(
+                    serde_json::json!({"error": "admin token unavailable; see the server log"}),
+                ),
             )
                 .into_response();
         }

@@ -44,7 +44,9 @@ pub(super) struct Patch {
     add: Vec<BackendConfig>,
     #[serde(default)]
     remove: Vec<String>,
-    config: Option<Value>,
+    /// Kept as the client wrote it, so the whole configuration is parsed from its own text
+    /// (a `Value` would have settled two equal keys by the last one).
+    config: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// The brief's endpoint: add/remove servers of an upstream, or replace the whole configuration.
@@ -55,7 +57,7 @@ pub(super) async fn update_config(
 ) -> Result<Json<Value>, ApiError> {
     let patch: Patch = parse_json(&body)?;
     if let Some(whole) = patch.config {
-        let text = whole.to_string();
+        let text = whole.get();
         let cfg = parse_config_body(&json_headers(&headers), text.as_bytes())?;
         return Ok(applied(shared.apply_checked(
             cfg,

@@ -141,17 +141,25 @@ fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> 
         cuts.removed(&path);
         cut.push(path);
     };
+    // Nothing of the wrong type after all (a duplicate key, which the tree of values cannot
+    // hold, fails only the direct parse): the caller reports the parser's own error.
+    if typed.is_empty() {
+        return None;
+    }
     unknown.sort();
     unknown.dedup();
     let mut problems = unknown_keys(unknown);
     let related = |p: &str| {
-        typed.iter().any(|t| {
-            let (a, b) = (p, t.path.as_str());
-            a.starts_with(b) || b.starts_with(a)
-        })
+        typed
+            .iter()
+            .any(|t| nested(p, &t.path) || nested(&t.path, p))
     };
-    let cfg = cfg.unwrap_or_default();
-    let semantic: Vec<Problem> = validate(&cfg)
+    // Validated only if what was left deserialized; otherwise defaults would stand in for
+    // whole sections and be reported as missing.
+    let semantic: Vec<Problem> = cfg
+        .as_ref()
+        .map(validate)
+        .unwrap_or_default()
         .into_iter()
         .map(|mut p| {
             p.path = cuts.original(&p.path);
@@ -159,6 +167,7 @@ fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> 
         })
         .filter(|p| !related(&p.path))
         .collect();
+    let cfg = cfg.unwrap_or_default();
     problems.extend(typed);
     problems.extend(semantic);
     Some((cfg, problems))
@@ -202,6 +211,14 @@ pub fn path_text(p: &serde_path_to_error::Path) -> String {
         p if p == "." => String::new(),
         p => p,
     }
+}
+
+/// Whether the field path `inner` is `outer` or lies under it (`a.b[1]` is under `a.b` and
+/// `a`, not under `a.b[10]`'s sibling `a.b[1` nor `a.bc`).
+fn nested(inner: &str, outer: &str) -> bool {
+    inner.strip_prefix(outer).is_some_and(|rest| {
+        outer.is_empty() || rest.is_empty() || rest.starts_with('.') || rest.starts_with('[')
+    })
 }
 
 fn join(parent: &str, key: &str) -> String {
@@ -537,5 +554,9 @@ max_connections = 0
         assert_eq!(at("upstreams.b.backends[1].address"), "f.json:6:25");
         assert_eq!(at("upstreams.b.backends[1].weight"), "f.json:6:43");
         assert_eq!(at("upstreams.a.x"), "f.json:4:66", "{e}");
+        // Two equal keys are refused (the tree of values the type check uses would keep the last).
+        let dup = r#"{"listeners": [{"bind": "127.0.0.1:0"}], "upstreams": {"a": {"backends": [{"address": "127.0.0.1:1", "weight": 0, "weight": 1}]}}}"#;
+        let e = parse_config(dup, Format::Json, None).unwrap_err();
+        assert!(e.to_string().contains("duplicate field"), "{e}");
     }
 }

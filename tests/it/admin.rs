@@ -152,6 +152,24 @@ fn invalid_change_gets_422_and_changes_nothing() {
         let v: Value = r.json().unwrap();
         assert_eq!(v["path"], path, "{v}");
     }
+    // Two equal keys are refused, not settled by the last one: in a patch, and in a whole
+    // configuration.
+    for dup in [
+        r#"{"add": [{"address": "127.0.0.1:1", "weight": 0, "weight": 10000}]}"#,
+        r#"{"config": {"listeners": [{"bind": "127.0.0.1:0"}], "upstreams": {"web": {"backends": [{"address": "127.0.0.1:1", "weight": 0, "weight": 1}]}}}}"#,
+    ] {
+        let r = c
+            .post(lb.admin_url("/update-config"))
+            .header("content-type", "application/json")
+            .body(dup)
+            .send()
+            .unwrap();
+        assert!(
+            [400, 422].contains(&r.status().as_u16()),
+            "{dup}: {}",
+            r.status()
+        );
+    }
     let r = c
         .post(lb.admin_url("/update-config"))
         .body("{not json")

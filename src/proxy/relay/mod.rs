@@ -253,7 +253,8 @@ async fn exchange(
             // ends here, as HAProxy and Envoy do, instead of finding it closed under its next
             // request. (`has_changed`: one atomic load; shutdown is the only change sent.)
             let draining = !close && stop.has_changed().unwrap_or(true);
-            if draining {
+            // A body delimited by close already said so.
+            if draining && x.resp.framing != head::Framing::UntilClose {
                 head::announce_close(&mut x.client_head);
             }
             let Some((sent, complete)) = respond(io, &mut x, up.idle_timeout, nodelay, timer).await
