@@ -444,20 +444,27 @@ mod tests {
         );
     }
 
+    /// The algorithms slow start ramps (not consistent_hash).
+    const RAMPED: [Algorithm; 5] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::Random,
+        Algorithm::P2cEwma,
+    ];
+
+    fn ramping(algorithm: Algorithm) -> UpstreamConfig {
+        UpstreamConfig {
+            algorithm,
+            slow_start: Some(crate::config::Dur::millis(60_000)),
+            ..UpstreamConfig::default()
+        }
+    }
+
     #[test]
     fn slow_start_never_refuses_a_backend_that_is_alone() {
-        for algorithm in [
-            Algorithm::RoundRobin,
-            Algorithm::WeightedRoundRobin,
-            Algorithm::LeastConnections,
-            Algorithm::Random,
-            Algorithm::P2cEwma,
-        ] {
-            let cfg = UpstreamConfig {
-                algorithm,
-                slow_start: Some(crate::config::Dur::millis(60_000)),
-                ..UpstreamConfig::default()
-            };
+        for algorithm in RAMPED {
+            let cfg = ramping(algorithm);
             let backends = balancer::test_support::backends(&[1, 1]);
             backends[0].state.set_draining(true);
             backends[1].state.set_available_since(now_ms());
@@ -473,18 +480,8 @@ mod tests {
 
     #[test]
     fn slow_start_scales_the_share_for_every_algorithm() {
-        for algorithm in [
-            Algorithm::RoundRobin,
-            Algorithm::WeightedRoundRobin,
-            Algorithm::LeastConnections,
-            Algorithm::Random,
-            Algorithm::P2cEwma,
-        ] {
-            let cfg = UpstreamConfig {
-                algorithm,
-                slow_start: Some(crate::config::Dur::millis(60_000)),
-                ..UpstreamConfig::default()
-            };
+        for algorithm in RAMPED {
+            let cfg = ramping(algorithm);
             let backends = balancer::test_support::backends(&[1, 1, 1, 1]);
             for b in &backends[..3] {
                 b.state.set_available_since(0);

@@ -131,17 +131,6 @@ fn consistent_hash_keeps_keys_and_moves_few_when_a_backend_joins() {
     );
 }
 
-/// Replaces the whole configuration through the admin API (as an operator's live change).
-fn put_config(lb: &Lb, toml_text: &str) {
-    let r = client()
-        .put(lb.admin_url("/api/v1/config"))
-        .header("content-type", "application/toml")
-        .body(toml_text.to_string())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
-}
-
 fn listed(be: &Backends, entries: &[(usize, &str)]) -> String {
     let list = entries
         .iter()

@@ -342,17 +342,6 @@ fn a_refused_connection_is_always_retried_elsewhere_whatever_the_budget() {
     );
 }
 
-/// Replaces the whole configuration through the admin API (as an operator's live change).
-fn put_config(lb: &Lb, toml_text: &str) {
-    let r = client()
-        .put(lb.admin_url("/api/v1/config"))
-        .header("content-type", "application/toml")
-        .body(toml_text.to_string())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
-}
-
 fn event_details(lb: &Lb, kind: &str, backend: &str) -> Vec<String> {
     let ev: Value = client()
         .get(lb.admin_url("/api/v1/events/history"))

@@ -405,3 +405,14 @@ pub fn upstreams(lb: &Lb) -> serde_json::Value {
 pub fn first_backend(lb: &Lb, i: usize) -> serde_json::Value {
     upstreams(lb)["upstreams"][0]["backends"][i].clone()
 }
+
+/// Replaces the whole configuration through the admin API (as an operator's live change).
+pub fn put_config(lb: &Lb, toml_text: &str) {
+    let r = client()
+        .put(lb.admin_url("/api/v1/config"))
+        .header("content-type", "application/toml")
+        .body(toml_text.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+}
