@@ -58,7 +58,8 @@ pub(super) async fn update_config(
     let patch: Patch = parse_json(&body)?;
     if let Some(whole) = patch.config {
         let text = whole.get();
-        let cfg = parse_config_body(&json_headers(&headers), text.as_bytes())?;
+        let mut cfg = parse_config_body(&json_headers(&headers), text.as_bytes())?;
+        unredact(&shared, &mut cfg);
         return Ok(applied(shared.apply_checked(
             cfg,
             "api /update-config",
@@ -116,20 +117,45 @@ pub(super) struct FormatQuery {
     format: Option<String>,
 }
 
+/// What `GET /api/v1/config` shows for an inline `admin.token`, as Envoy's config dump shows
+/// secrets: anyone who may read the configuration need not learn the credential with it. A
+/// configuration sent back with this value keeps the token in service ([`unredact`]), so
+/// GET-edit-PUT round trips work.
+pub const REDACTED: &str = "[redacted]";
+
+fn redacted(cfg: &Config) -> std::borrow::Cow<'_, Config> {
+    if cfg.admin.token.is_none() {
+        return std::borrow::Cow::Borrowed(cfg);
+    }
+    let mut shown = cfg.clone();
+    shown.admin.token = Some(REDACTED.into());
+    std::borrow::Cow::Owned(shown)
+}
+
+/// A configuration sent with the redacted token means "the token in service".
+fn unredact(shared: &crate::state::Shared, cfg: &mut Config) {
+    if cfg.admin.token.as_deref() == Some(REDACTED) {
+        cfg.admin
+            .token
+            .clone_from(&shared.current().config.admin.token);
+    }
+}
+
 pub(super) async fn get_config(State(shared): S, Query(q): Query<FormatQuery>) -> Response {
     let snap = shared.current();
     let etag = format!("\"{}\"", snap.version);
+    let shown = redacted(&snap.config);
     if q.format.as_deref() == Some("toml") {
         return (
             [
                 (header::ETAG, etag),
                 (header::CONTENT_TYPE, "application/toml".into()),
             ],
-            config::to_toml(&snap.config),
+            config::to_toml(&shown),
         )
             .into_response();
     }
-    ([(header::ETAG, etag)], Json(&*snap.config)).into_response()
+    ([(header::ETAG, etag)], Json(&*shown)).into_response()
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -153,7 +179,8 @@ pub(super) async fn put_config(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let expect = if_match(&headers)?;
-    let cfg = parse_config_body(&headers, &body)?;
+    let mut cfg = parse_config_body(&headers, &body)?;
+    unredact(&shared, &mut cfg);
     let a = shared.apply_checked(cfg, "api PUT /api/v1/config", true, expect)?;
     Ok(([(header::ETAG, format!("\"{}\"", a.version))], applied(a)).into_response())
 }
@@ -163,7 +190,8 @@ pub(super) async fn validate_config(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let cfg = parse_config_body(&headers, &body)?;
+    let mut cfg = parse_config_body(&headers, &body)?;
+    unredact(&shared, &mut cfg);
     let changes = config::diff::diff(&shared.current().config, &cfg);
     Ok(Json(json!({"valid": true, "changes": changes})))
 }

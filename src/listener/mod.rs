@@ -462,12 +462,14 @@ struct Conn {
 async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut conn: Conn) {
     let t = match mode {
         Mode::Plain => return serve_plain(stream.into(), info, conn).await,
-        Mode::Redirect { https_port } => return serve_redirect(stream, *https_port, conn).await,
+        Mode::Redirect { https_port } => {
+            return serve_redirect(stream, *https_port, info, conn).await
+        }
         Mode::Tls(t) => t.current(),
     };
     if t.redirect_plain && !starts_with_tls(&stream).await {
         let port = stream.local_addr().map_or(443, |a| a.port());
-        return serve_redirect(stream, port, conn).await;
+        return serve_redirect(stream, port, info, conn).await;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
     let mut stop = conn.stop.clone();
@@ -512,16 +514,24 @@ async fn starts_with_tls(stream: &TcpStream) -> bool {
     )
 }
 
-async fn serve_redirect(mut stream: TcpStream, https_port: u16, conn: Conn) {
+/// Answers every request with the redirect, access-logged like any other request (an operator
+/// looking for a client that never reached https finds its 308 there).
+async fn serve_redirect(mut stream: TcpStream, https_port: u16, info: ConnInfo, conn: Conn) {
     let mut stop = conn.stop.clone();
     let Some((prefix, h2)) = sniff_first(&mut stream, bytes::BytesMut::new(), &mut stop).await
     else {
         return;
     };
-    let svc =
-        service_fn(
-            move |req| async move { Ok::<_, Infallible>(redirect::respond(&req, https_port)) },
-        );
+    let (shared, info) = (conn.shared.clone(), Arc::new(info));
+    let svc = service_fn(move |req| {
+        let mut resp = redirect::respond(&req, https_port);
+        let otlp = shared.otlp.get().cloned();
+        if shared.access_log.is_some() || otlp.is_some() {
+            crate::observe::request::Observer::begin(shared.access_log.clone(), otlp, &info, &req)
+                .attach(&mut resp, proxy::Trace::default());
+        }
+        std::future::ready(Ok::<_, Infallible>(resp))
+    });
     serve_with(stream, prefix.freeze(), h2, svc, &conn.builder, conn.stop).await;
 }
 

@@ -139,6 +139,13 @@ impl OnDone for Observer {
         }
     }
 
+    fn timed_out(&mut self) {
+        self.entry.error = Some("request_timeout");
+        if let Some(i) = self.inner.as_mut() {
+            i.timed_out();
+        }
+    }
+
     fn done(mut self: Box<Self>, complete: bool) {
         if let Some(i) = self.inner.take() {
             i.done(complete);

@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
@@ -112,8 +113,41 @@ pub trait OnDone: Send + 'static {
     /// Advances whatever produces the body (the backend connection) from the polling task.
     /// No default: a wrapper that forgot to forward this would stall every streamed body.
     fn poll_drive(&mut self, cx: &mut Context<'_>);
+    /// The exchange's deadline passed mid-body (`done(false)` follows).
+    fn timed_out(&mut self) {}
     /// `complete` is true when the body reached its end normally.
     fn done(self: Box<Self>, complete: bool);
+}
+
+/// The exchange's deadline (`timeouts.request` covers the whole exchange, as Envoy's route
+/// timeout does) for a streaming response body. The timer is armed only the first time the body
+/// waits on the backend, so a body already at hand costs no timer.
+pub struct Until {
+    at: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Until {
+    pub fn new(at: std::time::Instant) -> Self {
+        Until {
+            at: at.into(),
+            sleep: None,
+        }
+    }
+
+    /// Whether the deadline passed; with `waiting`, arms the timer to wake this task at it.
+    fn passed(&mut self, cx: &mut Context<'_>, waiting: bool) -> bool {
+        match &mut self.sleep {
+            Some(s) => s.as_mut().poll(cx).is_ready(),
+            None if waiting => {
+                let s = self
+                    .sleep
+                    .insert(Box::pin(tokio::time::sleep_until(self.at)));
+                s.as_mut().poll(cx).is_ready()
+            }
+            None => false,
+        }
+    }
 }
 
 pub enum RespBody {
@@ -121,6 +155,8 @@ pub enum RespBody {
     Stream {
         inner: BackendBody,
         guard: Option<Box<dyn OnDone>>,
+        /// None for an upgrade's 101, whose tunnel `timeouts.idle` governs instead.
+        until: Option<Until>,
     },
 }
 
@@ -173,11 +209,25 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Stream { inner, guard } => {
+            RespBody::Stream {
+                inner,
+                guard,
+                until,
+            } => {
                 if let Some(g) = guard.as_mut() {
                     g.poll_drive(cx);
                 }
                 let r = inner.poll_frame(cx);
+                if until.as_mut().is_some_and(|u| u.passed(cx, r.is_pending())) {
+                    *until = None;
+                    if let Some(mut g) = guard.take() {
+                        g.timed_out();
+                        g.done(false);
+                    }
+                    // hyper then ends the response unfinished: the HTTP/1 connection closes, an
+                    // HTTP/2 stream is reset, so the client cannot take it for the whole body.
+                    return Poll::Ready(Some(Err("timeouts.request passed mid-body".into())));
+                }
                 match &r {
                     Poll::Ready(Some(Ok(f))) => {
                         if let (Some(d), Some(g)) = (f.data_ref(), guard.as_mut()) {
@@ -218,7 +268,7 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let RespBody::Stream { inner, guard } = self {
+        if let RespBody::Stream { inner, guard, .. } = self {
             if let Some(g) = guard.take() {
                 // hyper may drop a body it knows is finished without polling it to the end.
                 g.done(inner.is_end_stream());

@@ -6,7 +6,7 @@
 //! jitter and the overall deadline keep retries from turning a failing fleet into a hammered one.
 
 use super::body::{
-    BackendBody, OnDone, ReqBody, RespBody, CLIENT_BODY_BROKEN, CLIENT_BODY_TOO_LARGE,
+    BackendBody, OnDone, ReqBody, RespBody, Until, CLIENT_BODY_BROKEN, CLIENT_BODY_TOO_LARGE,
 };
 use super::pool::SendRequest;
 use super::{error_response, is_idempotent, pool, Trace};
@@ -243,9 +243,11 @@ pub(super) async fn forward(
                     Box::new(inflight).done(true);
                     RespBody::empty()
                 } else {
+                    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
                     RespBody::Stream {
                         inner: BackendBody::Hyper(rbody),
                         guard: Some(Box::new(inflight)),
+                        until: (!upgrade).then(|| Until::new(deadline)),
                     }
                 };
                 return Response::from_parts(rparts, body);

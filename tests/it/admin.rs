@@ -335,6 +335,52 @@ fn token_is_required_when_configured() {
 }
 
 #[test]
+fn the_config_shown_hides_the_token_and_a_round_trip_keeps_it() {
+    let be = backends(2);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{}]\n",
+        be.list()
+    ));
+    let c = client();
+    let get = |path: &str| {
+        c.get(lb.admin_url(path))
+            .bearer_auth("s3cret")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let json_text = get("/api/v1/config");
+    let toml_text = get("/api/v1/config?format=toml");
+    for shown in [&json_text, &toml_text] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+    }
+    // Sent back as shown, with one backend fewer: the change applies and the token still works.
+    let mut cfg: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    cfg["upstreams"]["web"]["backends"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    let r = c
+        .put(lb.admin_url("/api/v1/config"))
+        .bearer_auth("s3cret")
+        .json(&cfg)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let live = lb.running().shared.current();
+    assert_eq!(live.config.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(live.config.upstreams["web"].backends.len(), 1);
+    let r = c
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
 fn an_unreadable_or_emptied_token_file_fails_closed() {
     let be = backends(1);
     let dir = tempfile::tempdir().unwrap();

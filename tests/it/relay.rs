@@ -636,3 +636,93 @@ fn a_response_in_flight_when_shutdown_begins_says_the_connection_closes() {
         "{second}"
     );
 }
+
+/// `timeouts.request` covers the whole exchange (the contract's words; Envoy's route timeout):
+/// a body still trickling in when it passes is cut, on the relay's own path (the client
+/// connection closes short of the declared length) and on hyper's (the HTTP/2 stream fails),
+/// and the access log says why.
+#[test]
+fn a_response_body_still_trickling_at_the_request_deadline_is_cut() {
+    let (backend, _) = scripted(|_| {
+        // 20 body bytes, one per 100 ms: 2 s in all, each gap far under the idle timeout.
+        let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n".to_vec();
+        for _ in 0..20 {
+            r.extend_from_slice(b"\0x");
+        }
+        (r, false)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {:?}\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\n\
+         backends = [{{ address = \"{backend}\" }}]\ntimeouts = {{ request = \"700ms\" }}\n",
+        log.display().to_string()
+    ));
+    let t = std::time::Instant::now();
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let r = read_until(&mut c, |_| false);
+    let took = t.elapsed();
+    let (head, body) = r.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.len() < 20, "cut short: {body:?}");
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert!(took < Duration::from_millis(1800), "{took:?}");
+
+    let t = std::time::Instant::now();
+    let r = h2c_client().get(lb.url("/")).send().and_then(|r| r.bytes());
+    assert!(
+        r.is_err(),
+        "the stream must fail, not end as if whole: {r:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        t.elapsed()
+    );
+
+    let mut lines = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect();
+        lines.len() >= 2
+    }));
+    for l in &lines {
+        assert_eq!(l["error"], "request_timeout", "{l}");
+    }
+}
+
+/// A client that stops reading is let go after the idle timeout (NGINX's `send_timeout`), so it
+/// cannot hold a client connection and a backend connection for ever.
+#[test]
+fn a_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
+    let be = backends(1);
+    let lb = start(&config(&format!(
+        "backends = [{}]\ntimeouts = {{ idle = \"300ms\" }}",
+        be.list()
+    )));
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    // 200 MiB, chunked: far more than the socket buffers on both sides hold.
+    c.write_all(b"GET /stream/204800 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the proxy closed the connection");
+    assert!(
+        total < 100 << 20,
+        "only what the buffers held went out: {total}"
+    );
+}

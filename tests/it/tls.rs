@@ -369,11 +369,13 @@ fn redirect_listeners_answer_308_to_https() {
     let ca = pki::ca(dir.path(), "ca");
     let leaf = ca.leaf(dir.path(), "site", &["localhost"]);
     let be = backends(1);
+    let log = dir.path().join("access.log");
     let text = format!(
-        "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+        "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {:?}\n\n\
          [[listeners]]\nbind = \"127.0.0.1:0\"\n[listeners.tls]\n{}\nredirect_https = true\n\n\
          [[listeners]]\nbind = \"127.0.0.2:0\"\ntls = {{ redirect_https = true }}\n\n\
          [upstreams.web]\nbackends = [{}]\n",
+        log.display().to_string(),
         cert_list(&[&leaf]),
         be.list()
     );
@@ -396,6 +398,23 @@ fn redirect_listeners_answer_308_to_https() {
     let cfg = client_config(&ca, &["http/1.1"], both_versions(), None);
     let r = pki::rt().block_on(pki::get(lb.addr, "localhost", cfg, "/"));
     assert_eq!(r.map(|r| r.status), Ok(200));
+    // Each redirect is access-logged like a proxied request.
+    let mut lines = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect();
+        lines.len() >= 3
+    }));
+    let redirects: Vec<_> = lines.iter().filter(|l| l["status"] == 308).collect();
+    assert_eq!(redirects.len(), 2, "{lines:?}");
+    for l in redirects {
+        assert_eq!(l["path"], "/a/b?c=1");
+        assert_eq!(l["host"], "example.com:8080");
+        assert!(l["bytes_out"].as_u64().unwrap() > 0, "{l}");
+    }
 }
 
 /// Runs `switchyard check` on `toml` and returns (exit code, stderr).

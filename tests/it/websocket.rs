@@ -77,6 +77,22 @@ fn websocket_over_http1_echoes_text_binary_large_ping_and_close_codes() {
     });
 }
 
+/// `timeouts.request` bounds the exchange that opens a tunnel, not the tunnel: an open
+/// WebSocket outlives it (its own bound is `timeouts.idle`).
+#[test]
+fn an_open_websocket_outlives_the_request_timeout() {
+    let be = backends(1);
+    let lb = start(&config(&format!(
+        "backends = [{}]\ntimeouts = {{ request = \"300ms\" }}",
+        be.list()
+    )));
+    be.rt.block_on(async {
+        let mut ws = ws_h1(lb.addr).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        exchange(&mut ws).await;
+    });
+}
+
 #[test]
 fn websocket_tunnel_counts_as_an_active_request_until_closed() {
     let be = backends(1);

@@ -19,7 +19,7 @@ use super::head::{self, Framing};
 use super::scan::{self, Scan};
 use super::{idle, Exchange};
 use crate::error::ProxyError;
-use crate::proxy::body::{BackendBody, BoxError, OnDone, ReqBody, RespBody};
+use crate::proxy::body::{BackendBody, BoxError, OnDone, ReqBody, RespBody, Until};
 use crate::proxy::Trace;
 use crate::upstream::Upstream;
 use bytes::{Buf, Bytes, BytesMut};
@@ -80,7 +80,7 @@ pub async fn forward(
     let mut timer = super::Deadline::new(timer);
     let on = (started, &mut timer);
     let x = super::forward(up, &req, request_id.as_bytes(), false, on, trace).await?;
-    response(up, x)
+    response(up, x, started + up.request_timeout)
 }
 
 /// The HTTP/1.1 request head (and body) for the backend.
@@ -126,7 +126,11 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
 
 /// The backend's response, its head rewritten by the relay (`client_head`), as an
 /// `http::Response` whose body streams from the backend connection.
-fn response(up: &Arc<Upstream>, mut x: Exchange) -> Result<Response<RespBody>, ProxyError> {
+fn response(
+    up: &Arc<Upstream>,
+    mut x: Exchange,
+    deadline: std::time::Instant,
+) -> Result<Response<RespBody>, ProxyError> {
     let head = Bytes::from(std::mem::take(&mut x.client_head));
     let status = StatusCode::from_u16(x.resp.status).map_err(|_| ProxyError::UpstreamReset)?;
     // The relay wrote this head, almost always in the scan's shape; httparse reads any other
@@ -177,6 +181,7 @@ fn response(up: &Arc<Upstream>, mut x: Exchange) -> Result<Response<RespBody>, P
         RespBody::Stream {
             inner: BackendBody::Relay(Box::new(body)),
             guard: inflight.map(|i| Box::new(i) as Box<dyn OnDone>),
+            until: Some(Until::new(deadline)),
         }
     });
     *resp.status_mut() = status;

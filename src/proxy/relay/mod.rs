@@ -257,13 +257,14 @@ async fn exchange(
             if draining && x.resp.framing != head::Framing::UntilClose {
                 head::announce_close(&mut x.client_head);
             }
-            let Some((sent, complete)) = respond(io, &mut x, up.idle_timeout, nodelay, timer).await
-            else {
+            let limits = (up.idle_timeout, started + up.request_timeout);
+            let Some((sent, end)) = respond(io, &mut x, limits, nodelay, timer).await else {
                 // The body's first bytes were malformed and nothing went out yet.
                 let e = ProxyError::UpstreamReset;
                 let outcome = local_error(io, e, &req, request_id, close).await;
                 return finish(shared, entry, &trace, &up, request_id, started, outcome);
             };
+            let complete = end.is_ok();
             if complete && !x.resp.backend_close {
                 let id = up.backends[x.backend].state.id;
                 let expires = x.last_read + up.idle_timeout;
@@ -276,7 +277,7 @@ async fn exchange(
             let keep = complete && !until_close && !draining;
             (
                 x.resp.status,
-                None,
+                end.err(),
                 sent,
                 complete,
                 keep.then_some(x.last_read),
@@ -564,16 +565,19 @@ async fn exchange_head(
     }
 }
 
-/// Writes the response head and relays the body. Returns the body bytes written to the client
-/// (as the access log counts them) and whether the response went out whole (the backend connection is then clean unless it said
-/// otherwise).
+/// Writes the response head and relays the body, all by `deadline` (`timeouts.request` covers
+/// the whole exchange, as Envoy's route timeout does) and with no gap longer than `idle` in
+/// either direction (a backend that stops sending, or a client that stops reading, as NGINX's
+/// `proxy_read_timeout` and `send_timeout`). Returns the body bytes written to the client (as
+/// the access log counts them) and, when the response did not go out whole, why (the backend
+/// connection is clean after a whole one unless it said otherwise).
 async fn respond(
     io: &mut ClientStream,
     x: &mut Exchange,
-    idle: Duration,
+    (idle, deadline): (Duration, Instant),
     nodelay: &mut bool,
     timer: &mut Deadline<'_>,
-) -> Option<(u64, bool)> {
+) -> Option<(u64, Result<(), &'static str>)> {
     let mut out = std::mem::take(&mut x.client_head);
     x.buf.advance(x.resp.head_len);
     let mut progress = Progress::new(x.resp.framing);
@@ -586,43 +590,77 @@ async fn respond(
     if n <= COALESCE {
         out.extend_from_slice(&x.buf[..n]);
     }
-    if io.write_all(&out).await.is_err() {
-        return Some((sent, false));
+    // The head went out within the attempt's deadline; from here the exchange's own one and
+    // the idle gap bound every wait (a later time only notes it: no timer moves).
+    let gap = |timer: &mut Deadline<'_>| timer.set(deadline.min(Instant::now() + idle).into());
+    let cut = |sent| Some((sent, Err(cut_reason(deadline))));
+    gap(timer);
+    match write_by(io, &out, timer).await {
+        Some(true) => {}
+        Some(false) => return Some((sent, Err("downstream_closed"))),
+        None => return cut(sent),
     }
     if n > COALESCE || !progress.done() {
         set_nodelay(io, nodelay);
     }
-    if n > COALESCE && io.write_all(&x.buf[..n]).await.is_err() {
-        return Some((sent, false));
+    if n > COALESCE {
+        match write_by(io, &x.buf[..n], timer).await {
+            Some(true) => {}
+            Some(false) => return Some((sent, Err("downstream_closed"))),
+            None => return cut(sent),
+        }
     }
     sent += n as u64;
     while !progress.done() {
         x.buf.clear();
         x.buf.reserve(idle::BUFFER);
-        timer.set(tokio::time::Instant::now() + idle);
+        gap(timer);
         let read = tokio::select! {
             biased;
             r = sock::read(&x.stream, &mut x.buf) => r,
-            _ = timer.passed() => return Some((sent, false)),
+            _ = timer.passed() => return cut(sent),
         };
         let got = match read {
-            Ok(0) if matches!(progress, Progress::UntilClose) => return Some((sent, true)),
-            Ok(0) | Err(_) => return Some((sent, false)),
+            Ok(0) if matches!(progress, Progress::UntilClose) => return Some((sent, Ok(()))),
+            Ok(0) | Err(_) => return Some((sent, Err("upstream_reset"))),
             Ok(n) => n,
         };
         let Ok(n) = progress.feed(&x.buf[..got]) else {
-            return Some((sent, false));
+            return Some((sent, Err("upstream_reset")));
         };
         if n < got {
             x.resp.backend_close = true;
         }
-        if io.write_all(&x.buf[..n]).await.is_err() {
-            return Some((sent, false));
+        gap(timer);
+        match write_by(io, &x.buf[..n], timer).await {
+            Some(true) => {}
+            Some(false) => return Some((sent, Err("downstream_closed"))),
+            None => return cut(sent),
         }
         sent += n as u64;
         x.last_read = Instant::now();
     }
-    Some((sent, true))
+    Some((sent, Ok(())))
+}
+
+/// Writes to the client unless the timer passes first: `Some(false)` when the client is gone,
+/// `None` when it stopped reading for too long. Biased, so a write that completes at once (the
+/// usual case) never looks at the timer.
+async fn write_by(io: &mut ClientStream, bytes: &[u8], timer: &mut Deadline<'_>) -> Option<bool> {
+    tokio::select! {
+        biased;
+        r = io.write_all(bytes) => Some(r.is_ok()),
+        _ = timer.passed() => None,
+    }
+}
+
+/// Why a response was cut when the timer passed: the exchange's deadline, or an idle gap.
+fn cut_reason(deadline: Instant) -> &'static str {
+    if Instant::now() >= deadline {
+        "request_timeout"
+    } else {
+        "idle_timeout"
+    }
 }
 
 /// The access-log fields known from the request head.
