@@ -241,7 +241,11 @@ impl Shared {
             if let Some(path) = &self.config_path {
                 let text = match config::Format::of_path(path) {
                     config::Format::Json => serde_json::to_string_pretty(&cfg).unwrap_or_default(),
-                    config::Format::Toml => config::to_toml(&cfg),
+                    // Merged into what the file holds now, so the operator's comments stay.
+                    config::Format::Toml => match std::fs::read_to_string(path) {
+                        Ok(old) => config::write_back::merged_toml(&old, &cfg),
+                        Err(_) => config::to_toml(&cfg),
+                    },
                 };
                 write_atomically(path, &text).map_err(|e| {
                     ApplyError::Persist(format!("cannot write {}: {e}", path.display()))

@@ -8,6 +8,7 @@ pub mod schema;
 pub mod size;
 pub mod validate;
 mod validate_upstream;
+pub mod write_back;
 
 pub use duration::Dur;
 pub use load::{load_file, parse_config, ConfigError, Format};

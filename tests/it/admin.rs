@@ -49,6 +49,47 @@ fn added_backend_serves_the_next_requests_and_survives_restart() {
     );
 }
 
+/// The file an API change is written back to keeps what the operator wrote: comments, layout,
+/// explicit defaults.
+#[test]
+fn a_change_written_back_keeps_the_files_comments_and_layout() {
+    let mut be = backends(2);
+    let text = format!(
+        "# Shop edge. Owner: platform team.\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"  # any port\n\n\
+         [upstreams.web]\nalgorithm = \"round_robin\"  # explicit default\nbackends = [\n\
+         \x20   {{ address = \"{}\" }},  # rack A\n\
+         \x20   {{ address = \"{}\", weight = 1 }},  # rack B\n]\n",
+        be.addrs[0], be.addrs[1]
+    );
+    let lb = start(&text);
+    let third = be.add("b-new");
+    let r = client()
+        .post(lb.admin_url("/update-config"))
+        .json(
+            &json!({"add": [{"address": third.to_string()}], "remove": [be.addrs[0].to_string()]}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let file = std::fs::read_to_string(&lb.path).unwrap();
+    for kept in [
+        "# Shop edge. Owner: platform team.",
+        "bind = \"127.0.0.1:0\"  # any port",
+        "algorithm = \"round_robin\"  # explicit default",
+        "weight = 1 },  # rack B",
+    ] {
+        assert!(file.contains(kept), "{kept:?} lost:\n{file}");
+    }
+    assert!(!file.contains("rack A"), "{file}");
+    assert!(
+        file.contains(&format!("\n    {{ address = \"{third}\"")),
+        "{file}"
+    );
+    let (cfg, _) = switchyard::config::load_file(&lb.path).unwrap();
+    assert_eq!(*lb.running().shared.current().config, cfg);
+}
+
 #[test]
 fn removed_backend_gets_no_new_requests_while_its_slow_request_completes() {
     let be = backends(2);

@@ -594,7 +594,8 @@ async fn respond(
     // the idle gap bound every wait (a later time only notes it: no timer moves).
     let gap = |timer: &mut Deadline<'_>| timer.set(deadline.min(Instant::now() + idle).into());
     let cut = |sent| Some((sent, Err(cut_reason(deadline))));
-    gap(timer);
+    // The head was read at `last_read`: no clock read for the first write.
+    timer.set(deadline.min(x.last_read + idle).into());
     match write_by(io, &out, timer).await {
         Some(true) => {}
         Some(false) => return Some((sent, Err("downstream_closed"))),
