@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster_api;
 mod config_api;
+mod origin;
 pub mod ui;
 
 use crate::state::Shared;

@@ -552,3 +552,45 @@ fn whole_configuration_form_and_live_state_survives_changes() {
         "every problem is reported: {v}"
     );
 }
+
+/// With no token (the loopback default), a web page in the operator's browser cannot act on the
+/// API: a cross-site "simple" POST is refused, as is a DNS-rebound name; curl is unaffected.
+#[test]
+fn a_cross_site_page_cannot_drive_a_tokenless_api() {
+    let be = backends(2);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let c = client();
+    let body = format!("{{\"remove\": [\"{}\"]}}", be.addrs[0]);
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .header("content-type", "text/plain")
+        .header("origin", "http://evil.example")
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .header("sec-fetch-site", "cross-site")
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let port = lb.admin.unwrap().port();
+    let r = c
+        .get(lb.admin_url("/api/v1/config"))
+        .header("host", format!("rebound.evil.example:{port}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(lb.running().shared.current().version, 1, "nothing applied");
+    // Its own origin (the UI) and no origin at all (curl) are served.
+    let own = format!("http://127.0.0.1:{port}");
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .header("origin", own)
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+}
