@@ -400,8 +400,14 @@ async fn send(
     if !conn.reused {
         trace.connect = Some(t.elapsed());
     }
+    // An HTTP/2 backend rotates its connections with GOAWAY; a stream it refused, or opened
+    // above the GOAWAY's last stream id, was never processed (RFC 9113 §8.7, §6.8) and goes
+    // once more on a new connection, whatever its method, as HAProxy and Envoy do. That needs a
+    // copy of the request, which an in-memory or empty body allows.
+    let mut refused_retry = conn.tx.is_h2();
     loop {
         let r = std::mem::replace(req, Request::new(ReqBody::Empty));
+        let spare = if refused_retry { copy_of(&r) } else { None };
         let fut = conn.tx.try_send_request(r);
         match tokio::time::timeout_at(deadline.into(), fut).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
@@ -427,8 +433,74 @@ async fn send(
                     *req = back;
                     return Err(ProxyError::ConnectFailed);
                 }
-                None => return Err(ProxyError::UpstreamReset),
+                None => match (spare, unprocessed(e.error())) {
+                    (Some(again), Some(Refused::Stream)) => {
+                        // The connection goes on: only this stream was turned away.
+                        refused_retry = false;
+                        *req = again;
+                    }
+                    (Some(again), Some(Refused::GoingAway)) => {
+                        refused_retry = false;
+                        *req = again;
+                        let tx = Box::pin(pool::connect(
+                            &up.connector,
+                            &backend.address,
+                            backend.socket,
+                            connect_timeout,
+                        ))
+                        .await?;
+                        conn = pool::Conn { tx, reused: false };
+                    }
+                    _ => return Err(ProxyError::UpstreamReset),
+                },
             },
         }
     }
+}
+
+/// A copy of a request whose body is in memory (or absent).
+fn copy_of(r: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let body = match r.body() {
+        ReqBody::Empty => ReqBody::Empty,
+        ReqBody::Replay(b) => ReqBody::Replay(b.clone()),
+        ReqBody::Stream { .. } => return None,
+    };
+    let (parts, _) = Request::from_parts(clone_parts_of(r), ()).into_parts();
+    Some(Request::from_parts(parts, body))
+}
+
+fn clone_parts_of<B>(r: &Request<B>) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(r.method().clone())
+        .uri(r.uri().clone())
+        .version(r.version());
+    if let Some(h) = b.headers_mut() {
+        *h = r.headers().clone();
+    }
+    let (mut parts, _) = b.body(()).unwrap_or_default().into_parts();
+    parts.extensions = r.extensions().clone();
+    parts
+}
+
+/// How an HTTP/2 backend turned a stream away unprocessed.
+enum Refused {
+    /// `REFUSED_STREAM`: this stream only.
+    Stream,
+    /// Above the last stream id of the backend's GOAWAY: the connection is closing.
+    GoingAway,
+}
+
+/// Whether (and how) an HTTP/2 stream failed without the backend having processed it.
+fn unprocessed(e: &hyper::Error) -> Option<Refused> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            if h2e.is_go_away() && h2e.is_remote() {
+                return Some(Refused::GoingAway);
+            }
+            return (h2e.reason() == Some(h2::Reason::REFUSED_STREAM)).then_some(Refused::Stream);
+        }
+        source = s.source();
+    }
+    None
 }

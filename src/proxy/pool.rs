@@ -101,6 +101,10 @@ impl SendRequest<ReqBody> {
         }
     }
 
+    pub fn is_h2(&self) -> bool {
+        matches!(self.inner, Inner::H2(..))
+    }
+
     /// Sends `req`; when the connection turns out to be closed before the request was written,
     /// the request comes back in the error so it can go on a new connection.
     pub fn try_send_request(

@@ -188,3 +188,79 @@ fn rapid_reset_flood_does_not_starve_other_clients() {
         "bystander slowed to {slowest:?}"
     );
 }
+
+/// An h2c backend that refuses (`REFUSED_STREAM`, RFC 9113 §8.7: not processed) the first
+/// request for each path, as a server shedding load or going away does, and answers the rest.
+/// Returns its address and how many requests it answered.
+async fn refusing_h2_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let (count, seen) = (count.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    if seen.lock().unwrap().insert(req.uri().path().to_string()) {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+                        let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                        count.fetch_add(1, SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+#[test]
+fn a_stream_an_h2_backend_refused_unprocessed_goes_again_whatever_its_method() {
+    let be = backends(1);
+    let (addr, answered) = be.rt.block_on(refusing_h2_backend());
+    let lb = start(&config(&format!(
+        "protocol = \"h2c\"\nbackends = [{{ address = \"{addr}\" }}]\nretry = {{ attempts = 1 }}"
+    )));
+    let failed = be.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let mut tx = h2c(lb.addr).await;
+            tasks.push(tokio::spawn(async move {
+                let mut failed = 0;
+                for _ in 0..50 {
+                    let path = format!("/r/{}", fastrand::u64(..));
+                    let req = http::Request::post(format!("http://{}{path}", lb_host()))
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    match tx.send_request(req).await {
+                        Ok(r) if r.status() == 200 => {}
+                        _ => failed += 1,
+                    }
+                }
+                failed
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            failed += t.await.unwrap();
+        }
+        failed
+    });
+    assert_eq!(
+        failed, 0,
+        "of 400 requests (POST: not idempotent, one attempt)"
+    );
+    assert!(answered.load(SeqCst) >= 400);
+}
+
+fn lb_host() -> &'static str {
+    "switchyard.test"
+}
