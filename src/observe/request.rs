@@ -139,6 +139,13 @@ impl OnDone for Observer {
         }
     }
 
+    fn failed(&mut self) {
+        self.entry.error = Some("upstream_reset");
+        if let Some(i) = self.inner.as_mut() {
+            i.failed();
+        }
+    }
+
     fn timed_out(&mut self) {
         self.entry.error = Some("request_timeout");
         if let Some(i) = self.inner.as_mut() {

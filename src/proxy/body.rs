@@ -115,6 +115,8 @@ pub trait OnDone: Send + 'static {
     fn poll_drive(&mut self, cx: &mut Context<'_>);
     /// The exchange's deadline passed mid-body (`done(false)` follows).
     fn timed_out(&mut self) {}
+    /// The backend failed mid-body: reset, closed early, malformed (`done(false)` follows).
+    fn failed(&mut self) {}
     /// `complete` is true when the body reached its end normally.
     fn done(self: Box<Self>, complete: bool);
 }
@@ -240,7 +242,10 @@ impl Body for RespBody {
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
-                        if let Some(g) = guard.take() {
+                        // Only the backend's side errs here (a client that leaves drops the
+                        // body instead): a failure of the backend's, for its health too.
+                        if let Some(mut g) = guard.take() {
+                            g.failed();
                             g.done(false);
                         }
                     }

@@ -27,19 +27,22 @@ pub(super) struct Inflight {
     tx: Option<SendRequest<ReqBody>>,
     /// How long the connection may then wait in the pool.
     idle_timeout: Duration,
-    /// Set when the upstream limits connections: a finished request wakes one queued request.
-    limited: Option<Arc<Upstream>>,
+    /// The upstream and the backend's index in it, for a failure mid-body.
+    up: Arc<Upstream>,
+    backend: usize,
 }
 
 impl Inflight {
-    pub(super) fn start(state: &Arc<BackendState>, up: &Arc<Upstream>) -> Inflight {
+    pub(super) fn start(up: &Arc<Upstream>, backend: usize) -> Inflight {
+        let state = &up.backends[backend].state;
         state.active.fetch_add(1, Relaxed);
         state.requests_total.fetch_add(1, Relaxed);
         Inflight {
             state: state.clone(),
             tx: None,
             idle_timeout: up.idle_timeout,
-            limited: up.max_connections.map(|_| up.clone()),
+            up: up.clone(),
+            backend,
         }
     }
 }
@@ -49,6 +52,17 @@ impl OnDone for Inflight {
         if let Some(tx) = &mut self.tx {
             tx.poll_drive(cx);
         }
+    }
+
+    /// Counted against the backend (breaker, passive health), as a reset before the head is.
+    fn failed(&mut self) {
+        let now = crate::upstream::backend::now_ms();
+        record(&self.up, self.backend, false, 0, now);
+        tracing::warn!(
+            upstream = %self.up.name,
+            backend = %self.state.address,
+            "the backend's response broke off mid-body"
+        );
     }
 
     fn done(mut self: Box<Self>, complete: bool) {
@@ -61,8 +75,8 @@ impl OnDone for Inflight {
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Relaxed);
-        if let Some(up) = &self.limited {
-            up.capacity.notify_one();
+        if self.up.max_connections.is_some() {
+            self.up.capacity.notify_one();
         }
     }
 }
@@ -171,7 +185,7 @@ pub(super) async fn forward(
         if attempt > 0 {
             crate::observe::metrics::retry();
         }
-        let mut inflight = Inflight::start(&backend.state, up);
+        let mut inflight = Inflight::start(up, i);
         let more_tries = attempt + 1 < policy.attempts;
         // A copy is kept only if a retry could follow a request the backend saw: an unsent
         // request comes back from hyper (`take_message`), so connect-failure retries need none.

@@ -726,3 +726,53 @@ fn a_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
         "only what the buffers held went out: {total}"
     );
 }
+
+/// A backend whose response breaks off mid-body is the backend's failure, whichever path
+/// relayed it: counted against it (so passive health and the breaker see it) and logged as
+/// `upstream_reset`, not as a client that went away.
+#[test]
+fn a_response_that_breaks_off_mid_body_counts_against_the_backend() {
+    let (backend, _) = scripted(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello\0".to_vec(),
+            true,
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {:?}\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\n\
+         backends = [{{ address = \"{backend}\" }}]\n",
+        log.display().to_string()
+    ));
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let r = read_until(&mut c, |_| false);
+    assert!(r.ends_with("hello"), "{r}");
+    let h2 = h2c_client().get(lb.url("/")).send().and_then(|r| r.bytes());
+    assert!(h2.is_err(), "{h2:?}");
+    let failures = || {
+        lb.running().shared.current().upstreams[0].backends[0]
+            .state
+            .failures_total
+            .load(SeqCst)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || failures() == 2),
+        "{}",
+        failures()
+    );
+    let mut lines = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect();
+        lines.len() >= 2
+    }));
+    for l in &lines {
+        assert_eq!(l["error"], "upstream_reset", "{l}");
+    }
+}

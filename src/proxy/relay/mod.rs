@@ -264,6 +264,12 @@ async fn exchange(
                 let outcome = local_error(io, e, &req, request_id, close).await;
                 return finish(shared, entry, &trace, &up, request_id, started, outcome);
             };
+            if end == Err("upstream_reset") {
+                // Counted against the backend, as on hyper's path (`Inflight::failed`).
+                record(&up, x.backend, false, 0, crate::upstream::backend::now_ms());
+                let backend = &up.backends[x.backend].address;
+                tracing::warn!(upstream = %up.name, %backend, "the backend's response broke off mid-body");
+            }
             let complete = end.is_ok();
             if complete && !x.resp.backend_close {
                 let id = up.backends[x.backend].state.id;
@@ -380,7 +386,7 @@ async fn forward(
         trace.attempts = attempt + 1;
         trace.backend = Some(i);
         let backend = &up.backends[i];
-        let inflight = Inflight::start(&backend.state, up);
+        let inflight = Inflight::start(up, i);
         let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
         let started = if attempt == 0 { now } else { Instant::now() };
         let try_deadline = deadline.min(started + per_try);
