@@ -173,6 +173,7 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         // Discovery sources and cluster mode (etcd): both change configuration only through
         // the one door; the cluster task also registers this instance with its admin address.
         let discovered = crate::upstream::discovery::spawn(shared.clone(), stop_rx.clone());
+        let _ = shared.discovered.set(discovered.clone());
         crate::cluster::spawn(shared.clone(), discovered, admin, stop_rx.clone());
     }
     Ok(Running {

@@ -122,6 +122,8 @@ pub struct Shared {
     pub otlp: std::sync::OnceLock<Arc<crate::observe::otlp::Exporter>>,
     /// The concrete addresses the listeners are bound to (a configured port 0 shows its port).
     pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
+    /// The discovered backend sets, once discovery runs: a reload from the file keeps them.
+    pub discovered: std::sync::OnceLock<Arc<crate::upstream::discovery::Discovered>>,
 }
 
 /// An accepted change.
@@ -185,6 +187,7 @@ impl Shared {
             access_log,
             otlp: std::sync::OnceLock::new(),
             bound: std::sync::OnceLock::new(),
+            discovered: std::sync::OnceLock::new(),
         }
     }
 

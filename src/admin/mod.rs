@@ -40,13 +40,22 @@ pub fn reload_from_file(shared: &Shared, source: &str) {
     match crate::config::load_file(path) {
         Ok((_, text))
             if source == "file" && shared.last_written().as_deref() == Some(text.as_str()) => {}
-        Ok((cfg, _)) => match shared.apply(cfg, source, false) {
-            Ok(v) => tracing::info!(version = v, source, "configuration reloaded"),
-            Err(e) => tracing::error!(
-                source,
-                "reload refused, keeping the running configuration:\n{e}"
-            ),
-        },
+        Ok((mut cfg, _)) => {
+            // The file names a discovered upstream's seed backends; the source owns the live
+            // list, which a reload keeps (as HAProxy and Envoy leave provider-owned endpoints
+            // alone): otherwise each reload would swap the seeds in until the next discovery
+            // round, sending traffic to hosts the source no longer lists.
+            if let Some(d) = shared.discovered.get() {
+                d.overlay(&mut cfg);
+            }
+            match shared.apply(cfg, source, false) {
+                Ok(v) => tracing::info!(version = v, source, "configuration reloaded"),
+                Err(e) => tracing::error!(
+                    source,
+                    "reload refused, keeping the running configuration:\n{e}"
+                ),
+            }
+        }
         Err(e) => {
             crate::observe::metrics::reload(false);
             crate::events::emit("reload_failed", None, None, format!("{source}: {e}"));

@@ -332,3 +332,31 @@ fn etcd_registered_backend_takes_traffic_and_leaves_when_its_lease_expires() {
     assert_eq!(st["upstreams"]["web"]["state"], "ok", "{st}");
     assert_eq!(st["upstreams"]["web"]["backends"], 1, "{st}");
 }
+
+/// A reload of the file (SIGHUP, or an edit elsewhere in it) keeps a discovered upstream's
+/// live set: the file's seed backends are not swapped in until the next discovery round.
+#[test]
+fn a_reload_of_the_file_keeps_the_discovered_backends() {
+    let b = backends(2);
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    write_file(&file, &format!(r#"[{{"address": "{}"}}]"#, b.addrs[0]));
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{}\" }}]\ndiscovery = {{ file = \"{}\", interval = \"100ms\" }}",
+        b.addrs[1],
+        file.display()
+    )));
+    assert!(serves_exactly(&c, &lb, &["b0"]));
+    let shared = &lb.running().shared;
+    let before = shared.current().version;
+    for _ in 0..3 {
+        switchyard::admin::reload_from_file(shared, "sighup");
+        assert_eq!(running_backends(&lb), vec![(b.addrs[0].to_string(), 1)]);
+    }
+    assert_eq!(
+        shared.current().version,
+        before,
+        "nothing changed, so no new version"
+    );
+}
