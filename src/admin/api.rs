@@ -65,6 +65,8 @@ pub enum ApiError {
     Invalid(ConfigError),
     NotFound(String),
     Conflict(u64),
+    /// The change is not the API's to make (409): a discovery source owns that list.
+    Owned(String),
     Internal(String),
 }
 
@@ -98,6 +100,7 @@ impl IntoResponse for ApiError {
                 StatusCode::PRECONDITION_FAILED,
                 json!({"error": format!("configuration changed meanwhile; current version is {v}"), "config_version": v}),
             ),
+            ApiError::Owned(m) => (StatusCode::CONFLICT, json!({"error": m})),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": m})),
         };
         (status, Json(body)).into_response()
@@ -226,8 +229,44 @@ fn change_upstream(
         .upstreams
         .get_mut(name)
         .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
+    let before = up.backends.clone();
     edit(&mut up.backends)?;
+    owned_by_discovery(name, up, &before)?;
     Ok(shared.apply_checked(cfg, source, true, None)?)
+}
+
+/// Refuses (409) a change to the backends of an upstream whose discovery source owns them, but
+/// for `drain`, which stays the operator's: otherwise the API would answer 200 and the source
+/// would undo the change a moment later (Traefik's dashboard shows such objects read-only).
+pub(super) fn owned_by_discovery(
+    name: &str,
+    up: &crate::config::UpstreamConfig,
+    before: &[BackendConfig],
+) -> Result<(), ApiError> {
+    let Some(d) = &up.discovery else {
+        return Ok(());
+    };
+    let undrained = |l: &[BackendConfig]| -> Vec<BackendConfig> {
+        l.iter()
+            .map(|b| BackendConfig {
+                drain: false,
+                ..b.clone()
+            })
+            .collect()
+    };
+    if undrained(&up.backends) == undrained(before) {
+        return Ok(());
+    }
+    let source = if let Some(f) = &d.file {
+        format!("the file {f}")
+    } else if let Some(p) = &d.etcd_prefix {
+        format!("etcd under {p}")
+    } else {
+        "DNS".to_string()
+    };
+    Err(ApiError::Owned(format!(
+        "the backends of {name} come from its discovery source ({source}): change them there; only drain applies here"
+    )))
 }
 
 async fn add_backend(

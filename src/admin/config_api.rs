@@ -84,6 +84,7 @@ pub(super) async fn update_config(
         .upstreams
         .get_mut(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
+    let before = up.backends.clone();
     for (i, addr) in patch.remove.iter().enumerate() {
         let before = up.backends.len();
         up.backends.retain(|b| &b.address != addr);
@@ -95,6 +96,7 @@ pub(super) async fn update_config(
         }
     }
     up.backends.extend(patch.add);
+    super::api::owned_by_discovery(&name, up, &before)?;
     Ok(applied(shared.apply_checked(
         cfg,
         "api /update-config",

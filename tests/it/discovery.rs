@@ -284,16 +284,29 @@ fn file_discovery_follows_the_file_and_health_checks_new_backends() {
     }));
     assert_eq!(running_backends(&lb).len(), 3);
 
-    // An API change that drops a discovered backend does not stick: the source owns the list.
+    // The source owns the list: an API change to it is refused, saying where to make it, and
+    // drain, the operator's own, applies.
     let r = c
         .post(lb.admin_url("/update-config"))
         .json(&serde_json::json!({"remove": [a0.to_string()]}))
         .send()
         .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(eventually(Duration::from_secs(5), || {
-        running_backends(&lb).contains(&(a0.to_string(), 1))
-    }));
+    assert_eq!(r.status(), 409);
+    assert!(r.text().unwrap().contains("discovery source"));
+    let r = c
+        .patch(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{a0}")))
+        .json(&serde_json::json!({"weight": 5}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = c
+        .patch(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{a0}")))
+        .json(&serde_json::json!({"drain": true}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert!(serves_exactly(&c, &lb, &["b1", "b2"]));
+    assert!(running_backends(&lb).contains(&(a0.to_string(), 1)));
 
     write_file(&file, &format!(r#"[{{"address": "{a1}"}}]"#));
     assert!(serves_exactly(&c, &lb, &["b1"]));
