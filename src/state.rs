@@ -131,6 +131,8 @@ pub struct Shared {
 pub struct Applied {
     pub version: u64,
     pub changes: Vec<String>,
+    /// Why the change is in service but not in the file (a read-only mount, say).
+    pub not_written: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,8 +141,6 @@ pub enum ApplyError {
     Invalid(ConfigError),
     #[error("configuration changed meanwhile; current version is {0}")]
     Conflict(u64),
-    #[error("{0}")]
-    Persist(String),
 }
 
 impl Shared {
@@ -238,8 +238,10 @@ impl Shared {
             return Ok(Applied {
                 version: current.version,
                 changes,
+                not_written: None,
             });
         }
+        let mut not_written = None;
         if persist {
             if let Some(path) = &self.config_path {
                 let text = match config::Format::of_path(path) {
@@ -250,10 +252,21 @@ impl Shared {
                         Err(_) => config::to_toml(&cfg),
                     },
                 };
-                write_atomically(path, &text).map_err(|e| {
-                    ApplyError::Persist(format!("cannot write {}: {e}", path.display()))
-                })?;
-                *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                // A file that cannot be written (a read-only ConfigMap or `:ro` mount) does not
+                // stop the change: an operator draining a backend mid-incident must be able to,
+                // as HAProxy's runtime API and Envoy's never write a file. The answer, the log
+                // and the event say the file no longer matches.
+                match write_atomically(path, &text) {
+                    Ok(()) => *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(text),
+                    Err(e) => {
+                        let why = format!(
+                            "in service but not written to {}: {e}; a restart would undo it",
+                            path.display()
+                        );
+                        tracing::warn!("{why}");
+                        not_written = Some(why);
+                    }
+                }
             }
         }
         let version = current.version + 1;
@@ -277,13 +290,23 @@ impl Shared {
             config,
         });
         crate::observe::metrics::reload(true);
+        let note = not_written
+            .as_ref()
+            .map_or(String::new(), |w| format!(" ({w})"));
         crate::events::emit(
             "config",
             None,
             None,
-            format!("version {version} from {source}: {}", changes.join("; ")),
+            format!(
+                "version {version} from {source}: {}{note}",
+                changes.join("; ")
+            ),
         );
-        Ok(Applied { version, changes })
+        Ok(Applied {
+            version,
+            changes,
+            not_written,
+        })
     }
 
     /// The text this process last wrote to the config file, so the file watcher can tell its own

@@ -75,7 +75,6 @@ impl From<ApplyError> for ApiError {
         match e {
             ApplyError::Invalid(c) => ApiError::Invalid(c),
             ApplyError::Conflict(v) => ApiError::Conflict(v),
-            ApplyError::Persist(m) => ApiError::Internal(m),
         }
     }
 }
@@ -108,7 +107,12 @@ impl IntoResponse for ApiError {
 }
 
 pub(super) fn applied(a: crate::state::Applied) -> Json<Value> {
-    Json(json!({"config_version": a.version, "changes": a.changes}))
+    let mut v = json!({"config_version": a.version, "changes": a.changes});
+    if let Some(w) = a.not_written {
+        v["written"] = json!(false);
+        v["warning"] = json!(w);
+    }
+    Json(v)
 }
 
 async fn health(State(shared): S) -> impl IntoResponse {

@@ -75,20 +75,14 @@ pub fn merge(local: &Config, remote: &Config) -> Config {
 /// nothing changed.
 pub fn apply(shared: &Shared, discovered: &Discovered, bytes: &[u8]) -> Result<Applied, String> {
     let remote = parse(bytes)?;
-    let mut persist = true;
     for _ in 0..5 {
         let cur = shared.current();
         let mut cfg = merge(&cur.config, &remote);
         discovered.overlay(&mut cfg);
-        match shared.apply_checked(cfg, "etcd", persist, Some(cur.version)) {
+        match shared.apply_checked(cfg, "etcd", true, Some(cur.version)) {
             Ok(a) => return Ok(a),
             Err(ApplyError::Conflict(_)) => continue,
             Err(ApplyError::Invalid(e)) => return Err(e.to_string()),
-            Err(ApplyError::Persist(m)) => {
-                // The cluster's configuration must still be served; the local copy is a cache.
-                tracing::warn!("cluster: {m}; applying without updating the local file");
-                persist = false;
-            }
         }
     }
     Err("the local configuration kept changing; will retry on the next change".into())

@@ -594,3 +594,26 @@ fn a_cross_site_page_cannot_drive_a_tokenless_api() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
 }
+
+/// A configuration file that cannot be written (a read-only mount; here, its directory gone)
+/// does not stop a change: it applies, and the answer says the file no longer matches.
+#[test]
+fn a_change_applies_when_the_file_cannot_be_written_and_says_so() {
+    let be = backends(2);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    std::fs::remove_dir_all(lb.dir.path()).unwrap();
+    let r = client()
+        .patch(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{}", be.addrs[0])))
+        .json(&json!({"drain": true}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["written"], false, "{v}");
+    assert!(
+        v["warning"].as_str().unwrap().contains("not written"),
+        "{v}"
+    );
+    let live = lb.running().shared.current();
+    assert!(live.config.upstreams["web"].backends[0].drain);
+}
