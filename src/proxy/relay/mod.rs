@@ -651,14 +651,42 @@ async fn respond(
 }
 
 /// Writes to the client unless the timer passes first: `Some(false)` when the client is gone,
-/// `None` when it stopped reading for too long. Biased, so a write that completes at once (the
-/// usual case) never looks at the timer.
+/// `None` when it stopped reading for too long. What the socket takes at once (the usual case:
+/// a response fits its send buffer) is written without a future or a look at the timer
+/// (callgrind: the select cost ~100 instructions per request); only the rest waits.
 async fn write_by(io: &mut ClientStream, bytes: &[u8], timer: &mut Deadline<'_>) -> Option<bool> {
+    let Some(done) = write_now(io, bytes) else {
+        return Some(false);
+    };
+    let rest = &bytes[done..];
+    if rest.is_empty() {
+        return Some(true);
+    }
     tokio::select! {
         biased;
-        r = io.write_all(bytes) => Some(r.is_ok()),
+        r = io.write_all(rest) => Some(r.is_ok()),
         _ = timer.passed() => None,
     }
+}
+
+/// Writes what the socket takes now: how many bytes, or `None` when the client is gone.
+/// Polled as the plain `write_all` was, but with no waker: a write that would block is polled
+/// again by the caller, with the task's.
+fn write_now(io: &mut ClientStream, bytes: &[u8]) -> Option<usize> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut done = 0;
+    while done < bytes.len() {
+        match tokio::io::AsyncWrite::poll_write(
+            std::pin::Pin::new(&mut *io),
+            &mut cx,
+            &bytes[done..],
+        ) {
+            std::task::Poll::Ready(Ok(0) | Err(_)) => return None,
+            std::task::Poll::Ready(Ok(n)) => done += n,
+            std::task::Poll::Pending => break,
+        }
+    }
+    Some(done)
 }
 
 /// Why a response was cut when the timer passed: the exchange's deadline, or an idle gap.
