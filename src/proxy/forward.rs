@@ -419,6 +419,16 @@ async fn send(
     // once more on a new connection, whatever its method, as HAProxy and Envoy do. That needs a
     // copy of the request, which an in-memory or empty body allows.
     let mut refused_retry = conn.tx.is_h2();
+    let fresh = || async {
+        let tx = Box::pin(pool::connect(
+            &up.connector,
+            &backend.address,
+            backend.socket,
+            connect_timeout,
+        ))
+        .await?;
+        Ok::<_, ProxyError>(pool::Conn { tx, reused: false })
+    };
     loop {
         let r = std::mem::replace(req, Request::new(ReqBody::Empty));
         let spare = if refused_retry { copy_of(&r) } else { None };
@@ -434,14 +444,7 @@ async fn send(
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if conn.reused => {
                     *req = back;
-                    let tx = Box::pin(pool::connect(
-                        &up.connector,
-                        &backend.address,
-                        backend.socket,
-                        connect_timeout,
-                    ))
-                    .await?;
-                    conn = pool::Conn { tx, reused: false };
+                    conn = fresh().await?;
                 }
                 Some(back) => {
                     *req = back;
@@ -456,14 +459,7 @@ async fn send(
                     (Some(again), Some(Refused::GoingAway)) => {
                         refused_retry = false;
                         *req = again;
-                        let tx = Box::pin(pool::connect(
-                            &up.connector,
-                            &backend.address,
-                            backend.socket,
-                            connect_timeout,
-                        ))
-                        .await?;
-                        conn = pool::Conn { tx, reused: false };
+                        conn = fresh().await?;
                     }
                     _ => return Err(ProxyError::UpstreamReset),
                 },

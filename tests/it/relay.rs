@@ -682,15 +682,7 @@ fn a_response_body_still_trickling_at_the_request_deadline_is_cut() {
         t.elapsed()
     );
 
-    let mut lines = Vec::new();
-    assert!(eventually(Duration::from_secs(5), || {
-        lines = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .collect();
-        lines.len() >= 2
-    }));
+    let lines = access_lines(&log, 2);
     for l in &lines {
         assert_eq!(l["error"], "request_timeout", "{l}");
     }
@@ -763,15 +755,7 @@ fn a_response_that_breaks_off_mid_body_counts_against_the_backend() {
         "{}",
         failures()
     );
-    let mut lines = Vec::new();
-    assert!(eventually(Duration::from_secs(5), || {
-        lines = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .collect();
-        lines.len() >= 2
-    }));
+    let lines = access_lines(&log, 2);
     for l in &lines {
         assert_eq!(l["error"], "upstream_reset", "{l}");
     }

@@ -399,15 +399,7 @@ fn redirect_listeners_answer_308_to_https() {
     let r = pki::rt().block_on(pki::get(lb.addr, "localhost", cfg, "/"));
     assert_eq!(r.map(|r| r.status), Ok(200));
     // Each redirect is access-logged like a proxied request.
-    let mut lines = Vec::new();
-    assert!(eventually(Duration::from_secs(5), || {
-        lines = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .collect();
-        lines.len() >= 3
-    }));
+    let lines = access_lines(&log, 3);
     let redirects: Vec<_> = lines.iter().filter(|l| l["status"] == 308).collect();
     assert_eq!(redirects.len(), 2, "{lines:?}");
     for l in redirects {

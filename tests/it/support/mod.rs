@@ -416,3 +416,21 @@ pub fn put_config(lb: &Lb, toml_text: &str) {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
 }
+
+/// The JSON access-log lines in `path` once there are at least `n` (waiting up to 5 s).
+pub fn access_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            lines = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            lines.len() >= n
+        }),
+        "{} access-log lines, expected {n}",
+        lines.len()
+    );
+    lines
+}
