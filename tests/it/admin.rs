@@ -373,6 +373,19 @@ fn token_is_required_when_configured() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+    for (value, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("bearer S3CRET", 401),
+    ] {
+        let r = c
+            .get(lb.admin_url("/api/v1/upstreams"))
+            .header("authorization", value)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), status, "{value}");
+    }
 }
 
 #[test]
