@@ -222,3 +222,57 @@ fn hundred_mib_bodies_stream_in_bounded_memory() {
         "peak RSS {hwm} KiB while streaming 2 × 100 MiB"
     );
 }
+
+/// A refused reload is logged on one line with all its problems, so a line-based log shipper
+/// keeps them with the message.
+#[test]
+fn a_refused_reload_is_logged_on_one_line() {
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let good = format!("workers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n[upstreams.web]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n");
+    std::fs::write(&path, &good).unwrap();
+    let child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = Proc(child);
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    // Two problems, so the log has a list to put on its line. The file watcher sees the change
+    // (a signal could arrive before the handlers are in place, just after the port opens).
+    let bad = good.replace("127.0.0.1:9", "nope") + "max_connections = 0\n";
+    std::fs::write(&path, bad).unwrap();
+    let c = client();
+    assert!(eventually(Duration::from_secs(5), || {
+        c.get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .ok()
+            .and_then(|r| r.text().ok())
+            .is_some_and(|m| {
+                m.lines().any(|l| {
+                    l.starts_with("switchyard_config_reloads_total")
+                        && l.contains("fail")
+                        && !l.ends_with(" 0")
+                })
+            })
+    }));
+    let _ = p.0.kill();
+    let _ = p.0.wait();
+    let mut err = String::new();
+    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.contains("reload refused"))
+        .unwrap_or_else(|| panic!("no reload refused line in {err}"));
+    assert!(
+        line.contains("upstreams.web.backends[0].address")
+            && line.contains("upstreams.web.max_connections")
+            && line.contains("; "),
+        "{line}"
+    );
+}
