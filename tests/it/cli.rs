@@ -276,3 +276,30 @@ fn a_refused_reload_is_logged_on_one_line() {
         "{line}"
     );
 }
+
+/// A port in use fails start-up with the OS error said once (it was printed twice: once in the
+/// message and once more as the error's source).
+#[test]
+fn a_bind_failure_names_the_os_error_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n[upstreams.web]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot bind 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
