@@ -303,3 +303,46 @@ fn a_bind_failure_names_the_os_error_once() {
     );
     assert_eq!(err.matches("os error").count(), 1, "{err}");
 }
+
+/// `switchyard demo` writes its configuration to a temporary file and removes it when it
+/// stops on SIGTERM or SIGINT.
+#[test]
+fn demo_removes_its_config_file_at_exit() {
+    for sig in ["-TERM", "-INT"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(bin())
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut p = Proc(child);
+        let file = tmp
+            .path()
+            .join(format!("switchyard-demo-{}.toml", p.0.id()));
+        // The banner's last line comes once the signals are handled.
+        let mut out = std::io::BufReader::new(p.0.stdout.take().unwrap());
+        let mut banner = String::new();
+        while !banner.contains("Ctrl-C to stop.") {
+            let mut line = String::new();
+            assert!(
+                std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+                "{banner}"
+            );
+            banner.push_str(&line);
+        }
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(file.exists(), "the demo runs from {}", file.display());
+        assert!(Command::new("kill")
+            .args([sig, &p.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(p.0.wait().unwrap().success(), "{sig}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{sig}: left behind {left:?}");
+    }
+}
