@@ -480,6 +480,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_syntax_error_is_reported_without_an_empty_path() {
+        let e = parse_config("workers = \"two\n", Format::Toml, Some("f.toml")).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("f.toml:1:"), "{shown}");
+        assert!(!shown.contains(": :"), "{shown}");
+    }
+
+    #[test]
     fn h2c_with_tls_enabled_is_refused_and_names_the_protocol_field() {
         let base = "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[upstreams.web]\nbackends = [{ address = \"127.0.0.1:9\" }]\n";
         for tls in [
