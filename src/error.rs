@@ -25,11 +25,15 @@ pub enum ProxyError {
     BodyTooLarge,
     /// Malformed request (framing, headers) rejected before forwarding.
     BadRequest,
+    /// A protocol upgrade (WebSocket) to an `h2`/`h2c` upstream: those backends are reached over
+    /// HTTP/2, where an HTTP/1.1 Upgrade does not exist and an extended CONNECT is not bridged,
+    /// so the request is refused before it can reach (and break) the shared connection.
+    UpgradeUnsupported,
 }
 
 impl ProxyError {
     /// Every variant, for metrics and lookups.
-    pub const ALL: [ProxyError; 10] = [
+    pub const ALL: [ProxyError; 11] = [
         ProxyError::NoRoute,
         ProxyError::NoBackend,
         ProxyError::Overloaded,
@@ -40,6 +44,7 @@ impl ProxyError {
         ProxyError::BadRequestBody,
         ProxyError::BodyTooLarge,
         ProxyError::BadRequest,
+        ProxyError::UpgradeUnsupported,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -52,6 +57,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequestBody | ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -68,6 +74,7 @@ impl ProxyError {
             ProxyError::BadRequestBody => "bad_request_body",
             ProxyError::BodyTooLarge => "request_body_too_large",
             ProxyError::BadRequest => "bad_request",
+            ProxyError::UpgradeUnsupported => "upgrade_unsupported",
         }
     }
 

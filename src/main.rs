@@ -178,11 +178,13 @@ fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(a) = running.admin {
         tracing::info!("admin API and web UI on http://{a}");
     }
-    serve_until_signal(running)
+    serve_until_signal(running, || {})
 }
 
 /// Blocks on signals: SIGHUP reloads the file, SIGTERM/SIGINT drain and return.
-fn serve_until_signal(mut running: server::Running) -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully. `ready` runs once the signal
+/// handlers are in place: a signal from then on is handled, never the default kill.
+fn serve_until_signal(mut running: server::Running, ready: impl FnOnce()) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let handle = running.handle();
     let shared = running.shared.clone();
@@ -191,6 +193,7 @@ fn serve_until_signal(mut running: server::Running) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        ready();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -226,6 +229,9 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let text = switchyard::demo::demo_config(&listen.to_string(), &admin.to_string(), &backends);
     let path = std::env::temp_dir().join(format!("switchyard-demo-{}.toml", std::process::id()));
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    // The file is the demo's alone: removed when the demo ends (signal or start-up failure),
+    // so runs do not pile up files in /tmp.
+    let _remove = RemoveOnDrop(path.clone());
     let cfg = config::parse_config(&text, config::Format::Toml, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&cfg);
@@ -252,10 +258,19 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
             .join(", ")
     );
     println!("  config file:    {}", path.display());
-    println!("Ctrl-C to stop.");
-    let r = serve_until_signal(running);
+    // Said once Ctrl-C is handled, so the file below is removed from then on.
+    let r = serve_until_signal(running, || println!("Ctrl-C to stop."));
     drop(rt);
     r
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn demo_backend(

@@ -13,11 +13,10 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    /// The OS error is in the message and deliberately not a `source` (a field named so would
+    /// be one): a chain printer such as anyhow's `{:#}` would print it a second time.
+    #[error("cannot bind {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
     #[error("cannot start the control runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
@@ -88,7 +87,7 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             listener::bind(addr, workers, max_body, l.defer_accept.unwrap_or(true)).map_err(
                 |e| StartError::Bind {
                     addr: l.bind.clone(),
-                    source: e,
+                    error: e,
                 },
             )?,
         );
@@ -110,10 +109,10 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             .unwrap_or_else(|| "127.0.0.1:5000".into());
         let l = std::net::TcpListener::bind(&addr).map_err(|e| StartError::Bind {
             addr: addr.clone(),
-            source: e,
+            error: e,
         })?;
         l.set_nonblocking(true)
-            .map_err(|e| StartError::Bind { addr, source: e })?;
+            .map_err(|e| StartError::Bind { addr, error: e })?;
         Some(l)
     } else {
         None

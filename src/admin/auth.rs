@@ -89,7 +89,7 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .map(str::to_string);
     let query = (path == "/api/v1/events")
         .then(|| {
@@ -112,8 +112,38 @@ pub async fn require_token(
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme is matched without regard to
+/// case (RFC 9110 §11.1: `bearer` and `BEARER` are the same scheme) and may be followed by more
+/// than one space; the token itself is compared exactly.
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.split_once(' ')?;
+    let token = rest.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "Bearer   s3cret",
+        ] {
+            assert_eq!(super::bearer_token(v), Some("s3cret"), "{v}");
+        }
+        for v in [
+            "Basic s3cret",
+            "Bearer",
+            "Bearer ",
+            "Bearers3cret",
+            "s3cret",
+        ] {
+            assert_eq!(super::bearer_token(v), None, "{v}");
+        }
+    }
+
     #[test]
     fn decodes_query_tokens() {
         assert_eq!(super::percent_decode("a%2Bb%26c+d%zz"), "a+b&c d%zz");

@@ -3,7 +3,7 @@
 //! rollback. Every change goes through [`Shared::apply_checked`].
 
 use super::api::{applied, parse_json, ApiError, S};
-use crate::config::{self, BackendConfig, Config, ConfigError, Format};
+use crate::config::{self, BackendConfig, Config, ConfigError, Format, Problem};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -40,10 +40,9 @@ fn parse_config_body(headers: &HeaderMap, body: &[u8]) -> Result<Config, ApiErro
 #[serde(deny_unknown_fields)]
 pub(super) struct Patch {
     upstream: Option<String>,
-    #[serde(default)]
-    add: Vec<BackendConfig>,
-    #[serde(default)]
-    remove: Vec<String>,
+    /// Options, so that a field sent at all (even empty) can be told apart from one left out.
+    add: Option<Vec<BackendConfig>>,
+    remove: Option<Vec<String>>,
     /// Kept as the client wrote it, so the whole configuration is parsed from its own text
     /// (a `Value` would have settled two equal keys by the last one).
     config: Option<Box<serde_json::value::RawValue>>,
@@ -57,6 +56,25 @@ pub(super) async fn update_config(
 ) -> Result<Json<Value>, ApiError> {
     let patch: Patch = parse_json(&body)?;
     if let Some(whole) = patch.config {
+        // The two forms are exclusive: applying the whole configuration and dropping the patch
+        // sent with it would report success for a change that was never made.
+        let mixed: Vec<Problem> = [
+            ("upstream", patch.upstream.is_some()),
+            ("add", patch.add.is_some()),
+            ("remove", patch.remove.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, sent)| *sent)
+        .map(|(field, _)| {
+            Problem::new(
+                field,
+                "cannot be combined with config (the whole configuration); send one form",
+            )
+        })
+        .collect();
+        if !mixed.is_empty() {
+            return Err(ApiError::Invalid(ConfigError { problems: mixed }));
+        }
         let text = whole.get();
         let mut cfg = parse_config_body(&json_headers(&headers), text.as_bytes())?;
         unredact(&shared, &mut cfg);
@@ -85,7 +103,7 @@ pub(super) async fn update_config(
         .get_mut(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
     let before = up.backends.clone();
-    for (i, addr) in patch.remove.iter().enumerate() {
+    for (i, addr) in patch.remove.unwrap_or_default().iter().enumerate() {
         let before = up.backends.len();
         up.backends.retain(|b| &b.address != addr);
         if up.backends.len() == before {
@@ -95,7 +113,7 @@ pub(super) async fn update_config(
             )));
         }
     }
-    up.backends.extend(patch.add);
+    up.backends.extend(patch.add.unwrap_or_default());
     super::api::owned_by_discovery(&name, up, &before)?;
     Ok(applied(shared.apply_checked(
         cfg,

@@ -52,7 +52,8 @@ pub fn reload_from_file(shared: &Shared, source: &str) {
                 Ok(v) => tracing::info!(version = v, source, "configuration reloaded"),
                 Err(e) => tracing::error!(
                     source,
-                    "reload refused, keeping the running configuration:\n{e}"
+                    "reload refused, keeping the running configuration: {}",
+                    one_line(&e)
                 ),
             }
         }
@@ -61,10 +62,22 @@ pub fn reload_from_file(shared: &Shared, source: &str) {
             crate::events::emit("reload_failed", None, None, format!("{source}: {e}"));
             tracing::error!(
                 source,
-                "reload refused, keeping the running configuration:\n{e}"
+                "reload refused, keeping the running configuration: {}",
+                one_line(&e)
             )
         }
     }
+}
+
+/// Every problem of a refused configuration on one line, joined with "; ": log shippers read a
+/// line as one event, and a list on lines of its own would arrive as unrelated events.
+fn one_line(e: &impl std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Reloads when the configuration file changes on disk (polled by mtime and size every 500ms:

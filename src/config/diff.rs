@@ -1,7 +1,7 @@
 //! What changed between two configurations, in words an operator reads in the UI, the API's
 //! answers and the event log: `upstreams.web: added backend 127.0.0.1:9004 (weight 1)`.
 
-use super::schema::{BackendConfig, Config, UpstreamConfig};
+use super::schema::{AdminConfig, BackendConfig, Config, UpstreamConfig};
 use std::collections::{HashMap, HashSet};
 
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -14,9 +14,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             n(new.workers)
         ));
     }
-    if old.admin != new.admin {
-        out.push("admin: changed (listen address takes effect at restart)".into());
-    }
+    admin_diff(&old.admin, &new.admin, &mut out);
     if old.listeners != new.listeners {
         out.push(
             "listeners: changed (bind addresses and socket options take effect at restart)".into(),
@@ -110,6 +108,35 @@ fn upstream_diff(name: &str, o: &UpstreamConfig, n: &UpstreamConfig, out: &mut V
     }
 }
 
+/// Each admin setting on its own line, saying when it takes effect: the listen address at
+/// restart, the token at once (it is read per request). The token itself is never shown.
+fn admin_diff(old: &AdminConfig, new: &AdminConfig, out: &mut Vec<String>) {
+    if old.listen != new.listen {
+        let n = |l: &Option<String>| l.clone().unwrap_or_else(|| "127.0.0.1:5000".into());
+        out.push(format!(
+            "admin.listen: {} -> {} (takes effect at restart)",
+            n(&old.listen),
+            n(&new.listen)
+        ));
+    }
+    if old.token != new.token {
+        let what = match (&old.token, &new.token) {
+            (None, _) => "set",
+            (_, None) => "removed",
+            _ => "changed",
+        };
+        out.push(format!("admin.token: {what} (takes effect now)"));
+    }
+    if old.token_file != new.token_file {
+        let n = |f: &Option<String>| f.clone().unwrap_or_else(|| "none".into());
+        out.push(format!(
+            "admin.token_file: {} -> {} (takes effect now)",
+            n(&old.token_file),
+            n(&new.token_file)
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +174,25 @@ mod tests {
                 "upstreams.web.health_check: changed",
             ]
         );
+    }
+
+    #[test]
+    fn an_admin_change_says_which_setting_and_when_it_takes_effect() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.admin.token = Some("s3cret".into());
+        assert_eq!(diff(&old, &new), ["admin.token: set (takes effect now)"]);
+        let mut newer = new.clone();
+        newer.admin.token = Some("other-secret".into());
+        newer.admin.listen = Some("127.0.0.1:6000".into());
+        let d = diff(&new, &newer);
+        assert_eq!(
+            d,
+            [
+                "admin.listen: 127.0.0.1:5000 -> 127.0.0.1:6000 (takes effect at restart)",
+                "admin.token: changed (takes effect now)",
+            ]
+        );
+        assert!(!d.concat().contains("secret"), "the token is never shown");
     }
 }

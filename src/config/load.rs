@@ -480,6 +480,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_syntax_error_is_reported_without_an_empty_path() {
+        let e = parse_config("workers = \"two\n", Format::Toml, Some("f.toml")).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("f.toml:1:"), "{shown}");
+        assert!(!shown.contains(": :"), "{shown}");
+    }
+
+    #[test]
+    fn h2c_with_tls_enabled_is_refused_and_names_the_protocol_field() {
+        let base = "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[upstreams.web]\nbackends = [{ address = \"127.0.0.1:9\" }]\n";
+        for tls in [
+            "tls = { server_name = \"a.internal\" }",
+            "tls = { enabled = true }",
+        ] {
+            let text = format!("{base}protocol = \"h2c\"\n{tls}\n");
+            let e = parse_config(&text, Format::Toml, Some("f.toml")).unwrap_err();
+            assert!(
+                e.problems
+                    .iter()
+                    .any(|p| p.path == "upstreams.web.protocol" && p.message.contains("h2c")),
+                "{:?}",
+                e.problems
+            );
+        }
+        // Cleartext stays cleartext: h2c with TLS explicitly off, or with no tls table, is fine.
+        for tls in ["tls = { enabled = false }", ""] {
+            let text = format!("{base}protocol = \"h2c\"\n{tls}\n");
+            assert!(
+                parse_config(&text, Format::Toml, Some("f.toml")).is_ok(),
+                "{tls}"
+            );
+        }
+    }
+
+    #[test]
     fn every_value_of_the_wrong_type_is_reported_with_its_path_and_the_rest_still_validated() {
         let text = r#"workers = "two"
 

@@ -31,9 +31,13 @@ impl Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.location {
-            Some(loc) => write!(f, "{loc}: {}: {}", self.path, self.message),
-            None => write!(f, "{}: {}", self.path, self.message),
+        // A problem of the whole text (a syntax error, an unreadable file) has no field path:
+        // say none rather than an empty one between two colons.
+        match (&self.location, self.path.is_empty()) {
+            (Some(loc), false) => write!(f, "{loc}: {}: {}", self.path, self.message),
+            (Some(loc), true) => write!(f, "{loc}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (None, true) => write!(f, "{}", self.message),
         }
     }
 }

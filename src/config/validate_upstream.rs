@@ -81,6 +81,14 @@ pub(super) fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut
             "\"h2\" is HTTP/2 over TLS; use \"h2c\" for cleartext",
         ));
     }
+    // The connector turns TLS on for any enabled `tls` table, so h2c with one would quietly be
+    // h2 over TLS: the operator asked for one thing and gets the other.
+    if u.protocol == Protocol::H2c && u.tls.as_ref().is_some_and(|t| t.enabled != Some(false)) {
+        p.push(Problem::new(
+            format!("{path}.protocol"),
+            "\"h2c\" is cleartext HTTP/2 but tls is enabled; use \"h2\" for HTTP/2 over TLS, or tls.enabled = false",
+        ));
+    }
     if let Some(t) = &u.tls {
         if t.client_cert.is_some() != t.client_key.is_some() {
             p.push(Problem::new(

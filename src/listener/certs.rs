@@ -36,7 +36,7 @@ pub fn read_chain(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = read(path)?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{path}: not a PEM certificate file: {e}"))?;
+        .map_err(|e| format!("{path}: not a PEM certificate file: {}", pem_error(&e)))?;
     if chain.is_empty() {
         return Err(format!("{path}: no CERTIFICATE block found"));
     }
@@ -50,8 +50,25 @@ pub fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
         rustls::pki_types::pem::Error::NoItemsFound => {
             format!("{path}: no PRIVATE KEY block (PKCS#8, RSA or EC) found")
         }
-        e => format!("{path}: not a PEM private key file: {e}"),
+        e => format!("{path}: not a PEM private key file: {}", pem_error(&e)),
     })
+}
+
+/// A PEM parse error as text. The library's own `Display` prints the marker or line it stopped
+/// at as a list of byte values (`[45, 45, 45, ...]`), which an operator cannot read.
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        // The marker is the section's label (`CERTIFICATE`); show the line that was expected.
+        Error::MissingSectionEnd { end_marker } => format!(
+            "missing section end marker \"-----END {}-----\" (file cut short?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("illegal section start {:?}", String::from_utf8_lossy(line))
+        }
+        e => e.to_string(),
+    }
 }
 
 fn read(path: &str) -> Result<Vec<u8>, String> {
@@ -178,6 +195,20 @@ mod tests {
         assert!(!name_matches("*.example.com", "a.b.example.com"));
         assert!(!name_matches("*.example.com", "example.com"));
         assert!(name_matches("example.com", "example.com"));
+    }
+
+    #[test]
+    fn a_truncated_pem_file_is_reported_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.pem");
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+        let path = path.to_str().unwrap();
+        let e = read_chain(path).err().unwrap_or_default();
+        assert!(
+            e.contains("missing section end marker \"-----END CERTIFICATE-----\""),
+            "{e}"
+        );
+        assert!(!e.contains("[67, 69"), "{e}");
     }
 
     #[test]

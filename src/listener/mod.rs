@@ -523,8 +523,12 @@ async fn serve_redirect(mut stream: TcpStream, https_port: u16, info: ConnInfo, 
         return;
     };
     let (shared, info) = (conn.shared.clone(), Arc::new(info));
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let mut resp = redirect::respond(&req, https_port);
+        // Like every response, a redirect carries the request's id (the client's, else a new
+        // one), so its access-log line can be found from what the client saw.
+        let id = proxy::headers::ensure_request_id(req.headers_mut());
+        resp.headers_mut().insert(proxy::headers::X_REQUEST_ID, id);
         let otlp = shared.otlp.get().cloned();
         if shared.access_log.is_some() || otlp.is_some() {
             crate::observe::request::Observer::begin(shared.access_log.clone(), otlp, &info, &req)

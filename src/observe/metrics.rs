@@ -22,7 +22,8 @@ static TLS_HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 
-static MADE: [AtomicU64; ProxyError::ALL.len()] = [const { AtomicU64::new(0) }; 10];
+static MADE: [AtomicU64; ProxyError::ALL.len()] =
+    [const { AtomicU64::new(0) }; ProxyError::ALL.len()];
 
 pub fn reload(ok: bool) {
     if ok { &RELOADS_OK } else { &RELOADS_FAILED }.fetch_add(1, Relaxed);

@@ -169,6 +169,12 @@ async fn serve(
     };
     let upstream = snap.upstreams[up_idx].clone();
     trace.upstream = Some(upstream.clone());
+    // Upgrades are carried only to HTTP/1.1 backends. Sent to an h2/h2c one, an HTTP/1.1
+    // Upgrade would go out as a plain GET, and an extended CONNECT as a GET with `:protocol`,
+    // which the backend answers by closing the connection every other request shares.
+    if upgrade.is_some() && upstream.protocol != crate::config::Protocol::Http1 {
+        return error_response(ProxyError::UpgradeUnsupported);
+    }
 
     let hash = match upstream.algorithm {
         crate::config::Algorithm::ConsistentHash => hash_key(&upstream.hash_key, &parts, conn),

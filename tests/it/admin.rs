@@ -373,6 +373,19 @@ fn token_is_required_when_configured() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+    for (value, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("bearer S3CRET", 401),
+    ] {
+        let r = c
+            .get(lb.admin_url("/api/v1/upstreams"))
+            .header("authorization", value)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), status, "{value}");
+    }
 }
 
 #[test]
@@ -616,4 +629,42 @@ fn a_change_applies_when_the_file_cannot_be_written_and_says_so() {
     );
     let live = lb.running().shared.current();
     assert!(live.config.upstreams["web"].backends[0].drain);
+}
+
+/// The whole-configuration form and the add/remove patch are exclusive: sent together, neither
+/// is applied and the 422 names the patch's fields, instead of the patch being dropped silently.
+#[test]
+fn update_config_with_both_config_and_a_patch_is_refused_naming_the_fields() {
+    let be = backends(2);
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{}\" }}]",
+        be.addrs[0]
+    )));
+    let c = client();
+    let cfg: Value = c
+        .get(lb.admin_url("/api/v1/config"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({
+            "config": cfg,
+            "add": [{"address": be.addrs[1].to_string()}],
+            "remove": [be.addrs[0].to_string()],
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().unwrap();
+    let paths: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["add", "remove"], "{v}");
+    assert_eq!(upstreams(&lb)["config_version"], 1, "nothing was applied");
+    assert_eq!(served_by(&lb, 4), HashSet::from(["b0".to_string()]));
 }

@@ -222,3 +222,127 @@ fn hundred_mib_bodies_stream_in_bounded_memory() {
         "peak RSS {hwm} KiB while streaming 2 × 100 MiB"
     );
 }
+
+/// A refused reload is logged on one line with all its problems, so a line-based log shipper
+/// keeps them with the message.
+#[test]
+fn a_refused_reload_is_logged_on_one_line() {
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let good = format!("workers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n[upstreams.web]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n");
+    std::fs::write(&path, &good).unwrap();
+    let child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = Proc(child);
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    // Two problems, so the log has a list to put on its line. The file watcher sees the change
+    // (a signal could arrive before the handlers are in place, just after the port opens).
+    let bad = good.replace("127.0.0.1:9", "nope") + "max_connections = 0\n";
+    std::fs::write(&path, bad).unwrap();
+    let c = client();
+    assert!(eventually(Duration::from_secs(5), || {
+        c.get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .ok()
+            .and_then(|r| r.text().ok())
+            .is_some_and(|m| {
+                m.lines().any(|l| {
+                    l.starts_with("switchyard_config_reloads_total")
+                        && l.contains("fail")
+                        && !l.ends_with(" 0")
+                })
+            })
+    }));
+    let _ = p.0.kill();
+    let _ = p.0.wait();
+    let mut err = String::new();
+    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.contains("reload refused"))
+        .unwrap_or_else(|| panic!("no reload refused line in {err}"));
+    assert!(
+        line.contains("upstreams.web.backends[0].address")
+            && line.contains("upstreams.web.max_connections")
+            && line.contains("; "),
+        "{line}"
+    );
+}
+
+/// A port in use fails start-up with the OS error said once (it was printed twice: once in the
+/// message and once more as the error's source).
+#[test]
+fn a_bind_failure_names_the_os_error_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n[upstreams.web]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot bind 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
+
+/// `switchyard demo` writes its configuration to a temporary file and removes it when it
+/// stops on SIGTERM or SIGINT.
+#[test]
+fn demo_removes_its_config_file_at_exit() {
+    for sig in ["-TERM", "-INT"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(bin())
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut p = Proc(child);
+        let file = tmp
+            .path()
+            .join(format!("switchyard-demo-{}.toml", p.0.id()));
+        // The banner's last line comes once the signals are handled.
+        let mut out = std::io::BufReader::new(p.0.stdout.take().unwrap());
+        let mut banner = String::new();
+        while !banner.contains("Ctrl-C to stop.") {
+            let mut line = String::new();
+            assert!(
+                std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+                "{banner}"
+            );
+            banner.push_str(&line);
+        }
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(file.exists(), "the demo runs from {}", file.display());
+        assert!(Command::new("kill")
+            .args([sig, &p.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(p.0.wait().unwrap().success(), "{sig}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{sig}: left behind {left:?}");
+    }
+}

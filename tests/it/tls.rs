@@ -384,9 +384,21 @@ fn redirect_listeners_answer_308_to_https() {
     let https_port = lb.addr.port();
     let plain = lb.running().listeners[1];
     let get = b"GET /a/b?c=1 HTTP/1.1\r\nHost: example.com:8080\r\nConnection: close\r\n\r\n";
+    let mut ids = Vec::new();
     for addr in [plain, lb.addr] {
         let r = raw(addr, get);
         assert!(r.starts_with("HTTP/1.1 308"), "{addr}: {r}");
+        // A request id, as on every other response, and the same one in the access log.
+        let id = r
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-request-id: ")
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no x-request-id: {r}"));
+        assert_eq!(id.len(), 32, "{r}");
+        ids.push(id);
         assert!(
             r.to_ascii_lowercase().contains(&format!(
                 "location: https://example.com:{https_port}/a/b?c=1"
@@ -406,7 +418,20 @@ fn redirect_listeners_answer_308_to_https() {
         assert_eq!(l["path"], "/a/b?c=1");
         assert_eq!(l["host"], "example.com:8080");
         assert!(l["bytes_out"].as_u64().unwrap() > 0, "{l}");
+        assert!(
+            ids.iter().any(|id| l["request_id"] == id.as_str()),
+            "{l} {ids:?}"
+        );
     }
+    // A client's own id is kept.
+    let r = raw(
+        plain,
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: abc-123\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        r.to_ascii_lowercase().contains("x-request-id: abc-123"),
+        "{r}"
+    );
 }
 
 /// Runs `switchyard check` on `toml` and returns (exit code, stderr).

@@ -1,5 +1,6 @@
 //! WebSocket through the proxy to the demo backend's `/ws` echo: over HTTP/1.1 Upgrade and over
-//! HTTP/2 extended CONNECT (RFC 8441), which Switchyard bridges to an HTTP/1.1 Upgrade.
+//! HTTP/2 extended CONNECT (RFC 8441), which Switchyard bridges to an HTTP/1.1 Upgrade; and both
+//! refused (501) to an h2c upstream.
 
 use crate::support::*;
 use bytes::Bytes;
@@ -203,31 +204,43 @@ impl AsyncWrite for H2Io {
     }
 }
 
+/// An HTTP/2 connection to `addr` whose server has announced extended CONNECT.
+async fn h2_extended(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let client = client.ready().await.unwrap();
+    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrive just after the handshake.
+    for _ in 0..100 {
+        if client.is_extended_connect_protocol_enabled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(client.is_extended_connect_protocol_enabled());
+    client
+}
+
+/// An RFC 8441 WebSocket request for `/ws` at `addr`.
+fn extended_connect(addr: std::net::SocketAddr) -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{addr}/ws"))
+        .extension(h2::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap()
+}
+
 #[test]
 fn websocket_over_http2_extended_connect_is_bridged_to_http1_upgrade() {
     let be = backends(1);
     let lb = start(&config(&format!("backends = [{}]", be.list())));
     be.rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrive just after the handshake.
-        for _ in 0..100 {
-            if client.is_extended_connect_protocol_enabled() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(client.is_extended_connect_protocol_enabled());
-        let req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(format!("http://{}/ws", lb.addr))
-            .extension(h2::ext::Protocol::from_static("websocket"))
-            .header("sec-websocket-version", "13")
-            .body(())
+        let mut client = h2_extended(lb.addr).await;
+        let (resp, send) = client
+            .send_request(extended_connect(lb.addr), false)
             .unwrap();
-        let (resp, send) = client.send_request(req, false).unwrap();
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), 200, "RFC 8441: success is 200, not 101");
         assert!(resp.headers().get("sec-websocket-accept").is_none());
@@ -241,4 +254,48 @@ fn websocket_over_http2_extended_connect_is_bridged_to_http1_upgrade() {
         ws.send(Message::Text("close:4002".into())).await.unwrap();
         assert_eq!(next_close(&mut ws).await, CloseCode::Library(4002));
     });
+}
+
+/// Upgrades reach only HTTP/1.1 backends: to an h2c upstream both handshake forms are refused
+/// with 501 before anything is sent upstream, and the shared HTTP/2 backend connection keeps
+/// serving other requests.
+#[test]
+fn websocket_to_an_h2c_upstream_is_refused_with_501() {
+    let be = backends(1);
+    let lb = start(&config(&format!(
+        "protocol = \"h2c\"\nbackends = [{}]",
+        be.list()
+    )));
+    let c = client();
+    assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 200);
+    let sent_upstream = || first_backend(&lb, 0)["requests_total"].clone();
+    let before = sent_upstream();
+
+    let h1 = raw(
+        lb.addr,
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            lb.addr
+        )
+        .as_bytes(),
+    );
+    assert!(h1.starts_with("HTTP/1.1 501"), "{h1}");
+    assert!(
+        h1.to_ascii_lowercase()
+            .contains("x-switchyard-error: upgrade_unsupported"),
+        "{h1}"
+    );
+
+    be.rt.block_on(async {
+        let mut client = h2_extended(lb.addr).await;
+        let (resp, _send) = client
+            .send_request(extended_connect(lb.addr), false)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 501);
+        assert_eq!(resp.headers()["x-switchyard-error"], "upgrade_unsupported");
+    });
+    assert_eq!(sent_upstream(), before, "nothing went to the backend");
+    assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 200);
 }
