@@ -90,12 +90,15 @@ impl TlsListener {
         match build(cfg, &self.ticketer, &self.sessions) {
             Ok(state) => {
                 self.state.store(Arc::new(state));
+                crate::observe::metrics::tls_reload(true);
                 tracing::info!(listener = %self.bind, "TLS certificates reloaded");
             }
-            Err(e) => tracing::error!(
-                listener = %self.bind,
-                "TLS reload refused, keeping the previous certificates: {e}"
-            ),
+            Err(e) => {
+                crate::observe::metrics::tls_reload(false);
+                let why = format!("listener {}: {e}", self.bind);
+                crate::events::emit("reload_failed", None, None, format!("TLS {why}"));
+                tracing::error!("TLS reload refused, keeping the previous certificates: {why}");
+            }
         }
         *seen = Seen {
             cfg: cfg.clone(),

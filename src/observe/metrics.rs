@@ -19,6 +19,8 @@ static CONNECTIONS_TOTAL: AtomicU64 = AtomicU64::new(0);
 static CONNECTIONS_OPEN: AtomicU64 = AtomicU64::new(0);
 static TLS_HANDSHAKES: AtomicU64 = AtomicU64::new(0);
 static TLS_HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
+static TLS_RELOADS_OK: AtomicU64 = AtomicU64::new(0);
+static TLS_RELOADS_FAILED: AtomicU64 = AtomicU64::new(0);
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -40,6 +42,16 @@ pub fn tls_handshake(ok: bool) {
         &TLS_HANDSHAKES
     } else {
         &TLS_HANDSHAKE_FAILURES
+    }
+    .fetch_add(1, Relaxed);
+}
+/// A listener's certificates rebuilt from changed files (or refused, the old ones kept): a
+/// broken certificate on disk is then on the dashboard, not only in the log.
+pub fn tls_reload(ok: bool) {
+    if ok {
+        &TLS_RELOADS_OK
+    } else {
+        &TLS_RELOADS_FAILED
     }
     .fetch_add(1, Relaxed);
 }
@@ -137,6 +149,13 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "TLS handshakes with clients, by result.",
         result(&TLS_HANDSHAKES, &TLS_HANDSHAKE_FAILURES),
+    );
+    family(
+        &mut o,
+        "switchyard_tls_reloads_total",
+        "counter",
+        "Certificate reloads of TLS listeners, by result (failed: the previous certificates stay).",
+        result(&TLS_RELOADS_OK, &TLS_RELOADS_FAILED),
     );
     family(
         &mut o,

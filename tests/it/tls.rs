@@ -182,9 +182,21 @@ fn replaced_certificate_serves_new_handshakes_while_open_connections_continue() 
         "the connection opened before the swap keeps working"
     );
 
-    // A broken file is refused and the last good certificate stays.
+    // A broken file is refused and the last good certificate stays; the refusal is counted.
+    let refused = || {
+        let text = client()
+            .get(lb.admin_url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchyard_tls_reloads_total{result=\"failed\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = refused();
     std::fs::write(&old.cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
-    std::thread::sleep(Duration::from_millis(1200)); // two reload polls: a refusal is the absence of a change
+    assert!(eventually(Duration::from_secs(5), || refused() > before));
     assert_eq!(served(), Some(new.der.clone()));
 }
 
