@@ -343,13 +343,18 @@ fn backend_patch_drains_and_deletes() {
     assert_eq!(r.status(), 404);
 }
 
+/// A balancer over `be` whose admin API needs the token `s3cret`.
+fn with_token(be: &Backends) -> Lb {
+    start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{}]\n",
+        be.list()
+    ))
+}
+
 #[test]
 fn token_is_required_when_configured() {
     let be = backends(1);
-    let lb = start(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{}]\n",
-        be.list()
-    ));
+    let lb = with_token(&be);
     let c = client();
     assert_eq!(c.get(lb.admin_url("/health")).send().unwrap().status(), 200);
     assert_eq!(
@@ -391,10 +396,7 @@ fn token_is_required_when_configured() {
 #[test]
 fn the_config_shown_hides_the_token_and_a_round_trip_keeps_it() {
     let be = backends(2);
-    let lb = start(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{}]\n",
-        be.list()
-    ));
+    let lb = with_token(&be);
     let c = client();
     let get = |path: &str| {
         c.get(lb.admin_url(path))
