@@ -9,6 +9,7 @@
 //! and compared, and the plain rendering is written when no merge reads back equal.
 
 use super::Config;
+use std::collections::HashMap;
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, TableLike, Value};
 
 /// The text to write for `cfg` into a file that now holds `old` (TOML).
@@ -231,14 +232,14 @@ fn merge_array(old: &mut Array, new: &Array, m: &mut Merge) {
     let template = olds.last().and_then(|o| o.as_ref()).map(|o| o.1.clone());
     old.clear();
     let mut before = head;
+    let by_address = index_by_address(olds.iter().map(|o| o.as_ref().and_then(|o| address(&o.0))));
     for (j, n) in new.iter().enumerate() {
-        let found = olds.iter().position(|o| {
-            o.as_ref()
-                .is_some_and(|(o, ..)| match (address(o), address(n)) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => same(o, n),
-                })
-        });
+        let found = match address(n) {
+            Some(a) => by_address.get(a).copied(),
+            None => olds
+                .iter()
+                .position(|o| o.as_ref().is_some_and(|(o, ..)| same(o, n))),
+        };
         let (mut v, rest, eol) = match found.and_then(|i| olds[i].take()) {
             Some((mut o, rest, eol)) => {
                 m.path.push(Seg::Index(j));
@@ -275,19 +276,19 @@ fn split_eol(prefix: &str) -> (&str, &str) {
 fn merge_tables(old: &mut ArrayOfTables, new: Vec<Table>, m: &mut Merge) {
     let mut olds: Vec<Option<Table>> = old.iter().cloned().map(Some).collect();
     old.clear();
+    let table_address = |t: &Table| t.get("address").and_then(Item::as_str).map(str::to_string);
+    let by_address = index_by_address(olds.iter().map(|o| {
+        o.as_ref()
+            .and_then(|t| t.get("address").and_then(Item::as_str))
+    }));
     for (j, n) in new.into_iter().enumerate() {
         let inline = |t: &Table| Value::InlineTable(t.clone().into_inline_table());
-        let found = olds.iter().position(|o| {
-            o.as_ref().is_some_and(|o| {
-                match (
-                    o.get("address").and_then(Item::as_str),
-                    n.get("address").and_then(Item::as_str),
-                ) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => same(&inline(o), &inline(&n)),
-                }
-            })
-        });
+        let found = match table_address(&n) {
+            Some(a) => by_address.get(&a).copied(),
+            None => olds
+                .iter()
+                .position(|o| o.as_ref().is_some_and(|o| same(&inline(o), &inline(&n)))),
+        };
         let t = match found.and_then(|i| olds[i].take()) {
             Some(mut o) => {
                 m.path.push(Seg::Index(j));
@@ -299,6 +300,20 @@ fn merge_tables(old: &mut ArrayOfTables, new: Vec<Table>, m: &mut Merge) {
         };
         old.push(t);
     }
+}
+
+/// Where each address is among the old elements (the first, if the file repeats one): a
+/// lookup per new element, where a scan made an upstream of 10,000 backends 10^8 comparisons.
+fn index_by_address<'a>(
+    addresses: impl Iterator<Item = Option<&'a str>>,
+) -> HashMap<String, usize> {
+    let mut map = HashMap::new();
+    for (i, a) in addresses.enumerate() {
+        if let Some(a) = a {
+            map.entry(a.to_string()).or_insert(i);
+        }
+    }
+    map
 }
 
 /// A backend's address, the identity of an element of `backends`.
