@@ -50,10 +50,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             auth::require_token,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            super::origin::guard,
-        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .merge(super::ui::routes())
         .with_state(shared)

@@ -70,8 +70,11 @@ pub async fn require_token(
     let path = req.uri().path();
     // The UI's page and assets hold no data; the login form must be reachable.
     let open = path == "/health" || path == "/" || path.starts_with("/ui/");
-    let token = match (!open).then(|| configured_token(&shared)).flatten() {
-        None => return next.run(req).await,
+    // Read once per request, for both decisions: this one and the browser guard's.
+    let token = match configured_token(&shared) {
+        // No token (the loopback default): the browser guard is what stands before the API.
+        None => return super::origin::tokenless(req, next).await,
+        Some(_) if open => return next.run(req).await,
         Some(Ok(t)) => t,
         Some(Err(why)) => {
             // The file's path and the OS error are for the operator's log, not for callers.

@@ -11,17 +11,13 @@
 //! - The `Host` must be an IP address or `localhost`: a page's own domain re-pointed at
 //!   127.0.0.1 is refused (403), as Jupyter's server does.
 
-use crate::state::Shared;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
 
-pub async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    if super::auth::configured_token(&shared).is_some() {
-        return next.run(req).await;
-    }
+/// Called by [`super::auth::require_token`] when no token is configured.
+pub async fn tokenless(req: Request, next: Next) -> Response {
     let h = req.headers();
     let refuse = |why: String| {
         (

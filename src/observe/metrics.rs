@@ -27,8 +27,13 @@ static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 static MADE: [AtomicU64; ProxyError::ALL.len()] =
     [const { AtomicU64::new(0) }; ProxyError::ALL.len()];
 
+/// Adds one to the counter of an outcome: `yes` when it went well, `no` when not.
+fn outcome(ok: bool, yes: &AtomicU64, no: &AtomicU64) {
+    if ok { yes } else { no }.fetch_add(1, Relaxed);
+}
+
 pub fn reload(ok: bool) {
-    if ok { &RELOADS_OK } else { &RELOADS_FAILED }.fetch_add(1, Relaxed);
+    outcome(ok, &RELOADS_OK, &RELOADS_FAILED);
 }
 pub fn connection_opened() {
     CONNECTIONS_TOTAL.fetch_add(1, Relaxed);
@@ -38,22 +43,12 @@ pub fn connection_closed() {
     CONNECTIONS_OPEN.fetch_sub(1, Relaxed);
 }
 pub fn tls_handshake(ok: bool) {
-    if ok {
-        &TLS_HANDSHAKES
-    } else {
-        &TLS_HANDSHAKE_FAILURES
-    }
-    .fetch_add(1, Relaxed);
+    outcome(ok, &TLS_HANDSHAKES, &TLS_HANDSHAKE_FAILURES);
 }
 /// A listener's certificates rebuilt from changed files (or refused, the old ones kept): a
 /// broken certificate on disk is then on the dashboard, not only in the log.
 pub fn tls_reload(ok: bool) {
-    if ok {
-        &TLS_RELOADS_OK
-    } else {
-        &TLS_RELOADS_FAILED
-    }
-    .fetch_add(1, Relaxed);
+    outcome(ok, &TLS_RELOADS_OK, &TLS_RELOADS_FAILED);
 }
 pub fn retry() {
     RETRIES.fetch_add(1, Relaxed);

@@ -431,7 +431,11 @@ async fn send(
     };
     loop {
         let r = std::mem::replace(req, Request::new(ReqBody::Empty));
-        let spare = if refused_retry { copy_of(&r) } else { None };
+        let (r, spare) = if refused_retry {
+            with_copy(r)
+        } else {
+            (r, None)
+        };
         let fut = conn.tx.try_send_request(r);
         match tokio::time::timeout_at(deadline.into(), fut).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
@@ -468,28 +472,16 @@ async fn send(
     }
 }
 
-/// A copy of a request whose body is in memory (or absent).
-fn copy_of(r: &Request<ReqBody>) -> Option<Request<ReqBody>> {
-    let body = match r.body() {
-        ReqBody::Empty => ReqBody::Empty,
-        ReqBody::Replay(b) => ReqBody::Replay(b.clone()),
-        ReqBody::Stream { .. } => return None,
-    };
-    let (parts, _) = Request::from_parts(clone_parts_of(r), ()).into_parts();
-    Some(Request::from_parts(parts, body))
-}
-
-fn clone_parts_of<B>(r: &Request<B>) -> http::request::Parts {
-    let mut b = Request::builder()
-        .method(r.method().clone())
-        .uri(r.uri().clone())
-        .version(r.version());
-    if let Some(h) = b.headers_mut() {
-        *h = r.headers().clone();
+/// The request, and a copy of it when its body is in memory (or absent).
+fn with_copy(r: Request<ReqBody>) -> (Request<ReqBody>, Option<Request<ReqBody>>) {
+    let (parts, body) = r.into_parts();
+    let copy = match &body {
+        ReqBody::Empty => Some(ReqBody::Empty),
+        ReqBody::Replay(b) => Some(ReqBody::Replay(b.clone())),
+        ReqBody::Stream { .. } => None,
     }
-    let (mut parts, _) = b.body(()).unwrap_or_default().into_parts();
-    parts.extensions = r.extensions().clone();
-    parts
+    .map(|b| Request::from_parts(clone_parts(&parts), b));
+    (Request::from_parts(parts, body), copy)
 }
 
 /// How an HTTP/2 backend turned a stream away unprocessed.
