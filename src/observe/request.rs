@@ -6,6 +6,7 @@
 use super::access_log::{self, rfc3339, AccessLog, Entry};
 use super::otlp::{Exporter, Span, TraceCtx};
 use crate::proxy::body::{OnDone, RespBody};
+use crate::proxy::upgrade::TunnelEnd;
 use crate::proxy::{headers, ConnInfo, Trace, X_SWITCHYARD_ERROR};
 use http::{header, Request, Response, Version};
 use serde_json::json;
@@ -21,6 +22,10 @@ pub struct Observer {
     started: Instant,
     started_at: SystemTime,
     sent: u64,
+    /// Bytes from the client through an upgraded tunnel.
+    tunnel_in: u64,
+    /// The response became a tunnel, whose end is not the client leaving.
+    tunnel: bool,
     inner: Option<Box<dyn OnDone>>,
     trace: Trace,
 }
@@ -76,6 +81,8 @@ impl Observer {
             started: Instant::now(),
             started_at,
             sent: 0,
+            tunnel_in: 0,
+            tunnel: false,
             inner: None,
             trace: Trace::default(),
         }
@@ -153,6 +160,20 @@ impl OnDone for Observer {
         }
     }
 
+    fn tunnelled(&mut self, from_client: u64, to_client: u64, end: TunnelEnd) {
+        self.tunnel = true;
+        self.tunnel_in += from_client;
+        self.sent += to_client;
+        self.entry.error = match end {
+            TunnelEnd::Closed => None,
+            TunnelEnd::Broken => Some("tunnel_broken"),
+            TunnelEnd::Idle => Some("idle_timeout"),
+        };
+        if let Some(i) = self.inner.as_mut() {
+            i.tunnelled(from_client, to_client, end);
+        }
+    }
+
     fn done(mut self: Box<Self>, complete: bool) {
         if let Some(i) = self.inner.take() {
             i.done(complete);
@@ -163,9 +184,10 @@ impl OnDone for Observer {
             .trace
             .body
             .as_ref()
-            .map_or(self.trace.bytes_in, |s| s.bytes.load(Relaxed));
+            .map_or(self.trace.bytes_in, |s| s.bytes.load(Relaxed))
+            + self.tunnel_in;
         e.duration_ms = access_log::ms(self.started.elapsed());
-        if !complete && e.error.is_none() {
+        if !complete && !self.tunnel && e.error.is_none() {
             e.error = Some("downstream_closed");
         }
         if let (Some(otlp), Some(ctx)) = (&self.otlp, self.ctx) {

@@ -117,6 +117,8 @@ pub trait OnDone: Send + 'static {
     fn timed_out(&mut self) {}
     /// The backend failed mid-body: reset, closed early, malformed (`done(false)` follows).
     fn failed(&mut self) {}
+    /// An upgraded tunnel ended (`done(false)` follows): bytes from and to the client, and how.
+    fn tunnelled(&mut self, _from_client: u64, _to_client: u64, _end: super::upgrade::TunnelEnd) {}
     /// `complete` is true when the body reached its end normally.
     fn done(self: Box<Self>, complete: bool);
 }

@@ -132,16 +132,23 @@ fn write_ipv4(out: &mut [u8; 15], octets: [u8; 4]) -> usize {
 
 /// Keeps a client's `X-Request-Id` or creates one (128 random bits, hex); returns it.
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = h
-        .get(&X_REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-    {
+    if let Some(v) = client_request_id(h) {
         return v.clone();
     }
-    let id = new_request_id();
-    let v = HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"));
+    let v = fresh_request_id();
     h.insert(X_REQUEST_ID, v.clone());
     v
+}
+
+/// The client's own `X-Request-Id`, when it is one worth keeping (not empty, at most 200 bytes).
+pub fn client_request_id(h: &HeaderMap) -> Option<&HeaderValue> {
+    h.get(&X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+}
+
+/// A new request id as a header value.
+pub fn fresh_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id()).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// A new request id: 128 random bits as 32 hex digits, written on the stack (no formatting

@@ -13,7 +13,7 @@ pub mod headers;
 pub mod pool;
 pub mod relay;
 pub mod router;
-mod upgrade;
+pub mod upgrade;
 
 use crate::error::ProxyError;
 use crate::observe::request::Observer;
@@ -46,6 +46,8 @@ pub struct Trace {
         crate::observe::otlp::TraceCtx,
         Option<Arc<crate::observe::otlp::Exporter>>,
     )>,
+    /// A protocol upgrade the backend agreed to: its tunnel starts once the response is observed.
+    pub upgrade: Option<upgrade::Agreed>,
 }
 
 /// What the listener knows about the client connection.
@@ -86,6 +88,18 @@ pub fn error_response(e: ProxyError) -> Response<RespBody> {
     r
 }
 
+/// A request refused before it is forwarded (malformed, no route, too large): the error
+/// response, still tagged with the request's id (the client's, or a new one), so the client's
+/// report of a 400 or 404 can be found in the access log.
+fn refuse(e: ProxyError, h: &http::HeaderMap) -> Response<RespBody> {
+    let mut r = error_response(e);
+    let id = headers::client_request_id(h)
+        .cloned()
+        .unwrap_or_else(headers::fresh_request_id);
+    r.headers_mut().insert(headers::X_REQUEST_ID, id);
+    r
+}
+
 pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -102,14 +116,24 @@ pub async fn handle(
     let mut trace = Trace::default();
     let otlp = shared.otlp.get().cloned();
     if shared.access_log.is_none() && otlp.is_none() {
-        return serve(shared, conn, req, &mut trace).await;
+        let mut resp = serve(shared, conn, req, &mut trace).await;
+        if let Some(agreed) = trace.upgrade.take() {
+            upgrade::splice(agreed, &mut resp);
+        }
+        return resp;
     }
     let observer = Observer::begin(shared.access_log.clone(), otlp, conn, &req);
     trace.otel = observer
         .trace_ctx()
         .map(|c| (c, shared.otlp.get().cloned()));
     let mut resp = serve(shared, conn, req, &mut trace).await;
+    let agreed = trace.upgrade.take();
     observer.attach(&mut resp, trace);
+    // After `attach`, so the tunnel holds the observer and its line is written when it closes,
+    // with the bytes both ways and the tunnel's whole duration.
+    if let Some(agreed) = agreed {
+        upgrade::splice(agreed, &mut resp);
+    }
     resp
 }
 
@@ -136,19 +160,19 @@ async fn serve(
         // HTTP/2 extended CONNECT is a WebSocket upgrade, taken above).
         || (parts.method == Method::CONNECT && !(parts.version == Version::HTTP_2 && upgrade.is_some()))
     {
-        return error_response(ProxyError::BadRequest);
+        return refuse(ProxyError::BadRequest, &parts.headers);
     }
     let declared_len = match parts
         .headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
     {
-        Some(None) => return error_response(ProxyError::BadRequest),
+        Some(None) => return refuse(ProxyError::BadRequest, &parts.headers),
         Some(Some(n)) => Some(n),
         None => None,
     };
     if declared_len.is_some_and(|n| n > conn.max_body) {
-        return error_response(ProxyError::BodyTooLarge);
+        return refuse(ProxyError::BodyTooLarge, &parts.headers);
     }
     // The request-target's authority (absolute-form, HTTP/2 `:authority`) wins over Host, which
     // is then replaced by it (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
@@ -165,7 +189,7 @@ async fn serve(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let Some(up_idx) = snap.router.route(host, parts.uri.path()) else {
-        return error_response(ProxyError::NoRoute);
+        return refuse(ProxyError::NoRoute, &parts.headers);
     };
     let upstream = snap.upstreams[up_idx].clone();
     trace.upstream = Some(upstream.clone());
@@ -173,7 +197,7 @@ async fn serve(
     // Upgrade would go out as a plain GET, and an extended CONNECT as a GET with `:protocol`,
     // which the backend answers by closing the connection every other request shares.
     if upgrade.is_some() && upstream.protocol != crate::config::Protocol::Http1 {
-        return error_response(ProxyError::UpgradeUnsupported);
+        return refuse(ProxyError::UpgradeUnsupported, &parts.headers);
     }
 
     let hash = match upstream.algorithm {
@@ -233,7 +257,7 @@ async fn serve(
                 trace.bytes_in = b.len() as u64;
                 ReqBody::Replay(Some(b))
             }
-            Err(_) => return error_response(ProxyError::BadRequestBody),
+            Err(_) => return refuse(ProxyError::BadRequestBody, &parts.headers),
         }
     } else {
         let stats = Arc::new(BodyStats::default());
@@ -261,7 +285,7 @@ async fn serve(
     };
     if let Some(client_up) = client_upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            upgrade::splice(client_up, &mut resp, upstream.idle_timeout);
+            trace.upgrade = Some(upgrade::agree(client_up, &mut resp, upstream.idle_timeout));
         }
     }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

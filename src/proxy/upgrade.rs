@@ -88,47 +88,83 @@ pub fn restore_headers(parts: &mut http::request::Parts, u: &Upgrade) {
     }
 }
 
+/// An upgrade the backend agreed to, waiting for the response to be observed (access log) before
+/// its tunnel starts.
+pub struct Agreed {
+    client: ClientUpgrade,
+    idle: Duration,
+}
+
+/// How a tunnel ended, for its access-log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Both sides closed (or one side's close was passed on and the other then closed).
+    Closed,
+    /// A read or write failed: a reset, or one side vanished.
+    Broken,
+    /// Nothing moved either way for the upstream's idle timeout.
+    Idle,
+}
+
+/// Turns the backend's `101` into the answer the client expects (`200` for an HTTP/2 extended
+/// CONNECT), before the response's hop-by-hop headers are dealt with; [`splice`] then starts the
+/// tunnel.
+pub fn agree(client: ClientUpgrade, resp: &mut Response<RespBody>, idle: Duration) -> Agreed {
+    if client.h2 {
+        // RFC 8441 §5: success is a 2xx; the accept key only means something in HTTP/1.1.
+        *resp.status_mut() = StatusCode::OK;
+        resp.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+    }
+    Agreed { client, idle }
+}
+
 /// Connects the two upgraded connections once the client has received the answer to its
-/// handshake (`101`, or `200` for HTTP/2).
-pub fn splice(client: ClientUpgrade, resp: &mut Response<RespBody>, idle: Duration) {
+/// handshake. The response body's guard (the backend's in-flight count, and the access-log
+/// observer when logging is on) is kept until the tunnel ends, so the request stays active on
+/// its backend and is logged with the tunnel's bytes and duration.
+pub fn splice(agreed: Agreed, resp: &mut Response<RespBody>) {
     let guard = match resp.body_mut() {
         RespBody::Stream { guard, .. } => guard.take(),
         RespBody::Full(_) => None,
     };
     let backend = hyper::upgrade::on(&mut *resp);
-    if client.h2 {
-        // RFC 8441 §5: success is a 2xx; the accept key only means something in HTTP/1.1.
-        *resp.status_mut() = StatusCode::OK;
-        resp.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+    if agreed.client.h2 {
         *resp.body_mut() = RespBody::empty();
     }
+    let Agreed { client, idle } = agreed;
     tokio::spawn(async move {
         let (Ok(c), Ok(b)) = tokio::join!(client.on, backend) else {
+            if let Some(g) = guard {
+                g.done(false);
+            }
             return;
         };
         let _open = Tunnel::open();
-        pump(TokioIo::new(c), TokioIo::new(b), idle).await;
-        if let Some(g) = guard {
+        let (end, up, down) = pump(TokioIo::new(c), TokioIo::new(b), idle).await;
+        if let Some(mut g) = guard {
+            g.tunnelled(up, down, end);
+            // Never `true`: an upgraded backend connection cannot go back to the pool.
             g.done(false);
         }
     });
 }
 
 /// Copies both ways at once until both directions have ended, either fails, or nothing has moved
-/// either way for `idle`.
-async fn pump<A, B>(a: A, b: B, idle: Duration)
+/// either way for `idle`. Returns how it ended and the bytes copied from `a` to `b` and back.
+async fn pump<A, B>(a: A, b: B, idle: Duration) -> (TunnelEnd, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let start = tokio::time::Instant::now();
     let last = AtomicU64::new(0);
+    let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
     let both = async {
         tokio::join!(
-            copy(&mut ar, &mut bw, start, &last),
-            copy(&mut br, &mut aw, start, &last)
+            copy(&mut ar, &mut bw, start, &last, &a_to_b),
+            copy(&mut br, &mut aw, start, &last, &b_to_a)
         )
     };
     let watchdog = async {
@@ -140,15 +176,23 @@ where
             }
         }
     };
-    tokio::select! {
-        _ = both => {}
-        _ = watchdog => {}
-    }
+    let end = tokio::select! {
+        (x, y) = both => if x && y { TunnelEnd::Closed } else { TunnelEnd::Broken },
+        _ = watchdog => TunnelEnd::Idle,
+    };
+    (end, a_to_b.load(Relaxed), b_to_a.load(Relaxed))
 }
 
-/// One direction: read, write, note the time; a clean end of input is passed on as a shutdown
-/// (half-close), so the other direction can still finish.
-async fn copy<R, W>(r: &mut R, w: &mut W, start: tokio::time::Instant, last: &AtomicU64)
+/// One direction: read, write, note the time and the bytes; a clean end of input is passed on as
+/// a shutdown (half-close), so the other direction can still finish. False when a read or write
+/// failed.
+async fn copy<R, W>(
+    r: &mut R,
+    w: &mut W,
+    start: tokio::time::Instant,
+    last: &AtomicU64,
+    moved: &AtomicU64,
+) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -156,13 +200,18 @@ where
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(_) => {
+                let _ = w.shutdown().await;
+                return false;
+            }
             Ok(n) => n,
         };
         if w.write_all(&buf[..n]).await.is_err() {
-            return;
+            return false;
         }
+        moved.fetch_add(n as u64, Relaxed);
         last.store(start.elapsed().as_millis() as u64, Relaxed);
     }
-    let _ = w.shutdown().await;
+    w.shutdown().await.is_ok()
 }

@@ -90,6 +90,15 @@ fn no_route_is_404_and_h2c_is_served() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-switchyard-error"], "no_route");
+    // Refused before forwarding, yet tagged like every response: a new id, or the client's.
+    assert_eq!(r.headers()["x-request-id"].len(), 32, "{:?}", r.headers());
+    let r = c
+        .get(lb.url("/"))
+        .header("host", "other.test")
+        .header("x-request-id", "client-chosen-1")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "client-chosen-1");
     // HTTP/2 routes by `:authority` (a differing Host header does not count: RFC 9113 §8.3.1).
     let h2 = reqwest::blocking::Client::builder()
         .http2_prior_knowledge()
@@ -169,8 +178,14 @@ fn request_body_over_the_limit_gets_413() {
         be.list()
     ));
     let c = client();
-    let r = c.post(lb.url("/")).body(vec![b'a'; 2048]).send().unwrap();
+    let r = c
+        .post(lb.url("/"))
+        .header("x-request-id", "big-1")
+        .body(vec![b'a'; 2048])
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["x-request-id"], "big-1");
     let r = c.post(lb.url("/")).body(vec![b'a'; 512]).send().unwrap();
     assert_eq!(r.status(), 200);
 }

@@ -115,6 +115,57 @@ fn websocket_tunnel_counts_as_an_active_request_until_closed() {
     assert!(eventually(Duration::from_secs(5), || active() == 0));
 }
 
+/// A tunnel is access-logged when it ends, as HAProxy logs a tunnelled session: status 101, the
+/// bytes both ways and the tunnel's whole duration; one closed by the idle timeout says so.
+#[test]
+fn a_websocket_is_logged_when_it_closes_with_its_bytes_and_duration() {
+    let be = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+        config(&format!(
+            "backends = [{}]\ntimeouts = {{ idle = \"400ms\" }}",
+            be.list()
+        )),
+        log.display().to_string(),
+    ));
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    be.rt.block_on(async {
+        let mut ws = ws_h1(lb.addr).await;
+        exchange(&mut ws).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(lines().is_empty(), "logged while open: {:?}", lines());
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        // Left open and silent: the idle timeout closes it.
+        let mut idle = ws_h1(lb.addr).await;
+        assert!(tokio::time::timeout(Duration::from_secs(5), idle.next())
+            .await
+            .is_ok_and(|m| !matches!(m, Some(Ok(Message::Text(_))))));
+    });
+    let got = access_lines(&log, 2);
+    let (closed, idle) = (&got[0], &got[1]);
+    assert_eq!(closed["status"], 101, "{closed}");
+    assert!(closed.get("error").is_none(), "{closed}");
+    // `exchange` sends (and gets back) a 1 MiB message among others.
+    for dir in ["bytes_in", "bytes_out"] {
+        let n = closed[dir].as_u64().unwrap();
+        assert!((1 << 20..2 << 20).contains(&n), "{dir} = {n}: {closed}");
+    }
+    assert!(closed["duration_ms"].as_f64().unwrap() >= 200.0, "{closed}");
+    assert_eq!(idle["status"], 101, "{idle}");
+    assert_eq!(idle["error"], "idle_timeout", "{idle}");
+    assert!(idle["duration_ms"].as_f64().unwrap() >= 400.0, "{idle}");
+}
+
 #[test]
 fn open_websockets_get_the_grace_period_at_shutdown() {
     let be = backends(1);
