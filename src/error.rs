@@ -29,11 +29,14 @@ pub enum ProxyError {
     /// HTTP/2, where an HTTP/1.1 Upgrade does not exist and an extended CONNECT is not bridged,
     /// so the request is refused before it can reach (and break) the shared connection.
     UpgradeUnsupported,
+    /// Plain HTTP on a TLS listener's port (without `redirect_https`), answered in plain HTTP
+    /// as NGINX does, instead of a TLS alert the client cannot show.
+    PlainHttpOnTls,
 }
 
 impl ProxyError {
     /// Every variant, for metrics and lookups.
-    pub const ALL: [ProxyError; 11] = [
+    pub const ALL: [ProxyError; 12] = [
         ProxyError::NoRoute,
         ProxyError::NoBackend,
         ProxyError::Overloaded,
@@ -45,6 +48,7 @@ impl ProxyError {
         ProxyError::BodyTooLarge,
         ProxyError::BadRequest,
         ProxyError::UpgradeUnsupported,
+        ProxyError::PlainHttpOnTls,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -55,7 +59,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequestBody | ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequestBody | ProxyError::BadRequest | ProxyError::PlainHttpOnTls => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
         }
@@ -75,6 +81,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "request_body_too_large",
             ProxyError::BadRequest => "bad_request",
             ProxyError::UpgradeUnsupported => "upgrade_unsupported",
+            ProxyError::PlainHttpOnTls => "plain_http_to_https_port",
         }
     }
 

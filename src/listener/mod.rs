@@ -463,13 +463,20 @@ async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut c
     let t = match mode {
         Mode::Plain => return serve_plain(stream.into(), info, conn).await,
         Mode::Redirect { https_port } => {
-            return serve_redirect(stream, *https_port, info, conn).await
+            return serve_redirect(stream, Some(*https_port), info, conn).await
         }
         Mode::Tls(t) => t.current(),
     };
-    if t.redirect_plain && !starts_with_tls(&stream).await {
-        let port = stream.local_addr().map_or(443, |a| a.port());
-        return serve_redirect(stream, port, info, conn).await;
+    // A client's first byte: 0x16 opens a TLS handshake; a letter is plain HTTP on the wrong
+    // port (a request method), which gets an answer it can show instead of a TLS alert.
+    match first_byte(&stream).await {
+        None => return,
+        Some(b) if b.is_ascii_alphabetic() => {
+            let port = stream.local_addr().map_or(443, |a| a.port());
+            let to = t.redirect_plain.then_some(port);
+            return serve_redirect(stream, to, info, conn).await;
+        }
+        Some(_) => {}
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
     let mut stop = conn.stop.clone();
@@ -505,18 +512,25 @@ async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut c
     serve(tls, Arc::new(info), conn).await;
 }
 
-/// Whether the client's first byte is a TLS handshake record (0x16); false on timeout or close.
-async fn starts_with_tls(stream: &TcpStream) -> bool {
+/// The client's first byte, left in the socket; `None` when it closed or sent nothing within the
+/// handshake timeout (a TLS client speaks first, so this waits no longer than a handshake would).
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
     let mut b = [0u8; 1];
-    matches!(
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut b)).await,
-        Ok(Ok(1)) if b[0] == 0x16
-    )
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut b)).await {
+        Ok(Ok(1)) => Some(b[0]),
+        _ => None,
+    }
 }
 
-/// Answers every request with the redirect, access-logged like any other request (an operator
-/// looking for a client that never reached https finds its 308 there).
-async fn serve_redirect(mut stream: TcpStream, https_port: u16, info: ConnInfo, conn: Conn) {
+/// Answers every request with the redirect to `https_port`, or without one with 400 (plain
+/// HTTP on a TLS port), access-logged like any other request (an operator looking for a client
+/// that never reached https finds it there).
+async fn serve_redirect(
+    mut stream: TcpStream,
+    https_port: Option<u16>,
+    info: ConnInfo,
+    conn: Conn,
+) {
     let mut stop = conn.stop.clone();
     let Some((prefix, h2)) = sniff_first(&mut stream, bytes::BytesMut::new(), &mut stop).await
     else {
@@ -524,7 +538,15 @@ async fn serve_redirect(mut stream: TcpStream, https_port: u16, info: ConnInfo, 
     };
     let (shared, info) = (conn.shared.clone(), Arc::new(info));
     let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        let mut resp = redirect::respond(&req, https_port);
+        let mut resp = match https_port {
+            Some(port) => redirect::respond(&req, port),
+            None => {
+                let mut r = proxy::error_response(crate::error::ProxyError::PlainHttpOnTls);
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
+        };
         // Like every response, a redirect carries the request's id (the client's, else a new
         // one), so its access-log line can be found from what the client saw.
         let id = proxy::headers::ensure_request_id(req.headers_mut());

@@ -51,6 +51,36 @@ fn https_over_http1_and_h2_says_https_and_adds_hsts() {
     }
 }
 
+/// Plain HTTP sent to a TLS port (no `redirect_https`) gets a plain-HTTP 400 that says so, as
+/// NGINX answers, not a TLS alert; never a request upstream. TLS on the port is unaffected.
+#[test]
+fn plain_http_on_a_tls_port_gets_a_400_it_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::ca(dir.path(), "ca");
+    let leaf = ca.leaf(dir.path(), "site", &["localhost"]);
+    let be = backends(1);
+    let lb = start(&tls_config(
+        &cert_list(&[&leaf]),
+        &format!("backends = [{}]", be.list()),
+    ));
+    let r = raw(lb.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let lower = r.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-switchyard-error: plain_http_to_https_port"),
+        "{r}"
+    );
+    assert!(lower.contains("connection: close"), "{r}");
+    let sent = lb.running().shared.current().upstreams[0].backends[0]
+        .state
+        .requests_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(sent, 0, "nothing went upstream");
+    let cfg = client_config(&ca, &["http/1.1"], both_versions(), None);
+    let r = pki::rt().block_on(pki::get(lb.addr, "localhost", cfg, "/"));
+    assert_eq!(r.map(|r| r.status), Ok(200));
+}
+
 #[test]
 fn sni_picks_the_certificate_by_name_and_falls_back_to_the_first() {
     let dir = tempfile::tempdir().unwrap();
