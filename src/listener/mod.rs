@@ -551,6 +551,7 @@ async fn serve_redirect(
         // one), so its access-log line can be found from what the client saw.
         let id = proxy::headers::ensure_request_id(req.headers_mut());
         resp.headers_mut().insert(proxy::headers::X_REQUEST_ID, id);
+        crate::observe::metrics::downstream_response(resp.status().as_u16());
         let otlp = shared.otlp.get().cloned();
         if shared.access_log.is_some() || otlp.is_some() {
             crate::observe::request::Observer::begin(shared.access_log.clone(), otlp, &info, &req)

@@ -27,6 +27,29 @@ static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 static MADE: [AtomicU64; ProxyError::ALL.len()] =
     [const { AtomicU64::new(0) }; ProxyError::ALL.len()];
 
+/// Responses sent to clients, by status class (1xx–5xx), one set per thread that answers them:
+/// the workers never write to a cache line another worker writes, and a scrape sums the sets.
+#[repr(align(64))]
+struct Classes([AtomicU64; 5]);
+
+static THREAD_CLASSES: std::sync::Mutex<Vec<&'static Classes>> = std::sync::Mutex::new(Vec::new());
+
+thread_local! {
+    // Leaked: one 64-byte set per thread that ever answered a client (the workers, for ever).
+    static MINE: &'static Classes = {
+        let c: &'static Classes = Box::leak(Box::new(Classes([const { AtomicU64::new(0) }; 5])));
+        THREAD_CLASSES.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        c
+    };
+}
+
+/// A response went to a client (proxied or made here; a retried request counts once).
+#[inline]
+pub fn downstream_response(status: u16) {
+    let class = usize::from(status / 100).clamp(1, 5) - 1;
+    MINE.with(|m| m.0[class].fetch_add(1, Relaxed));
+}
+
 /// Adds one to the counter of an outcome: `yes` when it went well, `no` when not.
 fn outcome(ok: bool, yes: &AtomicU64, no: &AtomicU64) {
     if ok { yes } else { no }.fetch_add(1, Relaxed);
@@ -165,6 +188,26 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Access log lines dropped because the writer fell behind.",
         one(&ACCESS_LOG_DROPPED),
+    );
+    let mut by_class = [0u64; 5];
+    for c in THREAD_CLASSES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        for (sum, n) in by_class.iter_mut().zip(&c.0) {
+            *sum += n.load(Relaxed);
+        }
+    }
+    family(
+        &mut o,
+        "switchyard_downstream_responses_total",
+        "counter",
+        "Responses sent to clients by status class, Switchyard's own included; a retried request counts once.",
+        by_class
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("class=\"{}xx\"", i + 1), *n)),
     );
     let made = ProxyError::ALL.iter().zip(MADE.iter()).map(|(e, n)| {
         (

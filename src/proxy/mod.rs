@@ -117,6 +117,7 @@ pub async fn handle(
     let otlp = shared.otlp.get().cloned();
     if shared.access_log.is_none() && otlp.is_none() {
         let mut resp = serve(shared, conn, req, &mut trace).await;
+        crate::observe::metrics::downstream_response(resp.status().as_u16());
         if let Some(agreed) = trace.upgrade.take() {
             upgrade::splice(agreed, &mut resp);
         }
@@ -127,6 +128,7 @@ pub async fn handle(
         .trace_ctx()
         .map(|c| (c, shared.otlp.get().cloned()));
     let mut resp = serve(shared, conn, req, &mut trace).await;
+    crate::observe::metrics::downstream_response(resp.status().as_u16());
     let agreed = trace.upgrade.take();
     observer.attach(&mut resp, trace);
     // After `attach`, so the tunnel holds the observer and its line is written when it closes,

@@ -98,6 +98,61 @@ fn client_connections_are_counted_as_they_open_and_close() {
     drop(held);
 }
 
+/// What clients got, by status class, on both request paths (the relay for plain HTTP/1.1,
+/// hyper's for HTTP/2), Switchyard's own answers included and a retried request counted once.
+#[test]
+fn responses_to_clients_are_counted_by_status_class() {
+    let be = backends(1);
+    let dead = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (dead, dead2) = (dead(), dead());
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [[routes]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\
+         [[routes]]\npath_prefix = \"/ok\"\nupstream = \"web\"\n\
+         [upstreams.web]\nbackends = [{}]\n\
+         [upstreams.dead]\nbackends = [{{ address = \"{dead}\" }}, {{ address = \"{dead2}\" }}]\n",
+        be.list()
+    ));
+    // Process-wide counters, shared with every test running at once: only growth is checked.
+    let class = |text: &str, c: &str| {
+        sample(
+            text,
+            &format!("switchyard_downstream_responses_total{{class=\"{c}\"}} "),
+        )
+    };
+    let before = scrape(&lb);
+    let (h1, h2) = (client(), h2c_client());
+    for c in [&h1, &h2] {
+        for _ in 0..3 {
+            let r = c.get(lb.url("/ok")).send().unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let r = c.get(lb.url("/none")).send().unwrap();
+        assert_eq!(r.status(), 404);
+        // Two tries, one response.
+        let r = c.get(lb.url("/dead")).send().unwrap();
+        assert_eq!(r.status(), 502);
+    }
+    let after = scrape(&lb);
+    assert!(
+        class(&after, "2xx") - class(&before, "2xx") >= 6.0,
+        "{after}"
+    );
+    assert!(
+        class(&after, "4xx") - class(&before, "4xx") >= 2.0,
+        "{after}"
+    );
+    assert!(
+        class(&after, "5xx") - class(&before, "5xx") >= 2.0,
+        "{after}"
+    );
+}
+
 #[test]
 fn access_log_has_a_line_per_request_including_errors_switchyard_made() {
     let be = backends(1);

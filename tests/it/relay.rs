@@ -333,15 +333,6 @@ fn an_error_answering_head_has_no_body_so_the_next_response_stays_in_step() {
     assert!(parts[1].contains("content-length: 19\r\n"), "{r}");
 }
 
-/// An h2c (prior knowledge) client, as `curl --http2-prior-knowledge` or h2load would be.
-fn h2c_client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
 /// HTTP/2 requests to an HTTP/1.1 backend go over the relay's backend connections
 /// (src/proxy/relay/from_hyper.rs): each framing the backend may use arrives decoded, the request
 /// head carries the proxy's rewrites and a declared length, and one backend connection serves

@@ -322,6 +322,7 @@ fn finish(
     started: Instant,
     (status, error, sent, complete, keep): Outcome,
 ) -> Option<Instant> {
+    crate::observe::metrics::downstream_response(status);
     if let (Some(log), Some(mut e)) = (&shared.access_log, entry) {
         e.status = status;
         e.error = error.or((!complete).then_some("downstream_closed"));

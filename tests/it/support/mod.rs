@@ -124,6 +124,15 @@ pub fn config(upstream_body: &str) -> String {
     )
 }
 
+/// An h2c (prior knowledge) client, as `curl --http2-prior-knowledge` or h2load would be.
+pub fn h2c_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(20))
