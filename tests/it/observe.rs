@@ -153,6 +153,37 @@ fn responses_to_clients_are_counted_by_status_class() {
     );
 }
 
+/// The Grafana dashboard and the metrics reference name only metrics that exist.
+#[test]
+fn the_dashboard_and_the_docs_name_only_metrics_that_exist() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let text = scrape(&lb);
+    for file in ["contrib/grafana-dashboard.json", "docs/observability.md"] {
+        let doc = std::fs::read_to_string(file).unwrap();
+        let mut names: Vec<&str> = doc
+            .match_indices("switchyard_")
+            .map(|(i, _)| {
+                let rest = &doc[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(rest.len());
+                let name = &rest[..end];
+                name.strip_suffix("_bucket").unwrap_or(name)
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 8, "{file}: {names:?}");
+        for n in names {
+            assert!(
+                text.contains(&format!("# TYPE {n} ")),
+                "{file} names {n}, which /metrics does not have"
+            );
+        }
+    }
+}
+
 #[test]
 fn access_log_has_a_line_per_request_including_errors_switchyard_made() {
     let be = backends(1);
