@@ -12,6 +12,7 @@ use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -35,9 +36,24 @@ impl Snapshot {
 #[derive(Default)]
 pub struct Registry {
     map: Mutex<HashMap<String, HashMap<String, Arc<BackendState>>>>,
+    /// Backends removed from the configuration while requests were still in flight on them:
+    /// shown as leaving (`removed`, `draining`) until their last request ends, instead of
+    /// vanishing from the view while they still serve.
+    leaving: Mutex<Vec<Arc<BackendState>>>,
 }
 
 impl Registry {
+    /// `upstream`'s removed backends that still have requests in flight.
+    pub fn leaving(&self, upstream: &str) -> Vec<Arc<BackendState>> {
+        let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
+        leaving.retain(|s| s.active.load(Relaxed) > 0);
+        leaving
+            .iter()
+            .filter(|s| s.upstream == upstream)
+            .cloned()
+            .collect()
+    }
+
     /// Compiles `cfg` against the registry: kept backends keep their state, new ones start fresh,
     /// removed ones are dropped from the map (in-flight requests still hold theirs).
     pub fn compile(&self, cfg: &Config, version: u64) -> Snapshot {
@@ -76,9 +92,19 @@ impl Registry {
             .collect();
         // Backends that left the configuration drain: their in-flight requests finish on the old
         // snapshot, and nothing new can pick them.
+        let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
         for gone in map.drain().flat_map(|(_, u)| u.into_values()) {
             gone.set_draining(true);
+            leaving.push(gone);
         }
+        // Gone for good once idle, or superseded when the address came back (with fresh state).
+        leaving.retain(|s| {
+            s.active.load(Relaxed) > 0
+                && !next
+                    .get(&s.upstream)
+                    .is_some_and(|u| u.contains_key(&s.address))
+        });
+        drop(leaving);
         *map = next;
         let index_of = |n: &str| upstreams.iter().position(|u| u.name == n);
         let only = (upstreams.len() == 1).then_some(0);

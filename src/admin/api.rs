@@ -5,7 +5,7 @@
 use super::{auth, config_api};
 use crate::config::{self, BackendConfig, ConfigError};
 use crate::state::{ApplyError, Shared};
-use crate::upstream::backend::now_ms;
+use crate::upstream::backend::{now_ms, BackendState};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -177,25 +177,30 @@ pub fn upstreams_json(shared: &Shared) -> Value {
         .upstreams
         .iter()
         .map(|u| {
-            let backends: Vec<Value> = u
+            let row = |address: &str, weight: u32, s: &BackendState, removed: bool| {
+                json!({
+                    "address": address,
+                    "weight": weight,
+                    "health": s.health().name(),
+                    "circuit": s.breaker.state().name(),
+                    "draining": s.is_draining() || weight == 0,
+                    "removed": removed,
+                    "ejected": s.is_ejected(now),
+                    "active_requests": s.active.load(Relaxed),
+                    "requests_total": s.requests_total.load(Relaxed),
+                    "failures_total": s.failures_total.load(Relaxed),
+                    "latency_ewma_ms": (s.ewma_us()).round() / 1000.0,
+                })
+            };
+            let mut backends: Vec<Value> = u
                 .backends
                 .iter()
-                .map(|b| {
-                    let s = &b.state;
-                    json!({
-                        "address": b.address,
-                        "weight": b.weight,
-                        "health": s.health().name(),
-                        "circuit": s.breaker.state().name(),
-                        "draining": s.is_draining() || b.weight == 0,
-                        "ejected": s.is_ejected(now),
-                        "active_requests": s.active.load(Relaxed),
-                        "requests_total": s.requests_total.load(Relaxed),
-                        "failures_total": s.failures_total.load(Relaxed),
-                        "latency_ewma_ms": (s.ewma_us()).round() / 1000.0,
-                    })
-                })
+                .map(|b| row(&b.address, b.weight, &b.state, false))
                 .collect();
+            // Removed, still finishing requests: listed until the last one ends.
+            for s in shared.registry.leaving(&u.name) {
+                backends.push(row(&s.address, 0, &s, true));
+            }
             json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends})
         })
         .collect();

@@ -125,6 +125,25 @@ fn removed_backend_gets_no_new_requests_while_its_slow_request_completes() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Still finishing its request, it stays in view as removed and draining.
+    let listed = |c: &reqwest::blocking::Client| -> Vec<Value> {
+        let v: Value = c
+            .get(lb.admin_url("/api/v1/upstreams"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["upstreams"][0]["backends"].as_array().unwrap().clone()
+    };
+    let now = listed(&c);
+    let leaving = now
+        .iter()
+        .find(|b| b["address"] == busy.as_str())
+        .unwrap_or_else(|| panic!("the removed, busy backend vanished: {now:?}"));
+    assert_eq!(leaving["removed"], true, "{leaving}");
+    assert_eq!(leaving["draining"], true, "{leaving}");
+    assert_eq!(leaving["active_requests"], 1, "{leaving}");
+    assert_eq!(now.len(), 2, "{now:?}");
     let busy_name = format!(
         "b{}",
         be.addrs.iter().position(|a| a.to_string() == busy).unwrap()
@@ -140,6 +159,9 @@ fn removed_backend_gets_no_new_requests_while_its_slow_request_completes() {
         (200, busy_name),
         "in-flight request on the removed backend completed"
     );
+    // Its last request done, it is gone.
+    assert!(eventually(Duration::from_secs(5), || listed(&c).len() == 1));
+    assert_eq!(listed(&c)[0]["removed"], false);
 }
 
 #[test]

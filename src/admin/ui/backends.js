@@ -153,7 +153,9 @@ function updateRow(row, b, series, t) {
   setText(row.circuit, CIRCUIT_TEXT[b.circuit] || b.circuit);
   row.circuit.className = `circuit small circuit-${b.circuit}`;
   const flags = [];
-  if (b.draining) flags.push(['Draining', 'badge badge-warn']);
+  // Removed from the configuration, still finishing its requests: listed until the last ends.
+  if (b.removed) flags.push(['Removed, finishing requests', 'badge badge-warn']);
+  else if (b.draining) flags.push(['Draining', 'badge badge-warn']);
   if (b.ejected) flags.push(['Ejected', 'badge badge-bad']);
   const flagText = flags.map((f) => f[0]).join(',');
   if (row.flags.dataset.text !== flagText) {
@@ -171,6 +173,7 @@ function updateRow(row, b, series, t) {
   row.err.chart.update(series.map((s) => ({ t: s.t, v: s.err })), t, live.chartWindow());
   row.lat.chart.update(series.filter((s) => s.lat > 0).map((s) => ({ t: s.t, v: s.lat })), t, live.chartWindow());
   const draining = Boolean(b.draining);
+  for (const btn of row.tr.querySelectorAll('.row-actions button')) btn.disabled = Boolean(b.removed);
   setText(row.drain, draining ? 'Undrain' : 'Drain');
   row.drain.setAttribute('aria-label', `${draining ? 'Undrain' : 'Drain'} ${row.address}`);
 }
