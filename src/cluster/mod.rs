@@ -15,8 +15,11 @@
 //! 4. **Publish** local changes: every [`PUBLISH_POLL`] the task looks at the versions accepted
 //!    locally (API, UI, file edit, SIGHUP); if any came from such a source it writes the shared
 //!    part with a compare-and-swap on the key's `mod_revision` as last seen. Losing the swap means
-//!    another instance changed the cluster first: its document is applied here and the local
-//!    change is dropped, with an event saying so — etcd is the one source of truth.
+//!    another instance changed the cluster first: the local change is replayed onto its document
+//!    ([`merge`]: three-way, from the document both last agreed on), applied, and published at the
+//!    next poll, with an event saying so. Only a field both changed differently keeps the
+//!    cluster's value (named in the event); if nothing of the local change survives, or the merge
+//!    is refused, etcd's document is applied as it is — etcd stays the one source of truth.
 //!
 //! Any failure — etcd down, a compacted watch, an expired lease — ends the session; the instance
 //! keeps serving its last good configuration, says `"etcd": "unreachable"` in `/health`, and
@@ -25,6 +28,7 @@
 //! `[cluster]` itself is read at start; changing it needs a restart.
 
 pub mod etcd;
+pub mod merge;
 pub mod status;
 pub mod sync;
 
@@ -164,10 +168,8 @@ impl Node {
                 self.dirty = true;
                 self.last_shared = None;
             }
+            // Changed meanwhile: applied, with a local change pending replayed onto it.
             Some(kv) if kv.mod_revision() != self.known_rev => {
-                if self.dirty {
-                    self.superseded(kv.mod_revision());
-                }
                 self.on_remote(kv.value(), kv.mod_revision());
             }
             // etcd still holds what this instance last agreed with: a change made while it was
@@ -257,6 +259,9 @@ impl Node {
         }
         self.known_rev = rev;
         if self.dirty {
+            if self.replay_onto(value, rev) {
+                return;
+            }
             self.superseded(rev);
         }
         match sync::apply(&self.shared, &self.discovered, value) {
@@ -286,6 +291,63 @@ impl Node {
                         "time": crate::state::unix_now(),
                     }));
                 });
+            }
+        }
+    }
+
+    /// A local change is pending and etcd moved on to `value` at `rev` (another instance won the
+    /// compare-and-swap): replays the local change onto it ([`merge::three_way`] from the
+    /// document last agreed on) and applies the result, to be published at the next poll. False
+    /// when nothing of the local change survives or the result is refused; then etcd's document
+    /// is applied as it is.
+    fn replay_onto(&mut self, value: &[u8], rev: i64) -> bool {
+        let Some(base) = self.last_shared.as_ref() else {
+            return false;
+        };
+        let Ok(theirs_cfg) = sync::parse(value) else {
+            return false;
+        };
+        let theirs = SharedPart::of(&theirs_cfg);
+        let ours = SharedPart::of(&self.shared.current().config);
+        let json = |p: &SharedPart| serde_json::to_value(p).ok();
+        let (Some(b), Some(o), Some(t)) = (json(base), json(&ours), json(&theirs)) else {
+            return false;
+        };
+        let (merged, conflicts) = merge::three_way(&b, &o, &t);
+        let kept = if conflicts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; changed on both sides, the cluster's value kept: {}",
+                conflicts.join(", ")
+            )
+        };
+        if merged == t {
+            if !kept.is_empty() {
+                tracing::warn!("cluster: a local change lost to etcd revision {rev}{kept}");
+            }
+            return false;
+        }
+        let bytes = merged.to_string().into_bytes();
+        match sync::apply_as(&self.shared, &self.discovered, &bytes, "etcd-merge") {
+            Ok(a) => {
+                // etcd's document is now the agreed base; the merged one is published next.
+                self.last_shared = Some(theirs);
+                self.dirty = true;
+                let detail = format!(
+                    "a local change was merged with a concurrent change at etcd revision {rev} \
+                     (version {}){kept}",
+                    a.version
+                );
+                tracing::info!("cluster: {detail}");
+                crate::events::emit("cluster", None, None, detail);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cluster: the local change cannot be merged with etcd revision {rev}: {e}"
+                );
+                false
             }
         }
     }
@@ -342,7 +404,8 @@ impl Node {
         });
         match current {
             Some((value, rev)) => {
-                self.superseded(rev);
+                // Another instance changed the cluster first: replay ours onto theirs.
+                self.dirty = true;
                 self.on_remote(&value, rev);
             }
             None => {

@@ -74,12 +74,23 @@ pub fn merge(local: &Config, remote: &Config) -> Config {
 /// Applies a document read from etcd; `Err` carries every reason it was refused, and then
 /// nothing changed.
 pub fn apply(shared: &Shared, discovered: &Discovered, bytes: &[u8]) -> Result<Applied, String> {
+    apply_as(shared, discovered, bytes, "etcd")
+}
+
+/// [`apply`] under another source name: `etcd-merge` for a local change replayed onto etcd's
+/// document, which is then published like any local change.
+pub fn apply_as(
+    shared: &Shared,
+    discovered: &Discovered,
+    bytes: &[u8],
+    source: &str,
+) -> Result<Applied, String> {
     let remote = parse(bytes)?;
     for _ in 0..5 {
         let cur = shared.current();
         let mut cfg = merge(&cur.config, &remote);
         discovered.overlay(&mut cfg);
-        match shared.apply_checked(cfg, "etcd", true, Some(cur.version)) {
+        match shared.apply_checked(cfg, source, true, Some(cur.version)) {
             Ok(a) => return Ok(a),
             Err(ApplyError::Conflict(_)) => continue,
             Err(ApplyError::Invalid(e)) => return Err(e.to_string()),

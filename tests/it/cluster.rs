@@ -129,6 +129,64 @@ fn instances_keep_serving_without_etcd_and_catch_up_when_it_returns() {
     }
 }
 
+/// Two instances each change the cluster while etcd is unreachable, so both hold a pending
+/// change written against the same revision; when etcd returns one wins the compare-and-swap and
+/// the other's change is replayed onto it (a three-way merge), not dropped: every instance ends
+/// with both new backends.
+#[test]
+fn concurrent_changes_on_two_instances_are_merged_not_lost() {
+    let mut etcd = Etcd::start();
+    let b = backends(3);
+    let lbs: Vec<Lb> = (0..2)
+        .map(|_| start(&cluster_config(&etcd, "/sy-merge", b.addrs[0])))
+        .collect();
+    let c = client();
+    assert!(eventually(Duration::from_secs(15), || converged(&c, &lbs)));
+    etcd.stop();
+    for lb in &lbs {
+        assert!(eventually(Duration::from_secs(15), || {
+            etcd_state(&c, lb) == "unreachable"
+        }));
+    }
+    for (lb, add) in lbs.iter().zip(&b.addrs[1..]) {
+        let r = c
+            .post(lb.admin_url("/update-config"))
+            .json(&json!({"add": [{"address": add.to_string()}]}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    }
+    etcd.restart();
+    let addresses = |lb: &Lb| -> Vec<String> {
+        let v = get_json(&c, &lb.admin_url("/api/v1/upstreams"));
+        let mut a: Vec<String> = v["upstreams"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["address"].as_str().unwrap().to_string())
+            .collect();
+        a.sort();
+        a
+    };
+    let mut all: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
+    all.sort();
+    for lb in &lbs {
+        assert!(
+            eventually(Duration::from_secs(15), || addresses(lb) == all),
+            "{:?}, expected {all:?}",
+            addresses(lb)
+        );
+    }
+    assert!(eventually(Duration::from_secs(10), || converged(&c, &lbs)));
+    let history = get_json(&c, &lbs[0].admin_url("/api/v1/events/history"));
+    let merged = lbs.iter().any(|lb| {
+        get_json(&c, &lb.admin_url("/api/v1/events/history"))
+            .to_string()
+            .contains("merged with a concurrent change")
+    });
+    assert!(merged, "no merge event: {history}");
+}
+
 #[test]
 fn invalid_configuration_written_to_etcd_is_rejected_by_every_instance() {
     let etcd = Etcd::start();
