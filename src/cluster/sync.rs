@@ -125,4 +125,31 @@ mod tests {
         assert!(parse(b"{\"upstreams\": {\"b\": {\"backends\": []}}}").is_ok());
         assert!(parse(b"[[[").is_err());
     }
+
+    /// The merge replays documents in their JSON form; every kind of setting must come back
+    /// from it unchanged.
+    #[test]
+    fn the_json_form_of_a_rich_shared_part_round_trips() {
+        let cfg = crate::config::parse_config(
+            "[[listeners]]\nbind = \"127.0.0.1:8080\"\n\
+             [[routes]]\nhosts = [\"api.test\"]\npath_prefix = \"/v1\"\nupstream = \"api\"\n\
+             [[routes]]\nupstream = \"web\"\n\
+             [upstreams.web]\nalgorithm = \"weighted_round_robin\"\nslow_start = \"30s\"\n\
+             backends = [{ address = \"127.0.0.1:1\", weight = 3 }, { address = \"127.0.0.1:2\", drain = true }]\n\
+             health_check = { kind = \"http\", path = \"/healthz\", interval = \"2s\", expect_status = \"200-299\" }\n\
+             passive_health = { consecutive_failures = 3, base_ejection = \"10s\" }\n\
+             circuit_breaker = { failure_rate = 0.25, window = \"5s\", open_for = \"3s\" }\n\
+             retry = { attempts = 3, on = [\"connect_failure\", \"503\"], backoff = \"10ms\", max_replay_body = \"8KiB\" }\n\
+             timeouts = { connect = \"500ms\", request = \"4s\", idle = \"30s\" }\n\
+             [upstreams.api]\nalgorithm = \"consistent_hash\"\nhash_key = \"header:x-user\"\n\
+             backends = [{ address = \"127.0.0.1:3\" }]\n",
+            crate::config::Format::Toml,
+            None,
+        )
+        .unwrap();
+        let part = SharedPart::of(&cfg);
+        let json = serde_json::to_string(&part).unwrap();
+        let back = parse(json.as_bytes()).unwrap();
+        assert_eq!(SharedPart::of(&back), part, "{json}");
+    }
 }
