@@ -29,7 +29,11 @@ fn parse_config_body(headers: &HeaderMap, body: &[u8]) -> Result<Config, ApiErro
     config::parse_config(text, format, None).map_err(|e| {
         // A problem without a path is a syntax error: the body could not be read at all.
         if e.problems.len() == 1 && e.problems[0].path.is_empty() {
-            ApiError::BadRequest(e.problems[0].message.clone())
+            let p = &e.problems[0];
+            ApiError::BadRequest(match (p.line, p.column) {
+                (Some(l), Some(c)) => format!("{} (line {l}, column {c})", p.message),
+                _ => p.message.clone(),
+            })
         } else {
             ApiError::Invalid(e)
         }

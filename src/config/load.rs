@@ -73,8 +73,8 @@ pub fn parse_config(
             // Not even a tree of values: a syntax error, located by the parser's span.
             None => {
                 let mut p = Problem::new("", msg);
-                if let (Some(o), Some(s)) = (origin, span) {
-                    p.location = Some(line_col(o, text, s.start));
+                if let Some(s) = span {
+                    p.place(origin, &LineIndex::new(text), text, s.start);
                 }
                 return Err(ConfigError { problems: vec![p] });
             }
@@ -83,9 +83,7 @@ pub fn parse_config(
     if problems.is_empty() {
         return Ok(cfg);
     }
-    if let Some(origin) = origin {
-        locate(&mut problems, text, format, origin);
-    }
+    locate(&mut problems, text, format, origin);
     Err(ConfigError { problems })
 }
 
@@ -301,11 +299,19 @@ fn offset_of(text: &str, line: usize, col: usize) -> usize {
     start + col.saturating_sub(1)
 }
 
-fn line_col(origin: &str, text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    format!("{origin}:{line}:{col}")
+impl Problem {
+    /// Records where in `text` the problem is: line and column, and `ORIGIN:LINE:COL` when the
+    /// text has an origin (a file name).
+    fn place(&mut self, origin: Option<&str>, lines: &LineIndex, text: &str, offset: usize) {
+        let offset = offset.min(text.len());
+        let (line, start) = lines.line_of(offset);
+        let col = text.get(start..offset).map_or(0, |t| t.chars().count()) + 1;
+        self.line = Some(line);
+        self.column = Some(col);
+        if let Some(origin) = origin {
+            self.location = Some(format!("{origin}:{line}:{col}"));
+        }
+    }
 }
 
 /// Splits `upstreams.web.backends[1].address` into keys and indexes.
@@ -331,49 +337,80 @@ fn segments(path: &str) -> Vec<Seg<'_>> {
     out
 }
 
-/// Sets each problem's FILE:LINE:COL, and orders them as they appear in the file.
-fn locate(problems: &mut [Problem], text: &str, format: Format, origin: &str) {
+/// At most this many problems are located: each JSON walk may cross the whole text, and a
+/// 10,000-backend file with a problem in every entry must not cost 10,000 of them.
+const MAX_LOCATED: usize = 1000;
+
+/// Sets each problem's line and column (and FILE:LINE:COL with an origin), and orders them as
+/// they appear in the text; problems past [`MAX_LOCATED`] follow, unlocated, in their order.
+fn locate(problems: &mut [Problem], text: &str, format: Format, origin: Option<&str>) {
+    let toml_root = match format {
+        Format::Toml => toml::de::DeTable::parse(text).ok(),
+        Format::Json => None,
+    };
+    let lines = LineIndex::new(text);
     let mut at = Vec::with_capacity(problems.len());
-    for p in problems.iter_mut() {
-        let offset = match format {
-            Format::Toml => toml_offset(text, &p.path),
-            Format::Json => json_offset(text, &p.path),
+    for p in problems.iter_mut().take(MAX_LOCATED) {
+        let offset = match (format, &toml_root) {
+            (Format::Toml, Some(root)) => Some(toml_offset(root, &p.path)),
+            (Format::Toml, None) => None,
+            (Format::Json, _) => json_offset(text, &p.path),
         }
         .unwrap_or(0);
-        p.location = Some(line_col(origin, text, offset));
+        p.place(origin, &lines, text, offset);
         at.push(offset);
     }
     let mut order: Vec<usize> = (0..problems.len()).collect();
-    order.sort_by_key(|&i| at[i]);
+    order.sort_by_key(|&i| at.get(i).copied().unwrap_or(usize::MAX));
     let sorted: Vec<Problem> = order.iter().map(|&i| problems[i].clone()).collect();
     problems.clone_from_slice(&sorted);
 }
 
-fn toml_offset(text: &str, path: &str) -> Option<usize> {
-    use toml::de::{DeTable, DeValue};
-    let root = DeTable::parse(text).ok()?;
+/// Where each line of a text starts, to turn offsets into lines by binary search.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex(starts)
+    }
+
+    /// Line (from 1) and the offset its text starts at.
+    fn line_of(&self, offset: usize) -> (usize, usize) {
+        let i = self.0.partition_point(|&s| s <= offset).max(1) - 1;
+        (i + 1, self.0[i])
+    }
+}
+
+fn toml_offset(root: &toml::Spanned<toml::de::DeTable<'_>>, path: &str) -> usize {
+    use toml::de::DeValue;
     let mut best = root.span().start;
-    let mut cur: &DeValue<'_> = &DeValue::Table(root.into_inner());
+    let (mut table, mut array) = (Some(root.get_ref()), None);
     // Walk as deep as the path exists; the deepest element found is where the problem is.
     for seg in &segments(path) {
-        let next = match (seg, cur) {
-            (Seg::Key(k), DeValue::Table(t)) => {
+        let next = match seg {
+            Seg::Key(k) => table.and_then(|t| {
                 t.iter()
                     .find(|(key, _)| key.get_ref() == k)
                     .map(|(key, v)| {
                         best = key.span().start;
                         v
                     })
-            }
-            (Seg::Index(i), DeValue::Array(a)) => a.get(*i).inspect(|v| best = v.span().start),
-            _ => None,
+            }),
+            Seg::Index(i) => array
+                .and_then(|a: &toml::de::DeArray<'_>| a.get(*i))
+                .inspect(|v| best = v.span().start),
         };
-        match next {
-            Some(v) => cur = v.get_ref(),
-            None => break,
-        }
+        let Some(v) = next else { break };
+        (table, array) = match v.get_ref() {
+            DeValue::Table(t) => (Some(t), None),
+            DeValue::Array(a) => (None, Some(a)),
+            _ => (None, None),
+        };
     }
-    Some(best)
+    best
 }
 
 /// Where the value at `path` is in JSON `text`: its key (or array element), or as deep as the

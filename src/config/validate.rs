@@ -17,6 +17,12 @@ pub struct Problem {
     /// `FILE:LINE:COL` when the configuration came from a file and the field could be located.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Line and column (from 1) in the text the configuration was read from, when located: an
+    /// editor (the web UI's) can mark the line without parsing `location`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 impl Problem {
@@ -25,6 +31,8 @@ impl Problem {
             path: path.into(),
             message: message.into(),
             location: None,
+            line: None,
+            column: None,
         }
     }
 }

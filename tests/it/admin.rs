@@ -321,6 +321,66 @@ fn put_with_stale_etag_is_refused_and_rollback_restores() {
     assert_eq!(served_by(&lb, 3), HashSet::from(["b0".to_string()]));
 }
 
+/// A configuration sent to the API is located like a file: every problem has the line and
+/// column it is at in the body (the UI's editor marks those lines), and a syntax error says
+/// where it is.
+#[test]
+fn problems_in_a_configuration_body_carry_line_and_column() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let c = client();
+    let body = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[upstreams.web]\nalgorithm = \"fastest\"\n\
+         backends = [{{ address = \"{}\", weight = -1 }}]\n",
+        be.addrs[0]
+    );
+    let weight_col = body.lines().nth(5).unwrap().find("weight").unwrap() as u64 + 1;
+    let r = c
+        .post(lb.admin_url("/api/v1/config/validate"))
+        .header("content-type", "application/toml")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().unwrap();
+    let at: Vec<(String, u64, u64)> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().to_string(),
+                p["line"].as_u64().unwrap_or(0),
+                p["column"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        at,
+        [
+            ("upstreams.web.algorithm".to_string(), 5, 1),
+            (
+                "upstreams.web.backends[0].weight".to_string(),
+                6,
+                weight_col
+            ),
+        ],
+        "{v}"
+    );
+    let r = c
+        .post(lb.admin_url("/api/v1/config/validate"))
+        .header("content-type", "application/toml")
+        .body("[upstreams.web]\nbackends = [\n")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("(line 2, column 13)"),
+        "{v}"
+    );
+}
+
 #[test]
 fn backend_patch_drains_and_deletes() {
     let be = backends(2);

@@ -163,6 +163,7 @@ function setResult(r) {
       h('p', { class: 'status-line bad' }, h('span', { class: 'status-icon bad', 'aria-hidden': 'true' }, '!'),
         `Not valid: ${r.problems.length} problem${r.problems.length === 1 ? '' : 's'}. Nothing will change until they are fixed.`),
       h('ul', { class: 'problems', role: 'alert' }, r.problems.map((p) => h('li', {},
+        p.line ? h('span', { class: 'muted' }, `line ${p.line}: `) : null,
         p.path ? h('code', {}, p.path) : null, p.path ? ' ' : null, h('span', {}, p.message)))));
     fill(els.changes, h('li', { class: 'muted' }, 'Fix the problems to see what would change.'));
   } else {
@@ -179,11 +180,15 @@ function updateButtons() {
   els.revert.disabled = !dirty();
 }
 
-/** The line a problem points at, when its message says "line N". */
+/** The lines the problems point at: their `line`, or a "line N" in the message. */
 function problemLines() {
   const r = st.result;
   if (!r || r.state !== 'invalid') return new Set();
-  return new Set(r.problems.map((p) => /line (\d+)/i.exec(p.message)).filter(Boolean).map((m) => Number(m[1])));
+  return new Set(r.problems.map((p) => {
+    if (p.line) return p.line;
+    const m = /line (\d+)/i.exec(p.message);
+    return m ? Number(m[1]) : 0;
+  }).filter(Boolean));
 }
 
 function renderGutter() {
