@@ -88,6 +88,26 @@ pub struct RouteConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
     pub upstream: String,
+    /// Replaces the matched `path_prefix` in the path sent upstream (Envoy's `prefix_rewrite`):
+    /// `path_prefix = "/api/"` with `rewrite_prefix = "/"` sends `/api/users` as `/users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_prefix: Option<String>,
+    /// Headers set on (replacing any the client sent) or removed from requests sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderRules>,
+    /// Headers set on or removed from responses to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderRules>,
+}
+
+/// Header edits of a route: `remove` first, then `set` (NGINX's `proxy_set_header` and
+/// `add_header`, HAProxy's `http-request`/`http-response set-header` and `del-header`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct HeaderRules {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -139,6 +139,40 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 ));
             }
         }
+        if let Some(rw) = &r.rewrite_prefix {
+            if !rw.starts_with('/')
+                || http::uri::PathAndQuery::try_from(rw.as_str()).is_err()
+                || rw.contains(['?', '#'])
+            {
+                p.push(Problem::new(
+                    format!("{path}.rewrite_prefix"),
+                    "must be a path starting with \"/\", without query or fragment",
+                ));
+            }
+        }
+        for (key, rules) in [
+            ("request_headers", &r.request_headers),
+            ("response_headers", &r.response_headers),
+        ] {
+            let Some(rules) = rules else { continue };
+            for (name, value) in &rules.set {
+                let at = format!("{path}.{key}.set.{name}");
+                if let Some(why) = header_name_problem(name) {
+                    p.push(Problem::new(at.clone(), why));
+                }
+                if http::HeaderValue::from_str(value).is_err() {
+                    p.push(Problem::new(
+                        at,
+                        "not a valid header value (control characters?)",
+                    ));
+                }
+            }
+            for (j, name) in rules.remove.iter().enumerate() {
+                if let Some(why) = header_name_problem(name) {
+                    p.push(Problem::new(format!("{path}.{key}.remove[{j}]"), why));
+                }
+            }
+        }
     }
     if cfg.routes.is_empty() && cfg.upstreams.len() > 1 {
         p.push(Problem::new(
@@ -284,4 +318,28 @@ pub fn parse_status_range(s: &str) -> Option<(u16, u16)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
     let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
     ((100..=599).contains(&a) && (100..=599).contains(&b) && a <= b).then_some((a, b))
+}
+
+/// Why a route may not edit the header `name`: not a header name, or one that frames the
+/// message or belongs to one connection, which Switchyard manages itself.
+fn header_name_problem(name: &str) -> Option<String> {
+    const MANAGED: [&str; 8] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+    ];
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Some(format!("{name:?} is not a header name"));
+    }
+    MANAGED
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(name))
+        .then(|| {
+            format!("{name} frames the message or belongs to one connection; Switchyard sets it")
+        })
 }

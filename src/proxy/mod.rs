@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod headers;
 pub mod pool;
 pub mod relay;
+pub mod rewrite;
 pub mod router;
 pub mod upgrade;
 
@@ -190,10 +191,10 @@ async fn serve(
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let Some(up_idx) = snap.router.route(host, parts.uri.path()) else {
+    let Some(matched) = snap.router.route(host, parts.uri.path()) else {
         return refuse(ProxyError::NoRoute, &parts.headers);
     };
-    let upstream = snap.upstreams[up_idx].clone();
+    let upstream = snap.upstreams[matched.upstream].clone();
     trace.upstream = Some(upstream.clone());
     // Upgrades are carried only to HTTP/1.1 backends. Sent to an h2/h2c one, an HTTP/1.1
     // Upgrade would go out as a plain GET, and an extended CONNECT as a GET with `:protocol`,
@@ -241,6 +242,17 @@ async fn serve(
             if let Ok(uri) = http::Uri::try_from(pq.as_str()) {
                 parts.uri = uri;
             }
+        }
+    }
+    if let Some(a) = matched.actions {
+        a.request.apply(&mut parts.headers);
+        let rewritten = parts
+            .uri
+            .path_and_query()
+            .and_then(|pq| a.rewrite(pq.as_str(), matched.prefix_len))
+            .and_then(|t| http::Uri::try_from(t).ok());
+        if let Some(uri) = rewritten {
+            parts.uri = uri;
         }
     }
     let client_version = parts.version;
@@ -292,6 +304,9 @@ async fn serve(
     }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(resp.headers_mut());
+    }
+    if let Some(a) = matched.actions {
+        a.response.apply(resp.headers_mut());
     }
     if client_version == Version::HTTP_2 {
         resp.headers_mut().remove(header::CONNECTION);

@@ -4,7 +4,9 @@
 //! then any host) and path-prefix length, keeping file order among equals; the first match wins.
 //! So within a host the longest prefix wins, and an exact host beats a wildcard.
 
+use super::rewrite::RouteActions;
 use crate::config::RouteConfig;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 enum HostPat {
@@ -36,6 +38,17 @@ struct Rule {
     host: HostPat,
     prefix: String,
     upstream: usize,
+    actions: Option<Arc<RouteActions>>,
+}
+
+/// The route a request matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'a> {
+    pub upstream: usize,
+    /// Length of the matched path prefix, for `rewrite_prefix`.
+    pub prefix_len: usize,
+    /// What the route does besides choosing the upstream, if anything.
+    pub actions: Option<&'a RouteActions>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,6 +71,7 @@ impl Router {
                 continue;
             };
             let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+            let actions = RouteActions::compile(r).map(Arc::new);
             let hosts: Vec<HostPat> = if r.hosts.is_empty() {
                 vec![HostPat::Any]
             } else {
@@ -76,6 +90,7 @@ impl Router {
                 host,
                 prefix: prefix.clone(),
                 upstream,
+                actions: actions.clone(),
             }));
         }
         rules.sort_by_key(|r| std::cmp::Reverse((r.host.rank(), r.prefix.len())));
@@ -86,9 +101,13 @@ impl Router {
     }
 
     /// `host` without port, any case; `path` as received.
-    pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+    pub fn route(&self, host: &str, path: &str) -> Option<Matched<'_>> {
         if self.rules.is_empty() {
-            return self.default;
+            return self.default.map(|upstream| Matched {
+                upstream,
+                prefix_len: 0,
+                actions: None,
+            });
         }
         let host = host
             .rsplit_once(':')
@@ -104,7 +123,11 @@ impl Router {
         self.rules
             .iter()
             .find(|r| r.host.matches(host) && path.starts_with(r.prefix.as_str()))
-            .map(|r| r.upstream)
+            .map(|r| Matched {
+                upstream: r.upstream,
+                prefix_len: r.prefix.len(),
+                actions: r.actions.as_deref(),
+            })
     }
 }
 
@@ -117,6 +140,7 @@ mod tests {
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             path_prefix: Some(prefix.into()),
             upstream: up.into(),
+            ..RouteConfig::default()
         }
     }
 
@@ -130,9 +154,10 @@ mod tests {
             route(&["api.example.com"], "/v2", "d"),
         ];
         let r = Router::new(&routes, |n| names.iter().position(|x| *x == n), None);
-        assert_eq!(r.route("api.example.com:8080", "/v2/x"), Some(3));
-        assert_eq!(r.route("API.example.com", "/v1"), Some(2));
-        assert_eq!(r.route("www.example.com", "/"), Some(1));
-        assert_eq!(r.route("example.com", "/"), Some(0));
+        let up = |host, path| r.route(host, path).map(|m| m.upstream);
+        assert_eq!(up("api.example.com:8080", "/v2/x"), Some(3));
+        assert_eq!(up("API.example.com", "/v1"), Some(2));
+        assert_eq!(up("www.example.com", "/"), Some(1));
+        assert_eq!(up("example.com", "/"), Some(0));
     }
 }

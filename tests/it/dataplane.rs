@@ -1,6 +1,7 @@
 //! Proxy behaviour over real sockets: headers, errors Switchyard makes, malformed requests, h2c.
 
 use crate::support::*;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -168,6 +169,79 @@ fn malformed_requests_get_4xx_and_are_never_forwarded() {
     );
     let (status, _) = get_backend(&client(), &lb.url("/"));
     assert_eq!(status, 200, "still serving");
+}
+
+/// A route may rewrite the path prefix (Envoy's `prefix_rewrite`; "/" strips it) and edit
+/// request and response headers, on HTTP/1.1 and HTTP/2 alike; other routes are untouched.
+#[test]
+fn a_route_rewrites_its_prefix_and_edits_headers_both_ways() {
+    let be = backends(1);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [[routes]]\npath_prefix = \"/api/\"\nupstream = \"web\"\nrewrite_prefix = \"/\"\n\
+         request_headers = {{ set = {{ x-env = \"prod\", host = \"users.internal\" }}, remove = [\"x-debug\"] }}\n\
+         response_headers = {{ set = {{ x-route = \"api\" }}, remove = [\"x-demo-backend\"] }}\n\
+         [[routes]]\nupstream = \"web\"\n\
+         [upstreams.web]\nbackends = [{}]\n",
+        be.list()
+    ));
+    for c in [client(), h2c_client()] {
+        let r = c
+            .get(lb.url("/api/users/7?full=1"))
+            .header("x-debug", "1")
+            .header("x-env", "dev")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-route"], "api");
+        assert!(
+            r.headers().get("x-demo-backend").is_none(),
+            "{:?}",
+            r.headers()
+        );
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["path"], "/users/7", "{v}");
+        assert_eq!(v["query"], "full=1", "{v}");
+        assert_eq!(v["headers"]["x-env"], "prod", "{v}");
+        assert_eq!(v["headers"]["host"], "users.internal", "{v}");
+        assert!(v["headers"].get("x-debug").is_none(), "{v}");
+        // The other route: as sent.
+        let r = c
+            .get(lb.url("/other"))
+            .header("x-debug", "1")
+            .send()
+            .unwrap();
+        assert!(r.headers().get("x-route").is_none());
+        assert!(r.headers().get("x-demo-backend").is_some());
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["path"], "/other");
+        assert_eq!(v["headers"]["x-debug"], "1", "{v}");
+    }
+    // Framing headers are Switchyard's: a route may not edit them.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"web\"\nrewrite_prefix = \"x\"\n\
+         request_headers = { set = { content-length = \"0\", \"bad name\" = \"v\" } }\n\
+         [upstreams.web]\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for path in [
+        "routes[0].rewrite_prefix",
+        "routes[0].request_headers.set.content-length",
+        "routes[0].request_headers.set.bad name",
+    ] {
+        assert!(text.contains(path), "{path} not named: {text}");
+    }
 }
 
 #[test]

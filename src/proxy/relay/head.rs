@@ -298,7 +298,13 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         return Parsed::Handoff;
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let Some(up_idx) = snap.router.route(host_str, path) else {
+    // A route that rewrites the path or edits headers is served on hyper's path.
+    let Some(up_idx) = snap
+        .router
+        .route(host_str, path)
+        .filter(|m| m.actions.is_none())
+        .map(|m| m.upstream)
+    else {
         return Parsed::Handoff;
     };
     let upstream = &snap.upstreams[up_idx];
