@@ -348,6 +348,11 @@ impl Etcd {
         self.rt.block_on(c.put(key, value, None)).unwrap();
     }
 
+    pub fn delete(&self, key: &str) {
+        let mut c = self.client().unwrap();
+        self.rt.block_on(c.delete(key, None)).unwrap();
+    }
+
     /// Puts `key` attached to a new lease of `ttl_s` seconds; returns the lease ID.
     pub fn put_with_lease(&self, key: &str, value: &str, ttl_s: i64) -> i64 {
         let mut c = self.client().unwrap();
