@@ -364,6 +364,12 @@ impl Etcd {
         })
     }
 
+    /// Revokes `lease`, deleting the keys still attached to it (as its expiry would, at once).
+    pub fn revoke(&self, lease: i64) {
+        let mut c = self.client().unwrap();
+        self.rt.block_on(c.lease_revoke(lease)).unwrap();
+    }
+
     /// Keeps `lease` alive (every 500ms) until the returned handle is aborted or dropped with
     /// the runtime.
     pub fn keep_alive(&self, lease: i64) -> tokio::task::JoinHandle<()> {
