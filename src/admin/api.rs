@@ -224,10 +224,15 @@ pub(super) fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<B
     })
 }
 
-/// Every upstream and backend with live state.
+/// Every upstream and backend with live state, and for an upstream fed by discovery its
+/// source's status (as in `/api/v1/discovery`), so the UI shows it beside the backends it
+/// produced, refreshed with every `stats` event.
 pub fn upstreams_json(shared: &Shared) -> Value {
     let snap = shared.current();
     let now = now_ms();
+    let discovery = crate::cluster::status::of(shared)
+        .map(|c| c.discovery.statuses())
+        .unwrap_or_default();
     let ups: Vec<Value> = snap
         .upstreams
         .iter()
@@ -251,7 +256,12 @@ pub fn upstreams_json(shared: &Shared) -> Value {
                     })
                 })
                 .collect();
-            json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends})
+            let mut up =
+                json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends});
+            if let Some(d) = discovery.get(&u.name) {
+                up["discovery"] = json!(d);
+            }
+            up
         })
         .collect();
     let listeners: Vec<Value> = snap

@@ -499,6 +499,16 @@ fn a_file_with_bad_entries_is_refused_naming_each_entry() {
     assert!(got[0].1.contains("weight"), "{st}");
     assert!(got[1].1.contains("nope"), "{st}");
     assert_eq!(running_backends(&lb).len(), 2, "the last known set stays");
+    // The same status rides along with the upstream's live state, for the UI's stats stream.
+    let ups = get_json(&c, &lb.admin_url("/api/v1/upstreams"));
+    assert_eq!(
+        ups["upstreams"][0]["discovery"]["state"], "failing",
+        "{ups}"
+    );
+    assert_eq!(
+        ups["upstreams"][0]["discovery"]["problems"][0]["key"],
+        "[1]"
+    );
 
     write_file(&file, &format!(r#"[{{"address": "{a2}"}}]"#));
     assert!(serves_exactly(&c, &lb, &["b2"]));
