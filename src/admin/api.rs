@@ -136,43 +136,103 @@ async fn health(State(shared): S) -> impl IntoResponse {
     Json(body)
 }
 
-/// Parses a JSON body: malformed JSON is 400; well-formed JSON with a value of the wrong type
-/// or form is 422 with the value's path (`add[0].weight`), as the contract asks of an invalid
-/// change.
+/// Parses a JSON body: malformed JSON is 400; well-formed JSON with values of the wrong type
+/// or form is 422 with every such value's path (`add[0].weight`), as the contract asks of an
+/// invalid change.
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    // Straight from the bytes, not through a `Value`, whose maps would keep only the last of
-    // two equal keys (`"weight": 0, "weight": 10000`) where the parser refuses them.
+    match read_json(body)? {
+        Body::Clean(v) => Ok(v),
+        Body::Invalid { problems, .. } => Err(ApiError::Invalid(ConfigError { problems })),
+    }
+}
+
+/// A JSON body read as far as it goes.
+pub(super) enum Body<T> {
+    Clean(T),
+    /// Every problem, with its path in the body; `rest` is what is left once the wrong values
+    /// are cut out (paths in it translate back through `cuts`), for a caller that validates it
+    /// too so that one answer lists everything.
+    Invalid {
+        rest: Option<T>,
+        problems: Vec<config::Problem>,
+        cuts: config::load::Cuts,
+    },
+}
+
+/// [`parse_json`], keeping what is left of a body with problems.
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Body<T>, ApiError> {
+    // Straight from the bytes first, not through a `Value`, whose maps would keep only the last
+    // of two equal keys (`"weight": 0, "weight": 10000`) where the parser refuses them.
     // Unknown keys are errors here as in a configuration file: `"wieght": 0` must not add a
     // backend at full weight.
     let mut unknown = Vec::new();
     let mut note = |p: serde_ignored::Path<'_>| unknown.push(config::load::path_of(&p));
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&mut de, &mut note))
-            .map_err(|e| {
-                if e.inner().classify() == serde_json::error::Category::Data {
-                    let path = config::load::path_text(e.path());
-                    ApiError::Invalid(config::ConfigError::one(path, e.inner().to_string()))
-                } else {
-                    ApiError::BadRequest(format!("malformed JSON: {}", e.inner()))
-                }
-            })?;
-    de.end()
+    let direct =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&mut de, &mut note));
+    let first = match direct {
+        Ok(v) => {
+            de.end()
+                .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+            if unknown.is_empty() {
+                return Ok(Body::Clean(v));
+            }
+            let problems = unknown
+                .into_iter()
+                .map(|p| config::Problem::new(p, "unknown key"))
+                .collect();
+            return Ok(Body::Invalid {
+                rest: Some(v),
+                problems,
+                cuts: Default::default(),
+            });
+        }
+        Err(e) if e.inner().classify() == serde_json::error::Category::Data => {
+            config::Problem::new(config::load::path_text(e.path()), e.inner().to_string())
+        }
+        Err(e) => {
+            return Err(ApiError::BadRequest(format!(
+                "malformed JSON: {}",
+                e.inner()
+            )))
+        }
+    };
+    // The parser stops at the first wrong value: find the others as the whole-configuration
+    // form does, by cutting each out of a tree of values and reading the rest again.
+    let tree: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    if !unknown.is_empty() {
-        let problems = unknown
-            .into_iter()
-            .map(|p| config::Problem::new(p, "unknown key"))
-            .collect();
-        return Err(ApiError::Invalid(config::ConfigError { problems }));
+    let every = config::load::deserialize_every::<T>(tree);
+    if every.problems.is_empty() {
+        // Only the direct parse sees it (a duplicate key, which a tree of values cannot hold),
+        // and the tree's rest settled that key by the last value: no rest to go on with.
+        return Ok(Body::Invalid {
+            rest: None,
+            problems: vec![first],
+            cuts: every.cuts,
+        });
     }
-    Ok(parsed)
+    let mut problems: Vec<config::Problem> = every
+        .unknown
+        .into_iter()
+        .map(|p| config::Problem::new(p, "unknown key"))
+        .collect();
+    problems.extend(every.problems);
+    Ok(Body::Invalid {
+        rest: every.rest,
+        problems,
+        cuts: every.cuts,
+    })
 }
 
-/// Every upstream and backend with live state.
+/// Every upstream and backend with live state, and for an upstream fed by discovery its
+/// source's status (as in `/api/v1/discovery`), so the UI shows it beside the backends it
+/// produced, refreshed with every `stats` event.
 pub fn upstreams_json(shared: &Shared) -> Value {
     let snap = shared.current();
     let now = now_ms();
+    let discovery = crate::cluster::status::of(shared)
+        .map(|c| c.discovery.statuses())
+        .unwrap_or_default();
     let ups: Vec<Value> = snap
         .upstreams
         .iter()
@@ -201,7 +261,12 @@ pub fn upstreams_json(shared: &Shared) -> Value {
             for s in shared.registry.leaving(&u.name) {
                 backends.push(row(&s.address, 0, &s, true));
             }
-            json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends})
+            let mut up =
+                json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends});
+            if let Some(d) = discovery.get(&u.name) {
+                up["discovery"] = json!(d);
+            }
+            up
         })
         .collect();
     let listeners: Vec<Value> = snap

@@ -2,7 +2,7 @@
 //! forms), `GET|PUT /api/v1/config` with ETag and If-Match, the dry-run `validate`, versions and
 //! rollback. Every change goes through [`Shared::apply_checked`].
 
-use super::api::{applied, parse_json, ApiError, S};
+use super::api::{applied, parse_json, read_json, ApiError, Body, S};
 use crate::config::{self, BackendConfig, Config, ConfigError, Format, Problem};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
@@ -58,7 +58,17 @@ pub(super) async fn update_config(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let patch: Patch = parse_json(&body)?;
+    // Every problem of a patch is reported at once: wrong values in the body, and what the
+    // rest of the patch would break.
+    let (patch, mut problems, cuts) = match read_json::<Patch>(&body)? {
+        Body::Clean(p) => (p, Vec::new(), Default::default()),
+        Body::Invalid {
+            rest: Some(p),
+            problems,
+            cuts,
+        } if p.config.is_none() => (p, problems, cuts),
+        Body::Invalid { problems, .. } => return Err(ApiError::Invalid(ConfigError { problems })),
+    };
     if let Some(whole) = patch.config {
         // The two forms are exclusive: applying the whole configuration and dropping the patch
         // sent with it would report success for a change that was never made.
@@ -108,16 +118,34 @@ pub(super) async fn update_config(
         .ok_or_else(|| ApiError::NotFound(format!("no upstream named {name:?}")))?;
     let before = up.backends.clone();
     for (i, addr) in patch.remove.unwrap_or_default().iter().enumerate() {
-        let before = up.backends.len();
+        let n = up.backends.len();
         up.backends.retain(|b| &b.address != addr);
-        if up.backends.len() == before {
-            return Err(ApiError::Invalid(ConfigError::one(
-                format!("remove[{i}]"),
+        if up.backends.len() == n {
+            problems.push(Problem::new(
+                format!("remove[{}]", cuts.original_index("remove", i)),
                 format!("{addr} is not a backend of {name}"),
-            )));
+            ));
         }
     }
+    let added_from = up.backends.len();
     up.backends.extend(patch.add.unwrap_or_default());
+    if !problems.is_empty() {
+        // What is left is validated too, so one answer lists everything. An added backend is
+        // named by the place it would have had with nothing cut from `add`, as it is when the
+        // patch has no wrong-typed values.
+        let prefix = format!("upstreams.{name}.backends[");
+        problems.extend(config::validate(&cfg).into_iter().map(|mut p| {
+            let index = p.path.strip_prefix(&prefix).and_then(|r| r.split_once(']'));
+            if let Some((Ok(k), tail)) = index.map(|(k, t)| (k.parse::<usize>(), t)) {
+                if k >= added_from {
+                    let k = added_from + cuts.original_index("add", k - added_from);
+                    p.path = format!("{prefix}{k}]{tail}");
+                }
+            }
+            p
+        }));
+        return Err(ApiError::Invalid(ConfigError { problems }));
+    }
     super::api::owned_by_discovery(&name, up, &before)?;
     Ok(applied(shared.apply_checked(
         cfg,
@@ -252,4 +280,34 @@ pub(super) async fn rollback(
         true,
         None,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(body: &str) -> Vec<String> {
+        match read_json::<Patch>(body.as_bytes()) {
+            Ok(Body::Invalid { problems, .. }) => problems.into_iter().map(|p| p.path).collect(),
+            Ok(Body::Clean(_)) => Vec::new(),
+            Err(_) => vec!["(400)".into()],
+        }
+    }
+
+    /// Every wrong value of a patch is found, and the whole configuration it may carry (kept as
+    /// raw text) is not mistaken for one when the tree of values is read.
+    #[test]
+    fn a_patch_body_reports_every_wrong_value() {
+        assert_eq!(
+            paths(r#"{"add": [{"address": 5}, {"address": "a:1", "weight": "x"}], "remove": [1]}"#),
+            ["add[0].address", "add[1].weight", "remove[0]"]
+        );
+        assert_eq!(
+            paths(r#"{"config": {"upstreams": {}}, "upstream": 5}"#),
+            ["upstream"]
+        );
+        assert_eq!(paths(r#"{"add": [], "wat": 1}"#), ["wat"]);
+        assert_eq!(paths(r#"{"add": [{"address": 5}"#), ["(400)"]);
+        assert_eq!(paths(r#"{"add": []}"#), Vec::<String>::new());
+    }
 }

@@ -47,6 +47,7 @@ const ASSETS: &[Asset] = &[
     asset!("format.js", JS),
     asset!("overview.js", JS),
     asset!("backends.js", JS),
+    asset!("discovery.js", JS),
     asset!("config.js", JS),
     asset!("diff.js", JS),
     asset!("events.js", JS),

@@ -8,7 +8,9 @@
 //!    wins and the others adopt it). Present: apply it ([`sync::apply`]: merged with the local
 //!    sections, validated whole, swapped, written to the local file).
 //! 2. **Register** under `{prefix}/instances/{id}` with a lease (id, admin address, versions,
-//!    last seen), refreshed every [`REFRESH`]; a dead instance vanishes when its lease expires.
+//!    last seen), refreshed every [`REFRESH`]; a dead instance vanishes when its lease expires,
+//!    and one that restarts takes its key over at once, since its id is stable (`[cluster] id`,
+//!    by default host name and admin port: see `instance_id`).
 //! 3. **Watch** the key from the revision read, so nothing between read and watch is missed.
 //!    Every put is applied; an invalid document is refused by every instance (event, log,
 //!    `rejected` in `/api/v1/cluster`) and the running configuration kept.
@@ -64,7 +66,7 @@ pub fn spawn(
     let status = cluster.filter(|c| !c.etcd.is_empty()).map(|c| {
         let prefix = c.prefix.as_deref().unwrap_or("/switchyard");
         Arc::new(Status::new(
-            instance_id(),
+            instance_id(c.id.as_deref(), admin),
             prefix.trim_end_matches('/').to_string(),
             c.etcd,
         ))
@@ -98,15 +100,41 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// `hostname-xxxxxx`: readable in a list, unique even for several instances on one host.
-fn instance_id() -> String {
+/// This instance's id: `[cluster] id` if set, else `hostname-ADMINPORT` — readable in a list,
+/// unique on one host (two instances cannot share an admin port), and the same on every start,
+/// so a restarted instance replaces its own registration instead of being listed twice until
+/// the old lease expires. Only without an admin listener is there no stable distinguishing
+/// part: then a random suffix, as before.
+fn instance_id(configured: Option<&str>, admin: Option<SocketAddr>) -> String {
+    if let Some(id) = configured {
+        return id.to_string();
+    }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "switchyard".into());
-    format!("{host}-{:06x}", fastrand::u32(..0x100_0000))
+    default_id(&host, admin.map(|a| a.port()))
+}
+
+fn default_id(host: &str, admin_port: Option<u16>) -> String {
+    // Made to pass the `[cluster] id` check whatever the host name holds.
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c == '/' || c.is_whitespace() || c.is_control() {
+                '-'
+            } else {
+                c
+            }
+        })
+        .take(crate::config::validate::MAX_INSTANCE_ID - 7)
+        .collect();
+    match admin_port {
+        Some(port) => format!("{host}-{port}"),
+        None => format!("{host}-{:06x}", fastrand::u32(..0x100_0000)),
+    }
 }
 
 struct Node {
@@ -179,7 +207,9 @@ impl Node {
         self.publish(&mut client).await?;
         let lease = timed(client.lease_grant(INSTANCE_TTL_S, None)).await?.id();
         let (mut keeper, mut alive) = timed(client.lease_keep_alive(lease)).await?;
-        self.register(&mut client, lease).await?;
+        self.register(&mut client, lease, true).await?;
+        // Said once per session: the two would overwrite each other at every refresh.
+        let mut told_shared_id = false;
         let opts = WatchOptions::new().with_start_revision(revision + 1);
         let mut watch = timed(client.watch(self.key.as_str(), Some(opts))).await?;
         if self.status.set_etcd("connected", None) {
@@ -215,7 +245,17 @@ impl Node {
                 }
                 _ = refresh.tick() => {
                     timed(keeper.keep_alive()).await?;
-                    self.register(&mut client, lease).await?;
+                    let other = self.register(&mut client, lease, false).await?;
+                    if let Some(other) = other.filter(|_| !told_shared_id) {
+                        told_shared_id = true;
+                        let detail = format!(
+                            "another instance (admin {}) registers as {} too: give each its own [cluster] id",
+                            other.admin.as_deref().unwrap_or("none"),
+                            self.status.id
+                        );
+                        tracing::warn!("cluster: {detail}");
+                        crate::events::emit("cluster", None, None, detail);
+                    }
                 }
                 ka = alive.message() => match ka {
                     Ok(Some(r)) if r.ttl() > 0 => {}
@@ -418,7 +458,18 @@ impl Node {
     }
 
     /// Writes this instance's registration and reads everyone's.
-    async fn register(&self, client: &mut Client, lease: i64) -> Result<(), String> {
+    ///
+    /// The key may exist already. Left by this instance's previous run (killed, so its lease is
+    /// still running), it is taken over: the put moves the key to this session's lease, so the
+    /// old lease running out later does not delete it. Found on another lease at a refresh,
+    /// after this session wrote it, it means another live instance uses the same id: that one's
+    /// registration is returned, so the caller can say so.
+    async fn register(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        first: bool,
+    ) -> Result<Option<Instance>, String> {
         let me = Instance {
             id: self.status.id.clone(),
             admin: self.admin.clone(),
@@ -430,8 +481,28 @@ impl Node {
         };
         let prefix = format!("{}/instances/", self.status.prefix);
         let value = serde_json::to_vec(&me).map_err(|e| e.to_string())?;
-        let opts = PutOptions::new().with_lease(lease);
-        timed(client.put(format!("{prefix}{}", me.id), value, Some(opts))).await?;
+        let key = format!("{prefix}{}", me.id);
+        let put = TxnOp::put(
+            key.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let txn = Txn::new()
+            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+            .and_then([put.clone()])
+            .or_else([TxnOp::get(key.as_str(), None), put]);
+        let resp = timed(client.txn(txn)).await?;
+        let other = if resp.succeeded() || first {
+            None
+        } else {
+            resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<Instance>(kv.value()).ok()),
+                _ => None,
+            })
+        };
         let got = timed(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
         let mut list: Vec<Instance> = got
             .kvs()
@@ -440,6 +511,31 @@ impl Node {
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         self.status.update(|i| i.instances = list);
-        Ok(())
+        Ok(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_id_is_host_and_admin_port_and_always_a_valid_id() {
+        assert_eq!(default_id("edge-a", Some(5000)), "edge-a-5000");
+        assert_eq!(
+            default_id("edge-a", Some(5000)),
+            default_id("edge-a", Some(5000))
+        );
+        let random = default_id("edge-a", None);
+        assert!(random.starts_with("edge-a-") && random.len() == "edge-a-".len() + 6);
+        for host in ["a/b c", &"h".repeat(300)] {
+            let id = default_id(host, Some(65535));
+            assert!(
+                crate::config::validate::check_instance_id(&id).is_ok(),
+                "{id}"
+            );
+        }
+        let id = instance_id(Some("edge-1"), "127.0.0.1:5000".parse().ok());
+        assert_eq!(id, "edge-1");
     }
 }

@@ -98,54 +98,25 @@ fn unknown_keys(paths: Vec<String>) -> Vec<Problem> {
 const MAX_TYPE_PROBLEMS: usize = 64;
 
 /// Every value of the wrong type or form in a text that is syntactically sound, each with its
-/// field path: deserialization stops at the first, so each one found is recorded and cut out
-/// of the tree, and the rest deserialized again. The configuration left (with defaults where
-/// values were cut) is then validated, and its problems kept where they do not concern a value
+/// field path (see [`deserialize_every`]). The configuration left (with defaults where values
+/// were cut) is then validated, and its problems kept where they do not concern a value
 /// already reported. `None`: the text is not even a tree of values (a syntax error).
 fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> {
-    use serde::de::IntoDeserializer;
-    let mut tree: serde_json::Value = match format {
+    let tree: serde_json::Value = match format {
         Format::Toml => serde_json::to_value(text.parse::<toml::Table>().ok()?).ok()?,
         Format::Json => serde_json::from_str(text).ok()?,
     };
-    let mut typed: Vec<Problem> = Vec::new();
-    let mut unknown = Vec::new();
-    let mut cut: Vec<String> = Vec::new();
-    let mut cuts = Cuts::default();
-    let cfg = loop {
-        let mut seen = Vec::new();
-        let mut note = |p: serde_ignored::Path<'_>| seen.push(path_of(&p));
-        let de = serde_ignored::Deserializer::new(tree.clone().into_deserializer(), &mut note);
-        let result = serde_path_to_error::deserialize::<_, Config>(de);
-        unknown.extend(seen.iter().map(|p| cuts.original(p)));
-        let err = match result {
-            Ok(cfg) => break Some(cfg),
-            Err(e) => e,
-        };
-        let path = cuts.original(&path_text(err.path()));
-        let message = err.inner().to_string();
-        // A required field cut out above shows up again as missing from its parent: that is
-        // the same problem, already reported.
-        let recut = message
-            .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next())
-            .is_some_and(|f| cut.contains(&join(&path, f)));
-        if !recut {
-            typed.push(Problem::new(path.clone(), message));
-        }
-        if path.is_empty() || typed.len() >= MAX_TYPE_PROBLEMS || !prune(&mut tree, err.path()) {
-            break None;
-        }
-        cuts.removed(&path);
-        cut.push(path);
-    };
+    let Every {
+        rest: cfg,
+        problems: typed,
+        unknown,
+        cuts,
+    } = deserialize_every::<Config>(tree);
     // Nothing of the wrong type after all (a duplicate key, which the tree of values cannot
     // hold, fails only the direct parse): the caller reports the parser's own error.
     if typed.is_empty() {
         return None;
     }
-    unknown.sort();
-    unknown.dedup();
     let mut problems = unknown_keys(unknown);
     let related = |p: &str| {
         typed
@@ -171,27 +142,93 @@ fn typed_problems(text: &str, format: Format) -> Option<(Config, Vec<Problem>)> 
     Some((cfg, problems))
 }
 
+/// What [`deserialize_every`] found in a tree of values.
+pub struct Every<T> {
+    /// What is left once every wrong value is cut out, deserialized (defaults stand where values
+    /// were cut); `None` if even that failed.
+    pub rest: Option<T>,
+    /// Every value of the wrong type or form, by its path in the text.
+    pub problems: Vec<Problem>,
+    /// Unknown keys, by their paths in the text, sorted.
+    pub unknown: Vec<String>,
+    /// How paths in `rest` translate to paths in the text.
+    pub cuts: Cuts,
+}
+
+/// Deserializes `tree` as a `T`, finding every value of the wrong type or form rather than
+/// only the first: deserialization stops at the first, so each one found is recorded and cut
+/// out of the tree, and the rest deserialized again. Used for a whole configuration and for
+/// the admin API's other bodies, so both report alike.
+pub fn deserialize_every<T: serde::de::DeserializeOwned>(mut tree: serde_json::Value) -> Every<T> {
+    use serde::de::IntoDeserializer;
+    let mut typed: Vec<Problem> = Vec::new();
+    let mut unknown = Vec::new();
+    let mut cut: Vec<String> = Vec::new();
+    let mut cuts = Cuts::default();
+    let rest = loop {
+        let mut seen = Vec::new();
+        let mut note = |p: serde_ignored::Path<'_>| seen.push(path_of(&p));
+        let de = serde_ignored::Deserializer::new(tree.clone().into_deserializer(), &mut note);
+        let result = serde_path_to_error::deserialize::<_, T>(de);
+        unknown.extend(seen.iter().map(|p| cuts.original(p)));
+        let err = match result {
+            Ok(v) => break Some(v),
+            Err(e) => e,
+        };
+        let path = cuts.original(&path_text(err.path()));
+        let message = err.inner().to_string();
+        // A required field cut out above shows up again as missing from its parent: that is
+        // the same problem, already reported.
+        let recut = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .is_some_and(|f| cut.contains(&join(&path, f)));
+        if !recut {
+            typed.push(Problem::new(path.clone(), message));
+        }
+        if path.is_empty() || typed.len() >= MAX_TYPE_PROBLEMS || !prune(&mut tree, err.path()) {
+            break None;
+        }
+        cuts.removed(&path);
+        cut.push(path);
+    };
+    unknown.sort();
+    unknown.dedup();
+    Every {
+        rest,
+        problems: typed,
+        unknown,
+        cuts,
+    }
+}
+
 /// The array elements cut out of the tree so far, by the array's path and their indexes as
 /// first read: problems found later are found in the cut tree, and their paths are translated
 /// back to the indexes the operator wrote.
 #[derive(Default)]
-struct Cuts(std::collections::HashMap<String, Vec<usize>>);
+pub struct Cuts(std::collections::HashMap<String, Vec<usize>>);
 
 impl Cuts {
     /// `path` in the cut tree, as a path in the text.
-    fn original(&self, path: &str) -> String {
+    pub fn original(&self, path: &str) -> String {
         let mut out = String::new();
         for seg in segments(path) {
             match seg {
                 Seg::Key(k) => out = join(&out, k),
                 Seg::Index(i) => {
-                    let gone = self.0.get(&out).map_or(&[][..], Vec::as_slice);
-                    let first = (0..).filter(|j| !gone.contains(j)).nth(i).unwrap_or(i);
+                    let first = self.original_index(&out, i);
                     out = format!("{out}[{first}]");
                 }
             }
         }
         out
+    }
+
+    /// Element `i` of the array at `array` (a path in the text) in the cut tree, as an index in
+    /// the text.
+    pub fn original_index(&self, array: &str, i: usize) -> usize {
+        let gone = self.0.get(array).map_or(&[][..], Vec::as_slice);
+        (0..).filter(|j| !gone.contains(j)).nth(i).unwrap_or(i)
     }
 
     /// Notes that the value at `path` (a path in the text) was cut out.

@@ -318,6 +318,10 @@ pub struct ClusterConfig {
     pub etcd: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// This instance's name in the cluster (`{prefix}/instances/{id}`); by default the host
+    /// name and the admin port, so a restart comes back as the same instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

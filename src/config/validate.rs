@@ -52,6 +52,26 @@ impl std::fmt::Display for Problem {
 
 pub const MAX_WEIGHT: u32 = 10_000;
 
+/// Longest `[cluster] id`: it is shown in lists and is part of an etcd key.
+pub const MAX_INSTANCE_ID: usize = 64;
+
+/// An instance id is one segment of the etcd key `{prefix}/instances/{id}`: a `/` would put it
+/// under another path, and blanks or control characters make it unreadable in lists and logs.
+pub fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > MAX_INSTANCE_ID {
+        return Err(format!("at most {MAX_INSTANCE_ID} characters"));
+    }
+    if id.contains('/') || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{id:?}: no '/', blanks or control characters (it is part of an etcd key)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a whole configuration; an empty vector means it may be compiled and served.
 pub fn validate(cfg: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -202,6 +222,11 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                     format!("cluster.etcd[{i}]"),
                     format!("{e:?} is not an endpoint like \"http://127.0.0.1:2379\""),
                 ));
+            }
+        }
+        if let Some(id) = &c.id {
+            if let Err(m) = check_instance_id(id) {
+                p.push(Problem::new("cluster.id", m));
             }
         }
     }

@@ -752,3 +752,53 @@ fn update_config_with_both_config_and_a_patch_is_refused_naming_the_fields() {
     assert_eq!(upstreams(&lb)["config_version"], 1, "nothing was applied");
     assert_eq!(served_by(&lb, 4), HashSet::from(["b0".to_string()]));
 }
+
+/// The patch form reports every problem, as the whole form does: each value of the wrong type
+/// with its path in the body (`add[0].weight`, `add[2].address`), and what the rest of the
+/// patch would break, named as when nothing is wrong-typed (the position the backend would
+/// have had). 422, and nothing is applied.
+#[test]
+fn update_config_patch_reports_every_problem_with_its_path() {
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let c = client();
+    let file_before = std::fs::read_to_string(&lb.path).unwrap();
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({
+            "add": [
+                {"address": "127.0.0.1:1", "weight": -1},
+                {"address": "127.0.0.1:2"},
+                {"address": 5},
+                {"address": "127.0.0.1:3", "wieght": 1},
+                {"address": "not-an-address"},
+            ],
+            "remove": [7, "127.0.0.1:9"],
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().unwrap();
+    let mut paths: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "add[0].weight",
+            "add[2].address",
+            "add[3].wieght",
+            "remove[0]",
+            "remove[1]",
+            // The fifth added backend, after the one configured: index 1 + 4.
+            "upstreams.web.backends[5].address",
+        ],
+        "{v}"
+    );
+    assert_eq!(upstreams(&lb)["config_version"], 1, "nothing was applied");
+    assert_eq!(std::fs::read_to_string(&lb.path).unwrap(), file_before);
+}

@@ -290,3 +290,99 @@ fn two_instances_share_a_listening_port() {
         })
     }));
 }
+
+/// The ids of the instances `lb` lists.
+fn instance_ids(c: &reqwest::blocking::Client, lb: &Lb) -> Vec<String> {
+    cluster_of(c, lb)["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// With a stable id (`[cluster] id`, or by default host and admin port) an instance that comes
+/// back takes over its own registration at once, instead of being listed a second time, next
+/// to its dead predecessor, until the old lease expires.
+#[test]
+fn a_restarted_instance_registers_again_under_the_same_id() {
+    let etcd = Etcd::start();
+    let b = backends(1);
+    let prefix = "/sy-id";
+    let key = format!("{prefix}/instances/edge-1");
+    // What a crashed predecessor leaves behind: its registration, on a lease still alive.
+    let stale = json!({"id": "edge-1", "admin": "127.0.0.1:1", "config_version": 1,
+        "config_revision": 0, "last_seen": 0.0, "started": 0.0, "software": "old"});
+    let lease = etcd.put_with_lease(&key, &stale.to_string(), 60);
+    let text = cluster_config(&etcd, prefix, b.addrs[0]).replace(
+        &format!("prefix = \"{prefix}\"\n"),
+        &format!("prefix = \"{prefix}\"\nid = \"edge-1\"\n"),
+    );
+    let c = client();
+    let lb = start(&text);
+    assert_eq!(cluster_of(&c, &lb)["id"], "edge-1");
+    let admin = lb.admin.unwrap().to_string();
+    let mine = |lb: &Lb| {
+        let list = cluster_of(&c, lb)["instances"].clone();
+        list.as_array().is_some_and(|l| {
+            l.len() == 1 && l[0]["id"] == "edge-1" && l[0]["admin"] == admin.as_str()
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || mine(&lb)),
+        "{}",
+        cluster_of(&c, &lb)
+    );
+    // The key is on this instance's lease now: the old one running out does not remove it.
+    etcd.revoke(lease);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(etcd.get(&key).unwrap().is_some_and(|v| v.contains(&admin)));
+    assert!(mine(&lb));
+    drop(lb);
+
+    // Without `id`: the host name and the admin port, the same on every start.
+    let plain = start(&cluster_config(&etcd, prefix, b.addrs[0]));
+    let port = plain.admin.unwrap().port();
+    let id = cluster_of(&c, &plain)["id"].as_str().unwrap().to_string();
+    assert!(id.ends_with(&format!("-{port}")), "{id}");
+    assert!(eventually(Duration::from_secs(10), || {
+        instance_ids(&c, &plain) == [id.clone()]
+    }));
+    drop(plain);
+
+    // Two live instances given the same id would overwrite each other: that is said.
+    let twin = cluster_config(&etcd, prefix, b.addrs[0]).replace(
+        &format!("prefix = \"{prefix}\"\n"),
+        &format!("prefix = \"{prefix}\"\nid = \"twin\"\n"),
+    );
+    let (t1, _t2) = (start(&twin), start(&twin));
+    assert!(eventually(Duration::from_secs(15), || {
+        get_json(&c, &t1.admin_url("/api/v1/events/history"))
+            .as_array()
+            .is_some_and(|l| {
+                l.iter().any(|e| {
+                    e["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("registers as twin too"))
+                })
+            })
+    }));
+}
+
+/// `[cluster] id` becomes an etcd key segment: an empty one, one with `/`, or an overlong one
+/// is refused with its path.
+#[test]
+fn a_bad_cluster_id_is_refused() {
+    let base = "[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [{ address = \"127.0.0.1:9\" }]\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n";
+    for id in ["", "a/b", &"x".repeat(200), "two words"] {
+        let text = format!("{base}id = {id:?}\n");
+        let e = switchyard::config::parse_config(&text, switchyard::config::Format::Toml, None)
+            .unwrap_err();
+        assert!(
+            e.problems.iter().any(|p| p.path == "cluster.id"),
+            "{id:?}: {e}"
+        );
+    }
+    let ok = format!("{base}id = \"edge-1.eu_west\"\n");
+    assert!(switchyard::config::parse_config(&ok, switchyard::config::Format::Toml, None).is_ok());
+}

@@ -373,3 +373,146 @@ fn a_reload_of_the_file_keeps_the_discovered_backends() {
         "nothing changed, so no new version"
     );
 }
+
+/// The problems a discovery status lists, as `(key, error)`.
+fn problems(st: &Value) -> Vec<(String, String)> {
+    st["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let s = |f: &str| p[f].as_str().unwrap_or_default().to_string();
+            (s("key"), s("error"))
+        })
+        .collect()
+}
+
+/// An operator's typo over a live registration must not drain the backend: the key keeps its
+/// last good entry, a new key with a bad value is not added, and both are named in the status
+/// (not a clean "ok") until fixed or deleted. Deleting a key still removes its backend.
+#[test]
+fn a_bad_etcd_value_keeps_the_last_good_entry_and_is_reported_by_key() {
+    let etcd = Etcd::start();
+    let b = backends(2);
+    let (a0, a1) = (b.addrs[0], b.addrs[1]);
+    let prefix = "/sy-disc-bad";
+    let lb = start(&format!(
+        "{}\ndiscovery = {{ etcd_prefix = \"{prefix}/services/web/\" }}\n{CHECK}\n\n\
+         [cluster]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\n",
+        config("").trim_end(),
+        etcd.endpoint()
+    ));
+    let c = client();
+    let entry = |a: SocketAddr| format!(r#"{{"address": "{a}", "weight": 1}}"#);
+    let (k0, k1, k2) = (
+        format!("{prefix}/services/web/b0"),
+        format!("{prefix}/services/web/b1"),
+        format!("{prefix}/services/web/new"),
+    );
+    etcd.put(&k0, &entry(a0));
+    etcd.put(&k1, &entry(a1));
+    assert!(serves_exactly(&c, &lb, &["b0", "b1"]));
+    assert_eq!(discovery_state(&c, &lb)["state"], "ok");
+
+    etcd.put(&k0, r#"{"adress": "oops"}"#);
+    assert!(eventually(Duration::from_secs(10), || {
+        problems(&discovery_state(&c, &lb))
+            .iter()
+            .any(|(k, _)| *k == k0)
+    }));
+    let st = get_json(&c, &lb.admin_url("/api/v1/discovery"))["upstreams"]["web"].clone();
+    assert_ne!(st["state"], "ok", "{st}");
+    let (_, why) = &problems(&st)[0];
+    assert!(
+        why.contains("adress") && why.contains(&a0.to_string()),
+        "{st}"
+    );
+    assert_eq!(
+        running_backends(&lb).len(),
+        2,
+        "b0 kept its last good entry"
+    );
+    assert_eq!(seen(&c, &lb, 12), names(&["b0", "b1"]));
+
+    etcd.put(&k2, "not json");
+    assert!(eventually(Duration::from_secs(10), || {
+        problems(&discovery_state(&c, &lb)).len() == 2
+    }));
+    let st = discovery_state(&c, &lb);
+    let new = problems(&st).into_iter().find(|(k, _)| *k == k2);
+    assert!(new.is_some_and(|(_, e)| e.contains("not added")), "{st}");
+    assert_eq!(running_backends(&lb).len(), 2);
+
+    // Fixed and deleted: reported no more, and the state is clean again.
+    etcd.put(&k0, &entry(a0));
+    etcd.delete(&k2);
+    assert!(eventually(Duration::from_secs(10), || {
+        let st = discovery_state(&c, &lb);
+        st["state"] == "ok" && problems(&st).is_empty()
+    }));
+    // A bad value, then the key deleted: the backend goes, as any deregistration.
+    etcd.put(&k0, "{}");
+    assert!(eventually(Duration::from_secs(10), || {
+        !problems(&discovery_state(&c, &lb)).is_empty()
+    }));
+    etcd.delete(&k0);
+    let only_b1 = vec![(a1.to_string(), 1)];
+    assert!(eventually(Duration::from_secs(10), || {
+        running_backends(&lb) == only_b1
+    }));
+    assert!(serves_exactly(&c, &lb, &["b1"]));
+    assert!(problems(&discovery_state(&c, &lb)).is_empty());
+}
+
+/// A file with one bad entry among good ones is refused whole (the last known set stays), and
+/// the status names every bad entry by its place in the file, type errors included.
+#[test]
+fn a_file_with_bad_entries_is_refused_naming_each_entry() {
+    let b = backends(3);
+    let c = client();
+    let (a0, a1, a2) = (b.addrs[0], b.addrs[1], b.addrs[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    write_file(
+        &file,
+        &format!(r#"[{{"address": "{a0}"}}, {{"address": "{a1}"}}]"#),
+    );
+    let lb = start(&config(&format!(
+        "discovery = {{ file = \"{}\", interval = \"100ms\" }}",
+        file.display()
+    )));
+    assert!(serves_exactly(&c, &lb, &["b0", "b1"]));
+
+    write_file(
+        &file,
+        &format!(
+            r#"[{{"address": "{a0}"}}, {{"address": "{a1}", "weight": "heavy"}}, {{"address": "{a2}"}}, {{"address": "nope"}}]"#
+        ),
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        discovery_state(&c, &lb)["state"] == "failing"
+    }));
+    let st = discovery_state(&c, &lb);
+    let got = problems(&st);
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["[1]", "[3]"], "{st}");
+    assert!(got[0].1.contains("weight"), "{st}");
+    assert!(got[1].1.contains("nope"), "{st}");
+    assert_eq!(running_backends(&lb).len(), 2, "the last known set stays");
+    // The same status rides along with the upstream's live state, for the UI's stats stream.
+    let ups = get_json(&c, &lb.admin_url("/api/v1/upstreams"));
+    assert_eq!(
+        ups["upstreams"][0]["discovery"]["state"], "failing",
+        "{ups}"
+    );
+    assert_eq!(
+        ups["upstreams"][0]["discovery"]["problems"][0]["key"],
+        "[1]"
+    );
+
+    write_file(&file, &format!(r#"[{{"address": "{a2}"}}]"#));
+    assert!(serves_exactly(&c, &lb, &["b2"]));
+    let st = discovery_state(&c, &lb);
+    assert_eq!(st["state"], "ok", "{st}");
+    assert!(problems(&st).is_empty(), "{st}");
+}

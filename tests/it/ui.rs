@@ -1,13 +1,16 @@
-//! The web UI in a real browser: starts four demo backends (three configured with HTTP health
-//! checks, one spare), Switchyard with its admin server, and runs `tests/ui/ui_test.mjs` in
-//! headless Debian Chromium through playwright-core. The script adds the spare backend through
-//! the UI's form, edits the configuration (valid and invalid), makes one configured backend's
-//! health check fail and watches the page turn it unhealthy; it writes the screenshots to docs/.
+//! The web UI in a real browser: starts six demo backends (three configured with HTTP health
+//! checks, one spare, two for an upstream fed by file discovery), Switchyard with its admin
+//! server, and runs `tests/ui/ui_test.mjs` in headless Debian Chromium through playwright-core.
+//! The script adds the spare backend through the UI's form, edits the configuration (valid and
+//! invalid), makes one configured backend's health check fail and watches the page turn it
+//! unhealthy, edits the discovery file (a bad entry, then a good one) and watches the upstream's
+//! discovery state, and has this test stop the balancer and start it again to watch the page
+//! turn stale and recover; it writes the screenshots to docs/.
 //!
 //! Needs `/usr/bin/chromium` and `tests/ui/node_modules` (`scripts/test.sh` installs both); without
 //! them this test fails and says so, rather than passing without having looked at anything.
 
-use crate::support::{backends, start};
+use crate::support::{backends, free_port, start, Lb};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -49,8 +52,8 @@ fn web_ui_shows_and_steers_the_balancer_in_chromium() {
     let ui = root.join("tests/ui");
     require_tools(&ui);
 
-    let b = backends(4);
-    let (configured, spare) = (&b.addrs[..3], b.addrs[3]);
+    let b = backends(6);
+    let (configured, spare, discovered) = (&b.addrs[..3], b.addrs[3], &b.addrs[4..]);
     let list = configured
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
@@ -61,10 +64,19 @@ fn web_ui_shows_and_steers_the_balancer_in_chromium() {
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    let lb = start(&format!(
+    // The admin port is fixed so the balancer can be started again where the page looks for it.
+    let admin_port = free_port();
+    let files = tempfile::tempdir().expect("tempdir");
+    let discovery_file = files.path().join("catalog.json");
+    std::fs::write(
+        &discovery_file,
+        format!(r#"[{{"address": "{}"}}]"#, discovered[0]),
+    )
+    .expect("discovery file");
+    let text = format!(
         r#"workers = 2
 [admin]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{admin_port}"
 
 [log]
 access = "off"
@@ -81,8 +93,19 @@ upstream = "web"
 algorithm = "round_robin"
 backends = [{list}]
 health_check = {{ kind = "http", path = "/healthz", interval = "300ms", timeout = "250ms" }}
-"#
-    ));
+
+[upstreams.catalog]
+discovery = {{ file = "{}", interval = "200ms" }}
+"#,
+        discovery_file.display()
+    );
+    let mut lb = Some(start(&text));
+    let (admin_url, lb_url) = {
+        let lb = lb.as_ref().expect("started");
+        (lb.admin_url("/"), lb.url("/"))
+    };
+    // The script asks for the balancer to be stopped and started by creating files here.
+    let control = tempfile::tempdir().expect("tempdir");
 
     // Screenshots go to docs/ only when asked (SWITCHYARD_UPDATE_SCREENSHOTS=1), so a test run
     // leaves the tree clean.
@@ -94,11 +117,16 @@ health_check = {{ kind = "http", path = "/healthz", interval = "300ms", timeout 
     };
     let mut child = Command::new("node")
         .arg(ui.join("ui_test.mjs"))
-        .arg(lb.admin_url("/"))
-        .arg(lb.url("/"))
+        .arg(&admin_url)
+        .arg(&lb_url)
         .arg(&shots)
         .args(["--add", &spare.to_string()])
         .args(["--kill", &configured[1].to_string()])
+        .arg("--discovery")
+        .arg(&discovery_file)
+        .args(["--discovered", &discovered[1].to_string()])
+        .arg("--control")
+        .arg(control.path())
         .current_dir(&ui)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -117,6 +145,7 @@ health_check = {{ kind = "http", path = "/healthz", interval = "300ms", timeout 
             let _ = child.wait();
             break None;
         }
+        steer(control.path(), &mut lb, &text, admin_port);
         std::thread::sleep(Duration::from_millis(100));
     };
     let (out, err) = (
@@ -130,4 +159,25 @@ health_check = {{ kind = "http", path = "/healthz", interval = "300ms", timeout 
         None => panic!("the browser test did not finish within {TIMEOUT:?}:\n{out}\n{err}"),
     }
     assert!(out.contains("all UI checks passed"), "{out}");
+}
+
+/// Does what the script asked through files in `control`: `stop` stops the balancer (as an
+/// operator's or a crash's stop looks to the page: the admin port goes away), `start` starts it
+/// again from the same configuration on the same admin port. Each is answered by `stopped` or
+/// `started`.
+fn steer(control: &Path, lb: &mut Option<Lb>, text: &str, admin_port: u16) {
+    if control.join("stop").exists() && !control.join("stopped").exists() {
+        drop(lb.take());
+        std::fs::write(control.join("stopped"), "").expect("control file");
+    }
+    if control.join("start").exists() && !control.join("started").exists() {
+        // The old admin socket closes as its runtime winds down: wait until the port is free.
+        let admin = format!("127.0.0.1:{admin_port}");
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(&admin).is_err() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *lb = Some(start(text));
+        std::fs::write(control.join("started"), "").expect("control file");
+    }
 }

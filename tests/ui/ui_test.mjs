@@ -2,19 +2,29 @@
 // browser). Driven by tests/it/ui.rs, which starts the demo backends and Switchyard; runnable by
 // hand against any Switchyard the same way:
 //
-//   node tests/ui/ui_test.mjs ADMIN_URL LB_URL SCREENSHOT_DIR --add HOST:PORT --kill HOST:PORT
+//   node tests/ui/ui_test.mjs ADMIN_URL LB_URL SCREENSHOT_DIR --add HOST:PORT --kill HOST:PORT \
+//     --discovery FILE --discovered HOST:PORT --control DIR
 //
-//   --add   a running demo backend that is not configured yet: added through the UI's form
-//   --kill  a configured, health-checked demo backend: the script makes its /healthz fail
+//   --add        a running demo backend that is not configured yet: added through the UI's form
+//   --kill       a configured, health-checked demo backend: the script makes its /healthz fail
+//   --discovery  the JSON file an upstream's file discovery reads: the script rewrites it
+//   --discovered a running demo backend not in that file yet: the script adds it there
+//   --control    a directory through which the script asks its driver to stop the balancer
+//                (it creates `stop` and waits for `stopped`) and start it again (`start`,
+//                `started`) on the same admin address
 //
 // Checks, in order: the page loads without console errors and shows the configured backends;
 // adding a backend through the form makes it appear and take traffic; a valid edit in the
 // configuration editor shows its changes and applies; an invalid edit shows its error and changes
 // nothing; a backend whose health check starts failing turns unhealthy on screen without a
-// reload. Takes ui-overview.png, ui-phone.png and ui-config.png in SCREENSHOT_DIR.
+// reload; the upstream fed by discovery shows its source and state, and a bad entry in its file
+// with the entry's problem; with the balancer stopped the page says so and shows nothing as live
+// (banner, greyed numbers, health unknown), and it recovers by itself when the balancer is back.
+// Takes ui-overview.png, ui-phone.png, ui-config.png, ui-discovery.png and ui-offline.png in
+// SCREENSHOT_DIR.
 // Exit code 0 when every check passed; 1 (with the reason) otherwise; 2 for bad usage or setup.
 
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -25,7 +35,7 @@ const TOTAL_TIMEOUT = 180_000;
 // ---- arguments and setup ----------------------------------------------------------------------
 
 function usage(msg) {
-  console.error(`error: ${msg}\nusage: node ui_test.mjs ADMIN_URL LB_URL SCREENSHOT_DIR --add HOST:PORT --kill HOST:PORT`);
+  console.error(`error: ${msg}\nusage: node ui_test.mjs ADMIN_URL LB_URL SCREENSHOT_DIR --add HOST:PORT --kill HOST:PORT --discovery FILE --discovered HOST:PORT --control DIR`);
   process.exit(2);
 }
 
@@ -38,11 +48,14 @@ for (let i = 2; i < process.argv.length; i++) {
 }
 const [adminUrl, lbUrl, shotDir] = positional;
 if (!adminUrl || !lbUrl || !shotDir) usage('ADMIN_URL, LB_URL and SCREENSHOT_DIR are required');
-if (!flags.add || !flags.kill) usage('--add and --kill are required');
+for (const f of ['add', 'kill', 'discovery', 'discovered', 'control']) if (!flags[f]) usage(`--${f} is required`);
 const admin = adminUrl.replace(/\/$/, '');
 const lb = lbUrl.replace(/\/$/, '');
 const spare = flags.add;
 const victim = flags.kill;
+const discoveryFile = flags.discovery;
+const newlyDiscovered = flags.discovered;
+const control = flags.control;
 
 if (!existsSync(CHROMIUM)) {
   console.error(`error: ${CHROMIUM} not found. Install Debian's chromium (apt-get install -y chromium) or set CHROMIUM.`);
@@ -95,6 +108,23 @@ async function getJson(url, init) {
   return res.json();
 }
 
+/** Replaces a file as the discovery documentation asks: a temporary file, then a rename. */
+function writeAtomically(path, text) {
+  writeFileSync(`${path}.tmp`, text);
+  renameSync(`${path}.tmp`, path);
+}
+
+/** Asks the driver to `stop` or `start` the balancer and waits until it says it did. */
+async function driver(what) {
+  writeFileSync(join(control, what), '');
+  const done = join(control, what === 'stop' ? 'stopped' : 'started');
+  const end = Date.now() + STEP_TIMEOUT;
+  while (!existsSync(done)) {
+    if (Date.now() > end) throw new Error(`the driver did not answer ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 async function configVersion() {
   return (await getJson(`${admin}/health`)).config_version;
 }
@@ -132,9 +162,11 @@ function startTraffic() {
 
 try {
   step('the page loads without console errors and shows the configured backends');
-  const expected = (await getJson(`${admin}/api/v1/upstreams`)).upstreams;
-  const upstream = expected[0].name;
-  const configured = expected[0].backends.map((b) => b.address);
+  const expected = (await getJson(`${admin}/api/v1/upstreams`)).upstreams
+    .find((u) => u.backends.some((b) => b.address === victim));
+  if (!expected) throw new Error(`--kill ${victim} is not a configured backend`);
+  const upstream = expected.name;
+  const configured = expected.backends.map((b) => b.address);
   if (!configured.includes(victim)) throw new Error(`--kill ${victim} is not a backend of ${upstream}`);
   if (configured.includes(spare)) throw new Error(`--add ${spare} is already configured`);
 
@@ -192,6 +224,8 @@ try {
   // Let the charts gather some history, then take the overview at desktop and phone widths.
   await page.waitForTimeout(Number(process.env.UI_CHART_SECONDS || 25) * 1000);
   await page.mouse.move(0, 0); // no hover highlight in the picture
+  // From the top: focus going back to the form's button after the dialog may have scrolled.
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: join(shotDir, 'ui-overview.png'), fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
   // The backends as cards, just below the sticky header.
@@ -273,8 +307,67 @@ try {
   ok(`${victim} shows Unhealthy, same document (no reload)`);
   await fetch(`http://${victim}/healthz/ok`, { method: 'POST' });
 
+  step('an upstream fed by discovery shows its source and state next to its backends');
+  const sources = (await getJson(`${admin}/api/v1/discovery`)).upstreams;
+  const discoveredUpstream = Object.keys(sources)[0];
+  if (!discoveredUpstream) throw new Error('no upstream is fed by discovery');
+  const dcard = page.locator(`section[data-upstream="${discoveredUpstream}"]`);
+  const dinfo = dcard.locator('[data-field="discovery"]');
+  await dcard.locator('[data-field="discovery"][data-state="ok"]').waitFor();
+  const dtext = await dinfo.innerText();
+  if (!dtext.includes(discoveryFile)) throw new Error(`the discovery line does not name ${discoveryFile}: ${dtext}`);
+  if (!/updated/i.test(dtext)) throw new Error(`the discovery line shows no last update: ${dtext}`);
+  if (await card.locator('[data-field="discovery"]').isVisible()) throw new Error(`${upstream} has no discovery source, yet shows one`);
+  const listed = JSON.parse(readFileSync(discoveryFile, 'utf8'));
+  writeAtomically(discoveryFile, JSON.stringify([...listed, { address: newlyDiscovered, weight: 'heavy' }]));
+  await dcard.locator('[data-field="discovery"][data-state="failing"]').waitFor();
+  const bad = await dinfo.innerText();
+  if (!bad.includes(`[${listed.length}]`) || !/weight/.test(bad)) throw new Error(`the bad entry is not named: ${bad}`);
+  if (await dcard.locator(`tr[data-address="${newlyDiscovered}"]`).count()) throw new Error('a refused file added a backend');
+  await dcard.screenshot({ path: join(shotDir, 'ui-discovery.png') });
+  ok(`${discoveredUpstream}: source and state shown; a bad entry is named (${bad.replace(/\s+/g, ' ').trim().slice(0, 100)}); took ui-discovery.png`);
+  writeAtomically(discoveryFile, JSON.stringify([...listed, { address: newlyDiscovered }]));
+  await dcard.locator('[data-field="discovery"][data-state="ok"]').waitFor();
+  await dcard.locator(`tr[data-address="${newlyDiscovered}"]`).waitFor({ state: 'visible' });
+  if (/\[\d+\]/.test(await dinfo.innerText())) throw new Error('a fixed file still shows a problem');
+  ok('the fixed file is in sync again and its new backend is listed');
+
+  step('with the balancer stopped the page says so and shows nothing as live');
+  const staleMarker = `no-reload-${Date.now()}`;
+  await page.evaluate((m) => { window.__switchyardTest = m; }, staleMarker);
+  await driver('stop');
+  const banner = page.locator('#stale-banner');
+  await banner.waitFor({ state: 'visible' });
+  const said = await banner.innerText();
+  if (!/not answering/i.test(said)) throw new Error(`the banner says: ${said}`);
+  await page.locator(`tr[data-address="${victim}"][data-health="unknown"]`).waitFor();
+  const shownHealth = (await row.locator('[data-field="health"]').textContent()).trim();
+  if (shownHealth !== 'Unknown') throw new Error(`health badge says ${shownHealth} while offline`);
+  const greyed = await page.evaluate(() => {
+    const value = getComputedStyle(document.querySelector('#summary .stat-value')).color;
+    const muted = getComputedStyle(document.querySelector('#summary .stat-label')).color;
+    const backends = getComputedStyle(document.querySelectorAll('#summary .stat-value')[2]).color;
+    return value === muted && backends === muted;
+  });
+  if (!greyed) throw new Error('the numbers are not greyed out while offline');
+  await page.mouse.move(0, 0);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: join(shotDir, 'ui-offline.png') });
+  ok(`banner (${said.replace(/\s+/g, ' ').trim().slice(0, 100)}), health unknown, numbers greyed; took ui-offline.png`);
+
+  step('the page recovers by itself when the balancer is back');
+  await driver('start');
+  await banner.waitFor({ state: 'hidden', timeout: 30_000 });
+  await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
+  await page.locator(`tr[data-address="${victim}"][data-health="healthy"]`).waitFor();
+  if (await page.evaluate(() => document.body.classList.contains('is-stale'))) throw new Error('still marked stale');
+  if (await page.evaluate(() => window.__switchyardTest) !== staleMarker) throw new Error('the page was reloaded');
+  ok('live again, health shown again, same document');
+
   step('no unexpected console errors');
-  const rest = consoleErrors.filter((e) => !(e.phase.startsWith('an invalid edit') && /status of (400|422)/.test(e.text)));
+  // While the balancer is down the browser logs each refused request; that is the point there.
+  const offline = (e) => /balancer (stopped|is back)|recovers/.test(e.phase) && /ERR_CONNECTION_REFUSED|ERR_EMPTY_RESPONSE|ERR_CONNECTION_RESET|Failed to load resource|EventSource/.test(e.text);
+  const rest = consoleErrors.filter((e) => !(e.phase.startsWith('an invalid edit') && /status of (400|422)/.test(e.text)) && !offline(e));
   if (rest.length) throw new Error(rest.map((e) => `[${e.phase}] ${e.text}`).join(' | '));
   const total = [...traffic.seen.values()].reduce((a, b) => a + b, 0);
   ok(`console clean; ${total} background requests served by ${[...traffic.seen.keys()].sort().join(', ')}`);

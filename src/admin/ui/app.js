@@ -1,12 +1,13 @@
-// Entry point: hash routing between the three views, the token login, the connection indicator,
-// and wiring the live stream to the views.
+// Entry point: hash routing between the three views, the token login, the connection indicator
+// and the offline banner, and wiring the live stream to the views.
 
 import { api, getToken, setToken, onUnauthorized } from './api.js';
 import { showConfig, configChanged } from './config.js';
 import { $, h, fill, setText } from './dom.js';
 import { renderEventLog } from './events.js';
 import { renderCluster, renderConfig, renderRecentEvents, renderStats } from './overview.js';
-import { live, start, reconnect } from './live.js';
+import * as fmt from './format.js';
+import { live, start, reconnect, retry } from './live.js';
 
 const VIEWS = ['overview', 'config', 'events'];
 const server = { version: '', uptime: 0, at: 0 };
@@ -86,14 +87,50 @@ window.addEventListener('hashchange', route);
 
 const CONN_TEXT = { connecting: 'Connecting…', live: 'Live', polling: 'Polling', offline: 'Offline' };
 
+let wasStale = false;
+
 live.on('conn', (state) => {
   const el = $('#conn');
   el.dataset.state = state;
   setText($('.conn-text', el), CONN_TEXT[state] || state);
+  if (live.stale === wasStale) return;
+  wasStale = live.stale;
+  showStale();
+  // Redrawn at once, not at the next sample (which is what is missing): health turns unknown
+  // now, and back when Switchyard answers again.
+  if (live.snapshot) renderLive(live.snapshot);
+  // It may have been restarted meanwhile: a new uptime, version, configuration and cluster.
+  if (!live.stale) { loadServer(); loadConfig(); loadCluster(); }
 });
 
-live.on('stats', (snapshot) => {
+/**
+ * While Switchyard does not answer, the page must not look live: a banner says since when the
+ * numbers are old, and `is-stale` greys them out (style.css).
+ */
+function showStale() {
+  const banner = $('#stale-banner');
+  document.body.classList.toggle('is-stale', live.stale);
+  if (!live.stale) {
+    banner.hidden = true;
+    return;
+  }
+  const since = live.lastAnswer
+    ? `Last answer at ${fmt.clock(live.lastAnswer / 1000)}: the numbers below are from then, and health is unknown.`
+    : 'Nothing could be loaded yet.';
+  fill(banner,
+    h('div', {},
+      h('strong', {}, 'Switchyard is not answering.'), ' ', since,
+      h('span', { class: 'muted' }, ' Retrying every second…')),
+    h('button', { class: 'btn btn-small', type: 'button', onclick: () => retry() }, 'Retry now'));
+  banner.hidden = false; // filled first, so the alert is read with its text
+}
+
+function renderLive(snapshot) {
   renderStats(snapshot, { version: server.version, uptime: server.uptime + (performance.now() - server.at) / 1000 });
+}
+
+live.on('stats', (snapshot) => {
+  renderLive(snapshot);
   if (configVersion !== null && snapshot.config_version !== configVersion) onConfigVersion(snapshot.config_version);
 });
 

@@ -1,10 +1,13 @@
 // One card per upstream: its backends with live state, numbers and charts, and the actions an
 // operator takes on them (add, change weight, drain/undrain, remove), each confirmed first.
 // Rows are keyed by address and updated in place every second, so keyboard focus on a button
-// survives the live updates.
+// survives the live updates. An upstream fed by discovery shows its source (discovery.js) above
+// its backends instead of the add form. While Switchyard is not answering (live.stale) health
+// is shown as unknown: the last known state may no longer be true.
 
 import { api } from './api.js';
 import { createChart } from './chart.js';
+import { createDiscovery, updateDiscovery } from './discovery.js';
 import { h, fill, setText, openDialog, showProblems, toast } from './dom.js';
 import * as fmt from './format.js';
 import { live, WINDOW } from './live.js';
@@ -54,12 +57,14 @@ function createCard(name) {
     weight.removeAttribute('aria-invalid');
   });
 
+  const discovery = createDiscovery();
   const el = h('section', { class: 'panel upstream', id: `upstream-${id}`, 'aria-labelledby': `up-h-${id}`, 'data-upstream': name },
     h('div', { class: 'panel-head up-head' },
       h('div', {},
         h('h2', { id: `up-h-${id}` }, h('span', { class: 'muted small up-kind' }, 'Upstream'), ' ', name, ' ', badge),
         summary),
       h('div', { class: 'up-chart' }, chart.el, h('div', { class: 'chart-caption', 'aria-hidden': 'true' }, 'requests / s'))),
+    discovery.el,
     h('div', { class: 'table-wrap' },
       h('table', { class: 'backends' },
         h('caption', { class: 'visually-hidden' }, `Backends of ${name}`),
@@ -74,11 +79,13 @@ function createCard(name) {
           h('th', { scope: 'col' }, h('span', { class: 'visually-hidden' }, 'Actions')))),
         tbody)),
     form);
-  return { el, name, badge, summary, tbody, chart, rows: new Map() };
+  return { el, name, badge, summary, tbody, chart, form, discovery, rows: new Map() };
 }
 
 function updateCard(card, u, t) {
   setText(card.badge, u.algorithm.replaceAll('_', ' '));
+  updateDiscovery(card.discovery, u.discovery);
+  card.form.hidden = Boolean(u.discovery);
   const backends = u.backends || [];
   const healthy = backends.filter((b) => b.health !== 'unhealthy' && !b.ejected && b.circuit !== 'open').length;
   const totals = live.totals(u.name);
@@ -105,7 +112,8 @@ function updateCard(card, u, t) {
   const order = backends.map((b) => card.rows.get(b.address).tr);
   if (order.some((tr, i) => card.tbody.children[i] !== tr)) card.tbody.replaceChildren(...order);
   if (!backends.length) {
-    card.tbody.replaceChildren(h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No backends. Add one below.')));
+    const text = u.discovery ? 'No backends yet: the discovery source has listed none.' : 'No backends. Add one below.';
+    card.tbody.replaceChildren(h('tr', {}, h('td', { colspan: 8, class: 'empty' }, text)));
   }
 }
 
@@ -144,12 +152,15 @@ const CIRCUIT_TEXT = { closed: 'circuit closed', open: 'circuit open', half_open
 
 function updateRow(row, b, series, t) {
   row.b = b;
-  row.tr.dataset.health = b.health;
+  const health = live.stale ? 'unknown' : b.health;
+  row.tr.dataset.health = health;
   row.tr.dataset.circuit = b.circuit;
-  row.tr.classList.toggle('is-down', b.health === 'unhealthy' || b.circuit === 'open' || b.ejected);
+  row.tr.classList.toggle('is-down', !live.stale && (b.health === 'unhealthy' || b.circuit === 'open' || b.ejected));
   row.tr.classList.toggle('is-draining', b.draining);
-  setText(row.health, HEALTH_TEXT[b.health] || b.health);
-  row.health.className = `badge health-${b.health}`;
+  setText(row.health, HEALTH_TEXT[health] || health);
+  row.health.className = `badge health-${health}`;
+  if (live.stale) row.health.title = `Last known: ${HEALTH_TEXT[b.health] || b.health}`;
+  else row.health.removeAttribute('title');
   setText(row.circuit, CIRCUIT_TEXT[b.circuit] || b.circuit);
   row.circuit.className = `circuit small circuit-${b.circuit}`;
   const flags = [];

@@ -10,10 +10,13 @@ const KIND_TEXT = {
   ejection: 'Ejection',
   config: 'Config',
   reload_failed: 'Reload failed',
+  discovery: 'Discovery',
+  cluster: 'Cluster',
 };
 
 function tone(e) {
   if (e.kind === 'reload_failed' || e.kind === 'ejection') return 'bad';
+  if (e.kind === 'discovery' || e.kind === 'cluster') return /fail|unreachable|rejected|not a |invalid/.test(e.detail) ? 'warn' : 'info';
   if (e.kind === 'health') return /-> ?unhealthy/.test(e.detail) ? 'bad' : /-> ?healthy/.test(e.detail) ? 'ok' : 'neutral';
   if (e.kind === 'circuit') return /open$/.test(e.detail) && !/half/.test(e.detail) ? 'bad' : /half/.test(e.detail) ? 'warn' : 'ok';
   return 'info';

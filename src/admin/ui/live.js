@@ -4,12 +4,16 @@
 // The server sends a `stats` event every second carrying the /api/v1/upstreams JSON; req/s and
 // error rate are the deltas of requests_total / failures_total between samples, divided by the
 // time between them as measured here (so a late sample is not counted as a burst).
+//
+// When Switchyard stops answering (the stream breaks and a poll fails), the connection state is
+// 'offline' and stays so until an answer arrives again: `live.stale` then tells the views that
+// what they show is the last known state, not the current one.
 
 import { api, getToken, login, ApiError } from './api.js';
 
 export const WINDOW = 300; // seconds of history kept for the charts
 const MAX_EVENTS = 500;
-const EVENT_KINDS = ['health', 'circuit', 'ejection', 'config', 'reload_failed'];
+const EVENT_KINDS = ['health', 'circuit', 'ejection', 'config', 'reload_failed', 'discovery', 'cluster'];
 
 const listeners = { stats: new Set(), event: new Set(), conn: new Set() };
 
@@ -18,6 +22,10 @@ export const live = {
   snapshot: null,
   /** 'connecting' | 'live' | 'polling' | 'offline' */
   conn: 'connecting',
+  /** Whether the snapshot shown is old news: Switchyard is not answering. */
+  get stale() { return this.conn === 'offline'; },
+  /** When the last answer arrived (Date.now()), or 0. */
+  lastAnswer: 0,
   events: [],
   on(kind, fn) { listeners[kind].add(fn); return () => listeners[kind].delete(fn); },
   /** Samples of one backend: [{ t, req, fail, rps, err, lat, active }] */
@@ -57,6 +65,7 @@ let lastSample = 0;
 
 function ingest(snapshot) {
   const t = now();
+  live.lastAnswer = Date.now();
   // Two samples closer than 200ms (a refresh racing the stream) would make a noisy rate.
   if (t - lastSample < 0.2 && live.snapshot) {
     live.snapshot = snapshot;
@@ -173,8 +182,10 @@ function connect() {
   }
   source.onerror = () => {
     if (source.readyState !== EventSource.CLOSED) {
-      setConn('connecting');
-      return; // the browser reconnects by itself
+      // The browser reconnects by itself. Once offline, each failed attempt must not flip the
+      // page back to 'connecting' (and the stale banner off and on): only an answer ends it.
+      if (live.conn !== 'offline') setConn('connecting');
+      return;
     }
     // Closed for good: an error status (401?) or the server went away. Ask, then reconnect.
     setConn('offline');
@@ -199,6 +210,9 @@ function queryToken(token) {
 
 /** Called after a new token was entered: the stream needs it in its URL. */
 export function reconnect() { connect(); }
+
+/** Asks Switchyard now rather than at the next watchdog tick (the offline banner's button). */
+export function retry() { return poll(); }
 
 async function poll() {
   if (polling) return;

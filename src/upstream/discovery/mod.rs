@@ -15,12 +15,17 @@
 //!
 //! A failing source (lookup error, unreadable file, etcd unreachable) keeps the last known set,
 //! never empties the upstream, and reports: an event, a log line, and its status in `/health`
-//! and `/api/v1/discovery`. Backends that leave the set drain like any removed backend; new ones
+//! and `/api/v1/discovery`. So does a source that answers with invalid entries (an etcd key
+//! with a bad value, a bad entry in the file): each is listed by key in the status's `problems`
+//! until it is fixed or removed, and the state is not `ok` meanwhile. Backends that leave the set drain like any removed backend; new ones
 //! are health-checked before they take traffic (see `Upstream::require_checked`).
 
 pub mod dns;
 pub mod etcd;
 pub mod file;
+mod report;
+
+pub use report::{Reporter, SourceProblem};
 
 use crate::config::{BackendConfig, Config, DiscoveryConfig};
 use crate::state::{ApplyError, Shared};
@@ -36,7 +41,8 @@ use tokio::task::JoinHandle;
 pub struct SourceStatus {
     /// `"dns web.internal:80"`, `"srv _http._tcp.web"`, `"file backends.json"`, `"etcd /prefix/"`.
     pub source: String,
-    /// `"ok"`, `"failing"` (last known set kept) or `"waiting"` (no answer yet: seeds in use).
+    /// `"ok"`, `"degraded"` (answered, but some entries are invalid: see `problems`),
+    /// `"failing"` (last known set kept) or `"waiting"` (no answer yet: seeds in use).
     pub state: &'static str,
     /// Backends in the last known set.
     pub backends: usize,
@@ -46,6 +52,9 @@ pub struct SourceStatus {
     pub last_success: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<f64>,
+    /// Entries of the source that are not valid backends, each by its key; empty when all are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<SourceProblem>,
 }
 
 struct Entry {
@@ -116,6 +125,7 @@ impl Discovered {
                     error: None,
                     last_success: None,
                     failing_since: None,
+                    problems: Vec::new(),
                 },
                 set: None,
             },
@@ -124,74 +134,6 @@ impl Discovered {
 
     fn forget(&self, upstream: &str) {
         self.lock().remove(upstream);
-    }
-}
-
-/// How a source task hands in what it found.
-#[derive(Clone)]
-pub struct Reporter {
-    upstream: String,
-    discovered: Arc<Discovered>,
-}
-
-impl Reporter {
-    /// A successful answer: the complete current set.
-    pub fn found(&self, mut list: Vec<BackendConfig>) {
-        list.sort_by(|a, b| a.address.cmp(&b.address));
-        list.dedup_by(|a, b| a.address == b.address);
-        let mut map = self.discovered.lock();
-        let Some(e) = map.get_mut(&self.upstream) else {
-            return;
-        };
-        let recovered = e.status.state == "failing";
-        let changed = e.set.as_ref() != Some(&list);
-        e.status.state = "ok";
-        e.status.error = None;
-        e.status.failing_since = None;
-        e.status.backends = list.len();
-        e.status.last_success = Some(crate::state::unix_now());
-        let source = e.status.source.clone();
-        if changed {
-            let names: Vec<&str> = list.iter().map(|b| b.address.as_str()).collect();
-            let detail = format!("{source}: {} backend(s): {}", list.len(), names.join(", "));
-            e.set = Some(list);
-            drop(map);
-            crate::events::emit("discovery", Some(&self.upstream), None, detail);
-            self.discovered.changed.notify_one();
-        } else if recovered {
-            drop(map);
-            crate::events::emit(
-                "discovery",
-                Some(&self.upstream),
-                None,
-                format!("{source}: recovered"),
-            );
-        }
-    }
-
-    /// A failed answer: the last known set stays; reported once per distinct error.
-    pub fn failed(&self, error: impl Into<String>) {
-        let error = error.into();
-        let mut map = self.discovered.lock();
-        let Some(e) = map.get_mut(&self.upstream) else {
-            return;
-        };
-        if e.status.error.as_deref() == Some(error.as_str()) {
-            return;
-        }
-        if e.status.state != "failing" {
-            e.status.failing_since = Some(crate::state::unix_now());
-        }
-        e.status.state = "failing";
-        e.status.error = Some(error.clone());
-        let detail = format!(
-            "{} failed: {error}; keeping the last known {} backend(s)",
-            e.status.source,
-            e.set.as_ref().map_or(0, Vec::len)
-        );
-        drop(map);
-        tracing::warn!(upstream = %self.upstream, "discovery: {detail}");
-        crate::events::emit("discovery", Some(&self.upstream), None, detail);
     }
 }
 
@@ -278,10 +220,7 @@ fn reconcile(
         if tasks.contains_key(name) {
             continue;
         }
-        let rep = Reporter {
-            upstream: name.clone(),
-            discovered: d.clone(),
-        };
+        let rep = Reporter::new(name.clone(), d.clone());
         let dc = &w.discovery;
         let interval = dc.interval.map(|i| i.get());
         let (label, task) = if let Some(host) = &dc.dns {
@@ -375,10 +314,7 @@ mod tests {
         let d = Arc::new(Discovered::default());
         d.start("web", "test".into());
         assert!(!d.overlay(&mut cfg), "no answer yet: the seeds stay");
-        let rep = Reporter {
-            upstream: "web".into(),
-            discovered: d.clone(),
-        };
+        let rep = Reporter::new("web".into(), d.clone());
         rep.found(vec![b("10.0.0.3:80", 2), b("10.0.0.2:80", 1)]);
         assert!(d.overlay(&mut cfg));
         let got = &cfg.upstreams["web"].backends;

@@ -357,6 +357,11 @@ impl Etcd {
         self.rt.block_on(c.put(key, value, None)).unwrap();
     }
 
+    pub fn delete(&self, key: &str) {
+        let mut c = self.client().unwrap();
+        self.rt.block_on(c.delete(key, None)).unwrap();
+    }
+
     /// Puts `key` attached to a new lease of `ttl_s` seconds; returns the lease ID.
     pub fn put_with_lease(&self, key: &str, value: &str, ttl_s: i64) -> i64 {
         let mut c = self.client().unwrap();
@@ -366,6 +371,12 @@ impl Etcd {
             c.put(key, value, Some(opts)).await.unwrap();
             lease
         })
+    }
+
+    /// Revokes `lease`, deleting the keys still attached to it (as its expiry would, at once).
+    pub fn revoke(&self, lease: i64) {
+        let mut c = self.client().unwrap();
+        self.rt.block_on(c.lease_revoke(lease)).unwrap();
     }
 
     /// Keeps `lease` alive (every 500ms) until the returned handle is aborted or dropped with
