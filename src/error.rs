@@ -32,11 +32,13 @@ pub enum ProxyError {
     /// Plain HTTP on a TLS listener's port (without `redirect_https`), answered in plain HTTP
     /// as NGINX does, instead of a TLS alert the client cannot show.
     PlainHttpOnTls,
+    /// The route's `rate_limit` is used up for this client (or the route).
+    RateLimited,
 }
 
 impl ProxyError {
     /// Every variant, for metrics and lookups.
-    pub const ALL: [ProxyError; 12] = [
+    pub const ALL: [ProxyError; 13] = [
         ProxyError::NoRoute,
         ProxyError::NoBackend,
         ProxyError::Overloaded,
@@ -49,6 +51,7 @@ impl ProxyError {
         ProxyError::BadRequest,
         ProxyError::UpgradeUnsupported,
         ProxyError::PlainHttpOnTls,
+        ProxyError::RateLimited,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -64,6 +67,7 @@ impl ProxyError {
             }
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -82,6 +86,7 @@ impl ProxyError {
             ProxyError::BadRequest => "bad_request",
             ProxyError::UpgradeUnsupported => "upgrade_unsupported",
             ProxyError::PlainHttpOnTls => "plain_http_to_https_port",
+            ProxyError::RateLimited => "rate_limited",
         }
     }
 

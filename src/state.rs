@@ -6,6 +6,7 @@
 //! [`Shared::apply`]: validate whole → compile → swap → persist → emit an event.
 
 use crate::config::{self, Config, ConfigError};
+use crate::proxy::ratelimit::RateLimiter;
 use crate::proxy::router::Router;
 use crate::upstream::backend::{Backend, BackendState};
 use crate::upstream::Upstream;
@@ -40,6 +41,9 @@ pub struct Registry {
     /// shown as leaving (`removed`, `draining`) until their last request ends, instead of
     /// vanishing from the view while they still serve.
     leaving: Mutex<Vec<Arc<BackendState>>>,
+    /// Routes' rate limiters, by what identifies a route's limit (hosts, prefix, limit): a change
+    /// elsewhere keeps each client's bucket where it was.
+    limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
 }
 
 impl Registry {
@@ -108,7 +112,20 @@ impl Registry {
         *map = next;
         let index_of = |n: &str| upstreams.iter().position(|u| u.name == n);
         let only = (upstreams.len() == 1).then_some(0);
-        let router = Router::new(&cfg.routes, index_of, only);
+        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = HashMap::new();
+        let router = Router::new(&cfg.routes, index_of, only, |r| {
+            let rl = r.rate_limit.as_ref()?;
+            let key = format!("{:?} {:?} {rl:?}", r.hosts, r.path_prefix);
+            let l = limiters
+                .remove(&key)
+                .or_else(|| kept.get(&key).cloned())
+                .unwrap_or_else(|| Arc::new(RateLimiter::new(rl)));
+            kept.insert(key, l.clone());
+            Some(l)
+        });
+        *limiters = kept;
+        drop(limiters);
         Snapshot {
             version,
             config: Arc::new(cfg.clone()),

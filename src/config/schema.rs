@@ -98,6 +98,28 @@ pub struct RouteConfig {
     /// Headers set on or removed from responses to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderRules>,
+    /// Requests admitted per second, per client IP or for the whole route; over it, 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A token bucket: `requests_per_second` refill, `burst` deep (default: one second's worth).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RateLimitConfig {
+    pub requests_per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<RateKey>,
+}
+
+/// What one bucket counts: each client IP (default), or every request on the route.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKey {
+    #[default]
+    ClientIp,
+    Route,
 }
 
 /// Header edits of a route: `remove` first, then `set` (NGINX's `proxy_set_header` and

@@ -170,6 +170,21 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 ));
             }
         }
+        if let Some(rl) = &r.rate_limit {
+            let rps = rl.requests_per_second;
+            if !(rps.is_finite() && rps > 0.0 && rps <= 1e7) {
+                p.push(Problem::new(
+                    format!("{path}.rate_limit.requests_per_second"),
+                    "must be above 0 (fractions allowed: 0.5 is one request every 2s) and at most 10,000,000",
+                ));
+            }
+            if rl.burst == Some(0) {
+                p.push(Problem::new(
+                    format!("{path}.rate_limit.burst"),
+                    "must be at least 1, or no request is ever admitted",
+                ));
+            }
+        }
         for (key, rules) in [
             ("request_headers", &r.request_headers),
             ("response_headers", &r.response_headers),

@@ -11,6 +11,7 @@ mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod pool;
+pub mod ratelimit;
 pub mod relay;
 pub mod rewrite;
 pub mod router;
@@ -194,6 +195,16 @@ async fn serve(
     let Some(matched) = snap.router.route(host, parts.uri.path()) else {
         return refuse(ProxyError::NoRoute, &parts.headers);
     };
+    if let Some(limiter) = matched.actions.and_then(|a| a.limiter.as_ref()) {
+        if let Err(wait) = limiter.check(conn.client.ip(), std::time::Instant::now()) {
+            let mut r = refuse(ProxyError::RateLimited, &parts.headers);
+            // Whole seconds, rounded up (RFC 9110 §10.2.3).
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            return r;
+        }
+    }
     let upstream = snap.upstreams[matched.upstream].clone();
     trace.upstream = Some(upstream.clone());
     // Upgrades are carried only to HTTP/1.1 backends. Sent to an h2/h2c one, an HTTP/1.1

@@ -1,11 +1,14 @@
 //! What a route does to a request and its response besides choosing the upstream: the path
-//! prefix rewrite (`rewrite_prefix`) and header edits (`request_headers`, `response_headers`).
+//! prefix rewrite (`rewrite_prefix`), header edits (`request_headers`, `response_headers`) and
+//! its rate limit (`rate_limit`, [`super::ratelimit`]).
 //! Compiled once per snapshot from the route's configuration, so a request only walks ready
 //! header names and values. Requests on such a route take hyper's path, not the relay's (whose
 //! head is forwarded nearly verbatim), so the relay's hot loop has no per-route branches.
 
+use super::ratelimit::RateLimiter;
 use crate::config::{HeaderRules, RouteConfig};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
 
 /// Header edits ready to apply: removals, then replacements.
 #[derive(Debug, Default, Clone)]
@@ -59,16 +62,23 @@ pub struct RouteActions {
     rewrite_prefix: Option<String>,
     pub request: HeaderEdits,
     pub response: HeaderEdits,
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 impl RouteActions {
-    pub fn compile(r: &RouteConfig) -> Option<RouteActions> {
+    /// `limiter`: the route's rate limiter (kept across changes by the registry), if it has one.
+    pub fn compile(r: &RouteConfig, limiter: Option<Arc<RateLimiter>>) -> Option<RouteActions> {
         let a = RouteActions {
             rewrite_prefix: r.rewrite_prefix.clone(),
             request: HeaderEdits::compile(r.request_headers.as_ref()),
             response: HeaderEdits::compile(r.response_headers.as_ref()),
+            limiter,
         };
-        (a.rewrite_prefix.is_some() || !a.request.is_empty() || !a.response.is_empty()).then_some(a)
+        (a.rewrite_prefix.is_some()
+            || !a.request.is_empty()
+            || !a.response.is_empty()
+            || a.limiter.is_some())
+        .then_some(a)
     }
 
     /// The origin-form target sent upstream for `target` (path and query) whose first
@@ -103,7 +113,7 @@ mod tests {
             upstream: "u".into(),
             ..RouteConfig::default()
         };
-        (RouteActions::compile(&r).unwrap(), prefix.len())
+        (RouteActions::compile(&r, None).unwrap(), prefix.len())
     }
 
     #[test]
@@ -135,6 +145,6 @@ mod tests {
             request_headers: Some(HeaderRules::default()),
             ..RouteConfig::default()
         };
-        assert!(RouteActions::compile(&r).is_none());
+        assert!(RouteActions::compile(&r, None).is_none());
     }
 }

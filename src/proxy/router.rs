@@ -4,6 +4,7 @@
 //! then any host) and path-prefix length, keeping file order among equals; the first match wins.
 //! So within a host the longest prefix wins, and an exact host beats a wildcard.
 
+use super::ratelimit::RateLimiter;
 use super::rewrite::RouteActions;
 use crate::config::RouteConfig;
 use std::sync::Arc;
@@ -60,10 +61,12 @@ pub struct Router {
 
 impl Router {
     /// `index_of` maps an upstream name to its index in the snapshot.
+    /// `limiter` gives a route's rate limiter (see [`crate::state::Registry`]).
     pub fn new(
         routes: &[RouteConfig],
         index_of: impl Fn(&str) -> Option<usize>,
         only: Option<usize>,
+        mut limiter: impl FnMut(&RouteConfig) -> Option<Arc<RateLimiter>>,
     ) -> Router {
         let mut rules = Vec::new();
         for r in routes {
@@ -71,7 +74,7 @@ impl Router {
                 continue;
             };
             let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
-            let actions = RouteActions::compile(r).map(Arc::new);
+            let actions = RouteActions::compile(r, limiter(r)).map(Arc::new);
             let hosts: Vec<HostPat> = if r.hosts.is_empty() {
                 vec![HostPat::Any]
             } else {
@@ -153,7 +156,12 @@ mod tests {
             route(&["api.example.com"], "/", "c"),
             route(&["api.example.com"], "/v2", "d"),
         ];
-        let r = Router::new(&routes, |n| names.iter().position(|x| *x == n), None);
+        let r = Router::new(
+            &routes,
+            |n| names.iter().position(|x| *x == n),
+            None,
+            |_| None,
+        );
         let up = |host, path| r.route(host, path).map(|m| m.upstream);
         assert_eq!(up("api.example.com:8080", "/v2/x"), Some(3));
         assert_eq!(up("API.example.com", "/v1"), Some(2));

@@ -244,6 +244,69 @@ fn a_route_rewrites_its_prefix_and_edits_headers_both_ways() {
     }
 }
 
+/// A route's rate limit answers 429 with `Retry-After` once a client's burst is spent, never
+/// forwarding; another client, and another route, are unaffected; tokens come back at the rate;
+/// a configuration change elsewhere keeps the buckets (no fresh burst for everyone).
+#[test]
+fn a_rate_limited_route_answers_429_per_client_and_keeps_its_buckets_across_changes() {
+    let be = backends(2);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [[routes]]\npath_prefix = \"/api\"\nupstream = \"web\"\n\
+         rate_limit = {{ requests_per_second = 2, burst = 3 }}\n\
+         [[routes]]\nupstream = \"web\"\n\
+         [upstreams.web]\nbackends = [{}]\n",
+        be.addrs[..1]
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let c = client();
+    let sent = || {
+        lb.running().shared.current().upstreams[0]
+            .backends
+            .iter()
+            .map(|b| {
+                b.state
+                    .requests_total
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<u64>()
+    };
+    let status = |url: &str| c.get(lb.url(url)).send().unwrap();
+    for _ in 0..3 {
+        assert_eq!(status("/api/x").status(), 200);
+    }
+    let before = sent();
+    let r = status("/api/x");
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-switchyard-error"], "rate_limited");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(sent(), before, "a refused request is not forwarded");
+    // Other routes are not limited; HTTP/2 (another connection, same client IP) shares the bucket.
+    assert_eq!(status("/other").status(), 200);
+    assert_eq!(
+        h2c_client().get(lb.url("/api/x")).send().unwrap().status(),
+        429
+    );
+    // A change elsewhere (a backend added) keeps the spent bucket.
+    let r = c
+        .post(lb.admin_url("/update-config"))
+        .json(&serde_json::json!({"add": [{"address": be.addrs[1].to_string()}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status("/api/x").status(),
+        429,
+        "the change handed out a fresh burst"
+    );
+    // Two tokens a second: one is back within 600 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(status("/api/x").status(), 200);
+}
+
 #[test]
 fn request_body_over_the_limit_gets_413() {
     let be = backends(1);
