@@ -59,6 +59,10 @@ pub struct ListenerConfig {
     /// the client always speaks first. *restart*
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defer_accept: Option<bool>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the real client,
+    /// as sent by HAProxy's `send-proxy` or an AWS NLB; one without is closed. *restart*
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod proxy_protocol;
 pub mod redirect;
 mod sniff;
 pub mod tls;
@@ -76,6 +77,8 @@ pub struct Bound {
     pub addr: SocketAddr,
     pub max_body: u64,
     pub mode: Arc<Mode>,
+    /// Connections start with a PROXY protocol header ([`proxy_protocol`]).
+    pub proxy_protocol: bool,
     sockets: Vec<std::net::TcpListener>,
 }
 
@@ -84,17 +87,19 @@ pub struct WorkerSocket {
     socket: std::net::TcpListener,
     max_body: u64,
     mode: Arc<Mode>,
+    proxy_protocol: bool,
 }
 
 impl Bound {
     pub fn into_sockets(self) -> Vec<WorkerSocket> {
-        let (max_body, mode) = (self.max_body, self.mode);
+        let (max_body, mode, proxy_protocol) = (self.max_body, self.mode, self.proxy_protocol);
         self.sockets
             .into_iter()
             .map(|socket| WorkerSocket {
                 socket,
                 max_body,
                 mode: mode.clone(),
+                proxy_protocol,
             })
             .collect()
     }
@@ -135,6 +140,7 @@ pub fn bind(
         addr,
         max_body,
         mode: Arc::new(Mode::Plain),
+        proxy_protocol: false,
         sockets,
     })
 }
@@ -182,6 +188,7 @@ pub fn set_modes(
 ) -> Result<Vec<Arc<tls::TlsListener>>, String> {
     let mut out = Vec::new();
     for (c, b) in cfg.iter().zip(bound.iter_mut()) {
+        b.proxy_protocol = c.proxy_protocol == Some(true);
         if let Some(t) = c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
             let l = tls::TlsListener::new(&c.bind, t)
                 .map_err(|e| format!("listener {}: {e}", c.bind))?;
@@ -264,6 +271,7 @@ pub fn run_worker(
             socket,
             max_body,
             mode,
+            proxy_protocol,
         } in listeners
         {
             // Read-only interest: the listener is only ever accepted from.
@@ -324,7 +332,7 @@ pub fn run_worker(
                         // Plain connections join the event loop only if they have to wait (see
                         // `client`), and set TCP_NODELAY only once they write twice (see
                         // `serve_plain`), as NGINX does: a connection per request needs neither.
-                        Mode::Plain => tokio::spawn(async move {
+                        Mode::Plain if !proxy_protocol => tokio::spawn(async move {
                             // A guard: the count comes down even if serving the connection panics.
                             let _open = open;
                             // Boxed here, in the task: the task's own future stays a few hundred
@@ -346,10 +354,9 @@ pub fn run_worker(
                             };
                             let _ = stream.set_nodelay(true);
                             let mode = mode.clone();
-                            let served: ConnFuture =
-                                Box::pin(
-                                    async move { accepted_conn(stream, info, &mode, conn).await },
-                                );
+                            let served: ConnFuture = Box::pin(async move {
+                                accepted_conn(stream, info, &mode, proxy_protocol, conn).await
+                            });
                             tokio::spawn(async move {
                                 let _open = open;
                                 served.await;
@@ -459,7 +466,26 @@ struct Conn {
 }
 
 /// One accepted connection, in its own task: TLS handshake if any, then HTTP until it closes.
-async fn accepted_conn(stream: TcpStream, mut info: ConnInfo, mode: &Mode, mut conn: Conn) {
+async fn accepted_conn(
+    mut stream: TcpStream,
+    mut info: ConnInfo,
+    mode: &Mode,
+    proxy_protocol: bool,
+    mut conn: Conn,
+) {
+    if proxy_protocol {
+        match proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
+            Ok(Some(client)) => {
+                info.client = client;
+                info.client_ip = proxy::headers::client_ip(client);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(peer = %info.client, "closing: {e}");
+                return;
+            }
+        }
+    }
     let t = match mode {
         Mode::Plain => return serve_plain(stream.into(), info, conn).await,
         Mode::Redirect { https_port } => {

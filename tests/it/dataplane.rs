@@ -307,6 +307,63 @@ fn a_rate_limited_route_answers_429_per_client_and_keeps_its_buckets_across_chan
     assert_eq!(status("/api/x").status(), 200);
 }
 
+/// Behind a TCP balancer that sends the PROXY protocol (`proxy_protocol = true`), the header's
+/// client is the client: in `X-Forwarded-For` and the access log, over v1 and v2, on plain and
+/// TLS-less keep-alive connections alike. A connection without the header is closed unanswered.
+#[test]
+fn proxy_protocol_headers_name_the_client_and_connections_without_one_are_closed() {
+    let be = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {:?}\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         [upstreams.web]\nbackends = [{}]\n",
+        log.display().to_string(),
+        be.list()
+    ));
+    let get = b"GET /pp HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let forwarded_for = |resp: &str| -> String {
+        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{resp}"));
+        v["headers"]["x-forwarded-for"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let v1 = [
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 80\r\n".as_slice(),
+        get,
+    ]
+    .concat();
+    let r = raw(lb.addr, &v1);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(forwarded_for(&r), "203.0.113.7");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    v2.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+    v2.extend_from_slice(get);
+    let r = raw(lb.addr, &v2);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(forwarded_for(&r), "198.51.100.9");
+    // The balancer's own health check (v1 UNKNOWN) is served as the peer.
+    let unknown = [b"PROXY UNKNOWN\r\n".as_slice(), get].concat();
+    assert!(raw(lb.addr, &unknown).starts_with("HTTP/1.1 200"));
+    // No header: closed without an answer, nothing forwarded.
+    assert_eq!(raw(lb.addr, get), "");
+    let lines = access_lines(&log, 3);
+    let clients: Vec<&str> = lines
+        .iter()
+        .map(|l| l["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        clients[..2],
+        ["203.0.113.7:56324", "198.51.100.9:8080"],
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+}
+
 #[test]
 fn request_body_over_the_limit_gets_413() {
     let be = backends(1);

@@ -1,0 +1,216 @@
+//! The PROXY protocol (v1 text and v2 binary, as HAProxy specifies it), for a listener behind a
+//! TCP load balancer (HAProxy `send-proxy`, AWS NLB, GCP's TCP proxy) with `proxy_protocol =
+//! true`: each connection starts with a header naming the real client, which then stands in for
+//! the peer address everywhere (`X-Forwarded-For`, the access log, `client_ip` hashing, rate
+//! limits). A connection without a valid header is closed, as HAProxy's `accept-proxy` does:
+//! accepting either would let any client that reaches the port forge its address.
+//!
+//! The header is read with `MSG_PEEK` first and then consumed to its exact length, so not one
+//! byte of the request (or TLS ClientHello) that follows it is taken.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// A v1 line is at most 107 bytes with its CRLF (the specification's own bound).
+const V1_MAX: usize = 107;
+/// Enough to see a v2 header with IPv6 addresses (16 + 36); TLVs after are skipped by length.
+const PEEK: usize = 256;
+
+/// Reads the header; `Ok(Some(client))` for a proxied connection, `Ok(None)` when the header
+/// says it carries no client (v2 `LOCAL`, v1 `UNKNOWN`: the balancer's own health checks), so
+/// the peer address stays. `Err` says why the connection must be closed.
+pub async fn read_header(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> Result<Option<SocketAddr>, String> {
+    tokio::time::timeout(within, read(stream))
+        .await
+        .map_err(|_| "no PROXY protocol header in time".to_string())?
+}
+
+async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+    let mut buf = [0u8; PEEK];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the PROXY protocol header".into());
+        }
+        match parse(&buf[..n]) {
+            Parsed::Done { len, client } => {
+                let mut sink = vec![0u8; len];
+                stream
+                    .read_exact(&mut sink)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(client);
+            }
+            Parsed::Invalid(why) => return Err(why),
+            Parsed::Partial if n == seen => {
+                // Peeking again would return the same bytes at once: wait for more to arrive.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Parsed::Partial => seen = n,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Parsed {
+    Done {
+        len: usize,
+        client: Option<SocketAddr>,
+    },
+    Partial,
+    Invalid(String),
+}
+
+fn parse(b: &[u8]) -> Parsed {
+    let sig = b.len().min(V2_SIGNATURE.len());
+    if b[..sig] == V2_SIGNATURE[..sig] {
+        return if sig < V2_SIGNATURE.len() {
+            Parsed::Partial
+        } else {
+            v2(b)
+        };
+    }
+    let p = b.len().min(6);
+    if b[..p] == b"PROXY "[..p] {
+        return v1(b);
+    }
+    Parsed::Invalid("the connection does not start with a PROXY protocol header".into())
+}
+
+fn v1(b: &[u8]) -> Parsed {
+    let Some(end) = b.windows(2).position(|w| w == b"\r\n") else {
+        return if b.len() >= V1_MAX {
+            Parsed::Invalid("PROXY v1 line longer than 107 bytes".into())
+        } else {
+            Parsed::Partial
+        };
+    };
+    let bad = |what: &str| Parsed::Invalid(format!("PROXY v1: {what}"));
+    let Ok(line) = std::str::from_utf8(&b[6..end]) else {
+        return bad("not text");
+    };
+    let parts: Vec<&str> = line.split(' ').collect();
+    let client = match parts.as_slice() {
+        ["UNKNOWN", ..] => None,
+        [proto @ ("TCP4" | "TCP6"), src, _dst, sport, _dport] => {
+            let (Ok(ip), Ok(port)) = (src.parse::<IpAddr>(), sport.parse::<u16>()) else {
+                return bad("unparsable source address or port");
+            };
+            if ip.is_ipv4() != (*proto == "TCP4") {
+                return bad("address family does not match the protocol");
+            }
+            Some(SocketAddr::new(ip, port))
+        }
+        _ => return bad("expected `PROXY TCP4|TCP6 SRC DST SPORT DPORT` or `PROXY UNKNOWN`"),
+    };
+    Parsed::Done {
+        len: end + 2,
+        client,
+    }
+}
+
+fn v2(b: &[u8]) -> Parsed {
+    if b.len() < 16 {
+        return Parsed::Partial;
+    }
+    let bad = |what: &str| Parsed::Invalid(format!("PROXY v2: {what}"));
+    let (ver_cmd, fam) = (b[12], b[13]);
+    if ver_cmd >> 4 != 2 {
+        return bad("version is not 2");
+    }
+    let len = 16 + usize::from(u16::from_be_bytes([b[14], b[15]]));
+    let body = &b[16..b.len().min(len)];
+    let client = match (ver_cmd & 0x0f, fam >> 4) {
+        // LOCAL: the balancer speaking for itself (a health check).
+        (0, _) => None,
+        (1, 1) if body.len() >= 12 => {
+            let ip = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
+            Some(SocketAddr::new(
+                ip.into(),
+                u16::from_be_bytes([body[8], body[9]]),
+            ))
+        }
+        (1, 2) if body.len() >= 36 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&body[..16]);
+            let port = u16::from_be_bytes([body[32], body[33]]);
+            Some(SocketAddr::new(Ipv6Addr::from(a).into(), port))
+        }
+        (1, 1 | 2) if b.len() < len => return Parsed::Partial,
+        // UNSPEC or a UNIX socket: no client address to take.
+        (1, 0 | 3) => None,
+        (1, _) => return bad("address block too short for its family"),
+        _ => return bad("command is neither LOCAL nor PROXY"),
+    };
+    Parsed::Done { len, client }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_lines_are_read_to_their_crlf() {
+        let b = b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 80\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(
+            parse(b),
+            Parsed::Done {
+                len: 42,
+                client: Some("203.0.113.7:56324".parse().unwrap())
+            }
+        );
+        let six = b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 443\r\n";
+        assert!(matches!(parse(six), Parsed::Done { client: Some(a), .. } if a.port() == 4000));
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\nGET"),
+            Parsed::Done {
+                len: 15,
+                client: None
+            }
+        );
+        assert_eq!(parse(b"PROXY TCP4 203.0"), Parsed::Partial);
+        assert_eq!(parse(b"PRO"), Parsed::Partial);
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Parsed::Invalid(_)));
+        assert!(matches!(
+            parse(b"PROXY TCP4 2001:db8::1 10.0.0.1 1 2\r\n"),
+            Parsed::Invalid(_)
+        ));
+        assert!(matches!(parse(&[b'P'; 200]), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn v2_headers_are_read_to_their_length_tlvs_included() {
+        let mut h = V2_SIGNATURE.to_vec();
+        h.extend_from_slice(&[0x21, 0x11, 0, 12 + 4]);
+        h.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+        h.extend_from_slice(&[0x04, 0, 1, 0xff]); // a TLV (NOOP)
+        let with_request = [h.clone(), b"GET / HTTP/1.1\r\n".to_vec()].concat();
+        assert_eq!(
+            parse(&with_request),
+            Parsed::Done {
+                len: 32,
+                client: Some("198.51.100.9:8080".parse().unwrap())
+            }
+        );
+        assert_eq!(parse(&h[..20]), Parsed::Partial);
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(
+            parse(&local),
+            Parsed::Done {
+                len: 16,
+                client: None
+            }
+        );
+        let mut v1_ver = h.clone();
+        v1_ver[12] = 0x11;
+        assert!(matches!(parse(&v1_ver), Parsed::Invalid(_)));
+    }
+}
