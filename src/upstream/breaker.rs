@@ -70,6 +70,10 @@ pub struct Breaker {
     win_start_ms: AtomicU64,
     cur: AtomicU64,  // total << 32 | failures
     prev: AtomicU64, // same, for the previous window
+    /// The running configuration has no breaker for this backend: outcomes recorded under an
+    /// older snapshot's policy (requests still in flight when it was removed) are ignored, or
+    /// one of them could open a circuit nothing would ever close again.
+    disabled: std::sync::atomic::AtomicBool,
 }
 
 fn unpack(v: u64) -> (f64, f64) {
@@ -109,6 +113,11 @@ impl Breaker {
         was != Circuit::Closed as u8
     }
 
+    /// Whether the running configuration has a breaker policy for this backend.
+    pub fn set_policy(&self, present: bool) {
+        self.disabled.store(!present, Relaxed);
+    }
+
     /// Whether the balancer may pick this backend now. No side effects: picking calls
     /// [`Breaker::on_dispatch`] for the one backend chosen.
     pub fn admits(&self, p: &BreakerPolicy, now: u64) -> bool {
@@ -139,6 +148,9 @@ impl Breaker {
 
     /// Records an outcome; returns the new state when it changed.
     pub fn record(&self, p: &BreakerPolicy, ok: bool, now: u64) -> Option<Circuit> {
+        if self.disabled.load(Relaxed) {
+            return None;
+        }
         match self.state() {
             Circuit::HalfOpen => {
                 let _ = self

@@ -262,6 +262,7 @@ impl Upstream {
             if !self.checked {
                 health::forget(&b.state);
             }
+            b.state.breaker.set_policy(self.breaker.is_some());
             if self.breaker.is_none() && b.state.breaker.reset() {
                 crate::events::breaker_changed(&b.state, breaker::Circuit::Closed);
             }
@@ -537,12 +538,21 @@ mod tests {
             (Health::Unhealthy, breaker::Circuit::Open),
             "policies kept: state kept"
         );
-        let u = Upstream::compile("t", &UpstreamConfig::default(), u.backends.clone());
+        let old = u;
+        let u = Upstream::compile("t", &UpstreamConfig::default(), old.backends.clone());
         u.settle_live_state();
         assert_eq!(
             (s.health(), s.breaker.state()),
             (Health::Unknown, breaker::Circuit::Closed)
         );
+        // A request still in flight on the old snapshot fails after the change: its policy is
+        // gone, and the circuit stays closed.
+        assert_eq!(
+            s.breaker
+                .record(old.breaker.as_ref().unwrap(), false, now_ms()),
+            None
+        );
+        assert_eq!(s.breaker.state(), breaker::Circuit::Closed);
         assert_eq!(s.requests_total.load(Relaxed), 7, "counters kept");
         assert_eq!(u.pick(&PickCtx::default(), &[]), Ok(0));
     }
