@@ -374,12 +374,14 @@ fn segments(path: &str) -> Vec<Seg<'_>> {
     out
 }
 
-/// At most this many problems are located: each JSON walk may cross the whole text, and a
-/// 10,000-backend file with a problem in every entry must not cost 10,000 of them.
-const MAX_LOCATED: usize = 1000;
+/// At most this many problems of a JSON text are located: each JSON walk may cross the whole
+/// text, and a 10,000-backend document with a problem in every entry must not cost 10,000 of
+/// them. A TOML text is parsed once and every problem is found in the tree.
+const MAX_LOCATED_JSON: usize = 1000;
 
 /// Sets each problem's line and column (and FILE:LINE:COL with an origin), and orders them as
-/// they appear in the text; problems past [`MAX_LOCATED`] follow, unlocated, in their order.
+/// they appear in the text; in JSON, problems past [`MAX_LOCATED_JSON`] follow, unlocated, in
+/// their order.
 fn locate(problems: &mut [Problem], text: &str, format: Format, origin: Option<&str>) {
     let toml_root = match format {
         Format::Toml => toml::de::DeTable::parse(text).ok(),
@@ -387,7 +389,11 @@ fn locate(problems: &mut [Problem], text: &str, format: Format, origin: Option<&
     };
     let lines = LineIndex::new(text);
     let mut at = Vec::with_capacity(problems.len());
-    for p in problems.iter_mut().take(MAX_LOCATED) {
+    let most = match format {
+        Format::Toml => usize::MAX,
+        Format::Json => MAX_LOCATED_JSON,
+    };
+    for p in problems.iter_mut().take(most) {
         let offset = match (format, &toml_root) {
             (Format::Toml, Some(root)) => Some(toml_offset(root, &p.path)),
             (Format::Toml, None) => None,
