@@ -21,6 +21,7 @@ fn config(alg: Algorithm, n: usize) -> Config {
             address: format!("127.0.{}.{}:9004", i / 250, i % 250 + 1),
             weight: 1,
             drain: false,
+            backup: false,
         })
         .collect();
     let mut cfg = Config {

@@ -34,6 +34,7 @@ fn backends(n: usize) -> Vec<Backend> {
             Backend {
                 socket: address.parse().ok(),
                 weight: 1 + (i % 4) as u32,
+                backup: false,
                 state: BackendState::new("bench", &address),
                 address,
             }

@@ -82,6 +82,7 @@ impl Registry {
                             address: b.address.clone(),
                             socket: b.address.parse().ok(),
                             weight: b.weight,
+                            backup: b.backup,
                             state: state.clone(),
                         };
                         kept.insert(key, state);

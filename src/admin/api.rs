@@ -237,29 +237,31 @@ pub fn upstreams_json(shared: &Shared) -> Value {
         .upstreams
         .iter()
         .map(|u| {
-            let row = |address: &str, weight: u32, s: &BackendState, removed: bool| {
-                json!({
-                    "address": address,
-                    "weight": weight,
-                    "health": s.health().name(),
-                    "circuit": s.breaker.state().name(),
-                    "draining": s.is_draining() || weight == 0,
-                    "removed": removed,
-                    "ejected": s.is_ejected(now),
-                    "active_requests": s.active.load(Relaxed),
-                    "requests_total": s.requests_total.load(Relaxed),
-                    "failures_total": s.failures_total.load(Relaxed),
-                    "latency_ewma_ms": (s.ewma_us()).round() / 1000.0,
-                })
-            };
+            let row =
+                |address: &str, weight: u32, backup: bool, s: &BackendState, removed: bool| {
+                    json!({
+                        "address": address,
+                        "weight": weight,
+                        "backup": backup,
+                        "health": s.health().name(),
+                        "circuit": s.breaker.state().name(),
+                        "draining": s.is_draining() || weight == 0,
+                        "removed": removed,
+                        "ejected": s.is_ejected(now),
+                        "active_requests": s.active.load(Relaxed),
+                        "requests_total": s.requests_total.load(Relaxed),
+                        "failures_total": s.failures_total.load(Relaxed),
+                        "latency_ewma_ms": (s.ewma_us()).round() / 1000.0,
+                    })
+                };
             let mut backends: Vec<Value> = u
                 .backends
                 .iter()
-                .map(|b| row(&b.address, b.weight, &b.state, false))
+                .map(|b| row(&b.address, b.weight, b.backup, &b.state, false))
                 .collect();
             // Removed, still finishing requests: listed until the last one ends.
             for s in shared.registry.leaving(&u.name) {
-                backends.push(row(&s.address, 0, &s, true));
+                backends.push(row(&s.address, 0, false, &s, true));
             }
             let mut up =
                 json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends});
@@ -357,6 +359,7 @@ async fn add_backend(
 struct BackendPatch {
     weight: Option<u32>,
     drain: Option<bool>,
+    backup: Option<bool>,
 }
 
 fn find<'a>(
@@ -381,6 +384,9 @@ async fn patch_backend(
         }
         if let Some(d) = p.drain {
             b.drain = d;
+        }
+        if let Some(k) = p.backup {
+            b.backup = k;
         }
         Ok(())
     })?;

@@ -74,6 +74,21 @@ fn upstream_diff(name: &str, o: &UpstreamConfig, n: &UpstreamConfig, out: &mut V
                     let what = if b.drain { "draining" } else { "undrained" };
                     out.push(format!("upstreams.{name}: backend {} {what}", b.address));
                 }
+                if prev.backup != b.backup {
+                    let what = if b.backup {
+                        "now a backup"
+                    } else {
+                        "no longer a backup"
+                    };
+                    out.push(format!("upstreams.{name}: backend {} {what}", b.address));
+                }
+                // Whatever else a backend may carry one day: a change is never lost for want
+                // of a line describing it (an empty diff applies nothing).
+                if **prev != *b
+                    && (prev.weight, prev.drain, prev.backup) == (b.weight, b.drain, b.backup)
+                {
+                    out.push(format!("upstreams.{name}: backend {} changed", b.address));
+                }
             }
         }
     }
@@ -150,6 +165,7 @@ mod tests {
                 address: "10.0.0.1:80".into(),
                 weight: 1,
                 drain: false,
+                backup: false,
             }],
             ..UpstreamConfig::default()
         };
@@ -161,6 +177,7 @@ mod tests {
             address: "10.0.0.2:80".into(),
             weight: 1,
             drain: false,
+            backup: false,
         });
         web.health_check = Some(HealthCheckConfig {
             interval: Some(Dur::secs(1)),

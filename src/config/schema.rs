@@ -210,6 +210,10 @@ pub struct BackendConfig {
     /// Draining: no new requests, in-flight ones finish; the weight is kept for when it returns.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drain: bool,
+    /// Takes traffic only while no other backend of the upstream can (HAProxy's `backup`,
+    /// NGINX's `backup`): a standby for when every primary is down, draining or ejected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 fn one() -> u32 {

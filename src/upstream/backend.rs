@@ -252,6 +252,8 @@ pub struct Backend {
     /// Literal socket address when the configured address is `IP:port`; names resolve at connect.
     pub socket: Option<SocketAddr>,
     pub weight: u32,
+    /// A standby: picked only when no primary backend can take the request.
+    pub backup: bool,
     pub state: Arc<BackendState>,
 }
 

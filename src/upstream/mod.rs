@@ -94,6 +94,8 @@ pub struct Upstream {
     pub checked: bool,
     pub max_connections: Option<u32>,
     pub max_pending: Option<u32>,
+    /// Some backend is a `backup`: picks try the primaries first.
+    pub has_backups: bool,
     pub config: UpstreamConfig,
     /// Retry budget accounting: requests and retries seen, for `budget_ratio`.
     pub budget: outlier::RetryBudget,
@@ -141,6 +143,7 @@ impl Upstream {
         };
         let t = &cfg.timeouts;
         let checked = cfg.health_check.is_some();
+        let has_backups = backends.iter().any(|b| b.backup);
         Upstream {
             stamps: backends.iter().map(|_| AtomicU64::new(0)).collect(),
             name: name.to_string(),
@@ -162,6 +165,7 @@ impl Upstream {
             checked,
             max_connections: cfg.max_connections,
             max_pending: cfg.max_pending,
+            has_backups,
             config: cfg.clone(),
             budget: outlier::RetryBudget::default(),
             capacity: tokio::sync::Notify::new(),
@@ -301,10 +305,21 @@ impl Upstream {
         }
         let now = OnceCell::new();
         let epoch = availability_epoch();
+        // With backups, the primaries first; the backups only when none of them can take it.
+        let tier = |backup: bool| {
+            let (backends, now) = (&self.backends, &now);
+            move |i: usize| {
+                (!self.has_backups || backends[i].backup == backup)
+                    && !tried.contains(&i)
+                    && self.available_at(i, now, epoch)
+            }
+        };
         let found = self
             .balancer
-            .pick(&self.backends, ctx, &mut |i| {
-                !tried.contains(&i) && self.available_at(i, &now, epoch)
+            .pick(&self.backends, ctx, &mut tier(false))
+            .or_else(|| {
+                self.has_backups
+                    .then(|| self.balancer.pick(&self.backends, ctx, &mut tier(true)))?
             })
             .or_else(|| {
                 // Every untried backend is unavailable: a second try on the same one is better
@@ -365,6 +380,52 @@ mod tests {
 
     fn checked() -> Option<crate::config::HealthCheckConfig> {
         Some(crate::config::HealthCheckConfig::default())
+    }
+
+    /// Backups (HAProxy's `backup`) take traffic only while no primary can, with every
+    /// algorithm, and the primaries get it back as soon as one of them can.
+    #[test]
+    fn backups_serve_only_while_no_primary_can() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::Random,
+            Algorithm::P2cEwma,
+            Algorithm::ConsistentHash,
+        ] {
+            let cfg = UpstreamConfig {
+                algorithm,
+                health_check: checked(),
+                ..UpstreamConfig::default()
+            };
+            let mut backends = balancer::test_support::backends(&[1, 1, 1, 1]);
+            backends[2].backup = true;
+            backends[3].backup = true;
+            let u = Upstream::compile("t", &cfg, backends);
+            let seen = |u: &Upstream| {
+                (0..64u64)
+                    .map(|h| {
+                        u.pick(
+                            &PickCtx {
+                                hash: balancer::hash_bytes(&h.to_le_bytes()),
+                            },
+                            &[],
+                        )
+                        .unwrap()
+                    })
+                    .collect::<std::collections::BTreeSet<usize>>()
+            };
+            assert_eq!(seen(&u), [0, 1].into(), "{algorithm:?}: primaries only");
+            u.backends[0].state.set_health(Health::Unhealthy);
+            assert_eq!(seen(&u), [1].into(), "{algorithm:?}: one primary left");
+            u.backends[1].state.set_draining(true);
+            assert_eq!(seen(&u), [2, 3].into(), "{algorithm:?}: backups take over");
+            // A retry after a backup failed goes to the other backup.
+            assert_eq!(u.pick(&PickCtx::default(), &[2]), Ok(3), "{algorithm:?}");
+            u.backends[1].state.set_draining(false);
+            assert_eq!(seen(&u), [1].into(), "{algorithm:?}: back to the primary");
+        }
     }
 
     #[test]

@@ -381,6 +381,46 @@ fn problems_in_a_configuration_body_carry_line_and_column() {
     );
 }
 
+/// A backup backend (HAProxy's `backup`) serves only while no primary can: here while the
+/// primary is drained through the API, and while it is dead (its connect failure retried on the
+/// backup); `backup` itself can be changed through the API too.
+#[test]
+fn a_backup_backend_serves_only_while_the_primary_cannot() {
+    let be = backends(2);
+    let lb = start(&config(&format!(
+        "backends = [{{ address = \"{}\" }}, {{ address = \"{}\", backup = true }}]",
+        be.addrs[0], be.addrs[1]
+    )));
+    let c = client();
+    let only = |name: &str| HashSet::from([name.to_string()]);
+    assert_eq!(served_by(&lb, 10), only("b0"));
+    let patch = |address: std::net::SocketAddr, body: Value| {
+        let r = c
+            .patch(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{address}")))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    };
+    patch(be.addrs[0], json!({"drain": true}));
+    assert_eq!(served_by(&lb, 10), only("b1"));
+    patch(be.addrs[0], json!({"drain": false}));
+    assert_eq!(served_by(&lb, 10), only("b0"));
+    let v: Value = c
+        .get(lb.admin_url("/api/v1/upstreams"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["upstreams"][0]["backends"][1]["backup"], true, "{v}");
+    // No longer a backup: both share the traffic.
+    patch(be.addrs[1], json!({"backup": false}));
+    assert_eq!(
+        served_by(&lb, 20),
+        HashSet::from(["b0".into(), "b1".into()])
+    );
+}
+
 #[test]
 fn backend_patch_drains_and_deletes() {
     let be = backends(2);

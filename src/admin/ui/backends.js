@@ -168,6 +168,7 @@ function updateRow(row, b, series, t) {
   if (b.removed) flags.push(['Removed, finishing requests', 'badge badge-warn']);
   else if (b.draining) flags.push(['Draining', 'badge badge-warn']);
   if (b.ejected) flags.push(['Ejected', 'badge badge-bad']);
+  if (b.backup) flags.push(['Backup', 'badge']);
   const flagText = flags.map((f) => f[0]).join(',');
   if (row.flags.dataset.text !== flagText) {
     row.flags.dataset.text = flagText;

@@ -108,6 +108,7 @@ pub(crate) mod test_support {
                     socket: address.parse().ok(),
                     address,
                     weight: w,
+                    backup: false,
                 }
             })
             .collect()

@@ -168,6 +168,7 @@ fn backend(address: String, weight: u32) -> BackendConfig {
         address,
         weight: weight.min(crate::config::validate::MAX_WEIGHT),
         drain: false,
+        backup: false,
     }
 }
 

@@ -43,6 +43,7 @@ impl Entry {
             address: self.address,
             weight: self.weight,
             drain: false,
+            backup: false,
         })
     }
 }

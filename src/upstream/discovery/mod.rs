@@ -298,6 +298,7 @@ mod tests {
             address: a.into(),
             weight: w,
             drain: false,
+            backup: false,
         }
     }
 
