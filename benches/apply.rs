@@ -58,14 +58,7 @@ fn main() {
         "{:<22} {:>12} {:>14} {:>12} {:>12}",
         "algorithm", "validate_ms", "apply_p50_ms", "apply_max_ms", "initial_ms"
     );
-    for alg in [
-        Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin,
-        Algorithm::LeastConnections,
-        Algorithm::Random,
-        Algorithm::P2cEwma,
-        Algorithm::ConsistentHash,
-    ] {
+    for alg in Algorithm::ALL {
         let base = config(alg, BACKENDS);
         let t = Instant::now();
         let shared = Shared::new(base.clone(), None);

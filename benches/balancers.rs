@@ -16,14 +16,7 @@ use switchyard::upstream::backend::{Backend, BackendState};
 use switchyard::upstream::balancer::PickCtx;
 use switchyard::upstream::Upstream;
 
-const ALGORITHMS: [Algorithm; 6] = [
-    Algorithm::RoundRobin,
-    Algorithm::WeightedRoundRobin,
-    Algorithm::LeastConnections,
-    Algorithm::Random,
-    Algorithm::P2cEwma,
-    Algorithm::ConsistentHash,
-];
+const ALGORITHMS: [Algorithm; 6] = Algorithm::ALL;
 const SIZES: [usize; 3] = [3, 100, 10_000];
 
 /// `n` backends with distinct addresses and mixed weights (1..=4), as a real fleet would have.

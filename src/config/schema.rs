@@ -149,6 +149,16 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, for tests and benchmarks that cover them all.
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::Random,
+        Algorithm::P2cEwma,
+        Algorithm::ConsistentHash,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round_robin",

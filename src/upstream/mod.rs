@@ -386,14 +386,7 @@ mod tests {
     /// algorithm, and the primaries get it back as soon as one of them can.
     #[test]
     fn backups_serve_only_while_no_primary_can() {
-        for algorithm in [
-            Algorithm::RoundRobin,
-            Algorithm::WeightedRoundRobin,
-            Algorithm::LeastConnections,
-            Algorithm::Random,
-            Algorithm::P2cEwma,
-            Algorithm::ConsistentHash,
-        ] {
+        for algorithm in Algorithm::ALL {
             let cfg = UpstreamConfig {
                 algorithm,
                 health_check: checked(),

@@ -382,8 +382,7 @@ fn problems_in_a_configuration_body_carry_line_and_column() {
 }
 
 /// A backup backend (HAProxy's `backup`) serves only while no primary can: here while the
-/// primary is drained through the API, and while it is dead (its connect failure retried on the
-/// backup); `backup` itself can be changed through the API too.
+/// primary is drained through the API; `backup` itself can be changed through the API too.
 #[test]
 fn a_backup_backend_serves_only_while_the_primary_cannot() {
     let be = backends(2);
