@@ -251,7 +251,7 @@ pub fn upstreams_json(shared: &Shared) -> Value {
                         "active_requests": s.active.load(Relaxed),
                         "requests_total": s.requests_total.load(Relaxed),
                         "failures_total": s.failures_total.load(Relaxed),
-                        "latency_ewma_ms": (s.ewma_us()).round() / 1000.0,
+                        "latency_ewma_ms": (s.ewma_us_at(now)).round() / 1000.0,
                     })
                 };
             let mut backends: Vec<Value> = u

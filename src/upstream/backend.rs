@@ -160,6 +160,10 @@ impl BackendState {
         if prev != h {
             if prev == Health::Unhealthy {
                 self.available_since_ms.store(now_ms(), Relaxed);
+                // What it measured while failing says nothing about it now: a backend back from
+                // a stall would otherwise keep the stall's latency, which p2c_ewma never picks,
+                // so no faster sample could ever replace it.
+                self.ewma_us.store(0f64.to_bits(), Relaxed);
             }
             availability_changed();
         }
@@ -211,10 +215,22 @@ impl BackendState {
         availability_changed();
     }
 
-    /// Current peak-EWMA latency in microseconds (decayed towards zero while idle is not done:
-    /// an idle backend keeps its last estimate, which P2C weighs by its zero load anyway).
+    /// Peak-EWMA latency in microseconds as last measured.
     pub fn ewma_us(&self) -> f64 {
         f64::from_bits(self.ewma_us.load(Relaxed))
+    }
+
+    /// The estimate as of `now_ms`: decayed towards zero for the time no sample came (as
+    /// linkerd's peak-EWMA), so a backend left unpicked because of one slow sample is tried
+    /// again once its estimate falls under the others' (990 ms under 1 ms in ~35 s), and a
+    /// fresh sample then says what it is worth now.
+    pub fn ewma_us_at(&self, now_ms: u64) -> f64 {
+        let idle = now_ms.saturating_sub(self.ewma_at_ms.load(Relaxed));
+        let v = self.ewma_us();
+        if idle == 0 || v == 0.0 {
+            return v;
+        }
+        v * (-(idle as f64) / EWMA_DECAY_MS).exp()
     }
 
     /// Records one response-head latency. Peak-EWMA: a slower sample replaces the estimate at once
