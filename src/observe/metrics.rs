@@ -22,6 +22,7 @@ static TLS_HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static TLS_RELOADS_OK: AtomicU64 = AtomicU64::new(0);
 static TLS_RELOADS_FAILED: AtomicU64 = AtomicU64::new(0);
 static RETRIES: AtomicU64 = AtomicU64::new(0);
+static RETRIES_DENIED: AtomicU64 = AtomicU64::new(0);
 static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 static MADE: [AtomicU64; ProxyError::ALL.len()] =
@@ -75,6 +76,10 @@ pub fn tls_reload(ok: bool) {
 }
 pub fn retry() {
     RETRIES.fetch_add(1, Relaxed);
+}
+/// A retry the policy allowed but the retry budget refused.
+pub fn retry_denied() {
+    RETRIES_DENIED.fetch_add(1, Relaxed);
 }
 pub fn access_log_dropped() {
     ACCESS_LOG_DROPPED.fetch_add(1, Relaxed);
@@ -181,6 +186,13 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Retries of a request on another try.",
         one(&RETRIES),
+    );
+    family(
+        &mut o,
+        "switchyard_retries_denied_total",
+        "counter",
+        "Retries the policy allowed but the retry budget refused (the client got the failure).",
+        one(&RETRIES_DENIED),
     );
     family(
         &mut o,
