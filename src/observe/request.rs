@@ -26,6 +26,8 @@ pub struct Observer {
     tunnel_in: u64,
     /// The response became a tunnel, whose end is not the client leaving.
     tunnel: bool,
+    /// The line was written (or handed to the exporter): nothing left for `Drop` to do.
+    finished: bool,
     inner: Option<Box<dyn OnDone>>,
     trace: Trace,
 }
@@ -83,6 +85,7 @@ impl Observer {
             sent: 0,
             tunnel_in: 0,
             tunnel: false,
+            finished: false,
             inner: None,
             trace: Trace::default(),
         }
@@ -178,6 +181,29 @@ impl OnDone for Observer {
         if let Some(i) = self.inner.take() {
             i.done(complete);
         }
+        self.finish(complete);
+    }
+}
+
+/// A request whose handling was dropped before a response existed: an HTTP/2 client that reset
+/// its stream or closed the connection while the backend worked. It is logged as NGINX logs
+/// it, status 499 (client closed request) with `downstream_closed`, instead of leaving no trace
+/// of a request the backend served.
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if !self.finished {
+            if self.entry.status == 0 {
+                self.entry.status = 499;
+            }
+            self.finish(false);
+        }
+    }
+}
+
+impl Observer {
+    /// Writes the access-log line and exports the span, once.
+    fn finish(&mut self, complete: bool) {
+        self.finished = true;
         let mut e = std::mem::take(&mut self.entry);
         e.bytes_out = self.sent;
         e.bytes_in = self

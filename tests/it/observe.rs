@@ -184,6 +184,42 @@ fn the_dashboard_and_the_docs_name_only_metrics_that_exist() {
     }
 }
 
+/// An HTTP/2 request the client cancels (RST_STREAM) while the backend works still gets its
+/// access-log line, as NGINX logs it: 499, `downstream_closed`.
+#[test]
+fn an_http2_request_cancelled_before_its_response_is_logged_499() {
+    let be = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+        config(&format!("backends = [{}]", be.list())),
+        log.display().to_string()
+    ));
+    be.rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get(format!("http://{}/delay/1500", lb.addr))
+            .header("x-request-id", "cancelled-1")
+            .body(())
+            .unwrap();
+        let (resp, mut stream) = client.send_request(req, true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+        // The connection stays open; only the stream is gone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let lines = access_lines(&log, 1);
+    let l = &lines[0];
+    assert_eq!(l["status"], 499, "{l}");
+    assert_eq!(l["path"], "/delay/1500", "{l}");
+    assert_eq!(l["error"], "downstream_closed", "{l}");
+    assert_eq!(l["protocol"], "HTTP/2.0", "{l}");
+}
+
 #[test]
 fn access_log_has_a_line_per_request_including_errors_switchyard_made() {
     let be = backends(1);
