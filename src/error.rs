@@ -34,11 +34,13 @@ pub enum ProxyError {
     PlainHttpOnTls,
     /// The route's `rate_limit` is used up for this client (or the route).
     RateLimited,
+    /// A client that began a request sent neither its whole head nor its body in time.
+    ClientTimeout,
 }
 
 impl ProxyError {
     /// Every variant, for metrics and lookups.
-    pub const ALL: [ProxyError; 13] = [
+    pub const ALL: [ProxyError; 14] = [
         ProxyError::NoRoute,
         ProxyError::NoBackend,
         ProxyError::Overloaded,
@@ -52,6 +54,7 @@ impl ProxyError {
         ProxyError::UpgradeUnsupported,
         ProxyError::PlainHttpOnTls,
         ProxyError::RateLimited,
+        ProxyError::ClientTimeout,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -68,6 +71,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -87,6 +91,7 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported => "upgrade_unsupported",
             ProxyError::PlainHttpOnTls => "plain_http_to_https_port",
             ProxyError::RateLimited => "rate_limited",
+            ProxyError::ClientTimeout => "client_timeout",
         }
     }
 

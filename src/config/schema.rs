@@ -63,6 +63,12 @@ pub struct ListenerConfig {
     /// as sent by HAProxy's `send-proxy` or an AWS NLB; one without is closed. *restart*
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<bool>,
+    /// Time a client has to send a request head, and then its body, from when the connection
+    /// (or its previous request) ended; a request begun and not finished in it gets 408.
+    /// Default 30s (HAProxy's `timeout http-request` is often 10s, NGINX's
+    /// `client_header_timeout` 60s). *restart*
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<Dur>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -113,6 +113,12 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 p.push(Problem::new(format!("{path}.max_request_body"), e));
             }
         }
+        if l.header_timeout.is_some_and(|d| d.get().is_zero()) {
+            p.push(Problem::new(
+                format!("{path}.header_timeout"),
+                "must be above 0, or no request could ever arrive",
+            ));
+        }
         if let Some(tls) = &l.tls {
             // Without certificates, `redirect_https = true` makes a plain listener that redirects.
             if tls.certificates.is_empty() && tls.redirect_https != Some(true) {

@@ -79,6 +79,8 @@ pub struct Bound {
     pub mode: Arc<Mode>,
     /// Connections start with a PROXY protocol header ([`proxy_protocol`]).
     pub proxy_protocol: bool,
+    /// `header_timeout` of the listener.
+    pub header_timeout: Duration,
     sockets: Vec<std::net::TcpListener>,
 }
 
@@ -88,11 +90,13 @@ pub struct WorkerSocket {
     max_body: u64,
     mode: Arc<Mode>,
     proxy_protocol: bool,
+    header_timeout: Duration,
 }
 
 impl Bound {
     pub fn into_sockets(self) -> Vec<WorkerSocket> {
         let (max_body, mode, proxy_protocol) = (self.max_body, self.mode, self.proxy_protocol);
+        let header_timeout = self.header_timeout;
         self.sockets
             .into_iter()
             .map(|socket| WorkerSocket {
@@ -100,6 +104,7 @@ impl Bound {
                 max_body,
                 mode: mode.clone(),
                 proxy_protocol,
+                header_timeout,
             })
             .collect()
     }
@@ -141,6 +146,7 @@ pub fn bind(
         max_body,
         mode: Arc::new(Mode::Plain),
         proxy_protocol: false,
+        header_timeout: HEADER_READ_TIMEOUT,
         sockets,
     })
 }
@@ -189,6 +195,7 @@ pub fn set_modes(
     let mut out = Vec::new();
     for (c, b) in cfg.iter().zip(bound.iter_mut()) {
         b.proxy_protocol = c.proxy_protocol == Some(true);
+        b.header_timeout = c.header_timeout.map_or(HEADER_READ_TIMEOUT, |d| d.get());
         if let Some(t) = c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
             let l = tls::TlsListener::new(&c.bind, t)
                 .map_err(|e| format!("listener {}: {e}", c.bind))?;
@@ -236,29 +243,6 @@ pub fn run_worker(
         }
     };
     rt.block_on(async move {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .max_buf_size(MAX_HEADER_BYTES)
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            // Bounds per client connection: 256 streams (NGINX's http2_max_concurrent_streams
-            // is 128, Envoy's 2^31); 1 MiB per stream and 4 MiB per connection of flow-control
-            // window, so one connection cannot make the proxy buffer more than that.
-            .max_concurrent_streams(256)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            // A header block larger than this is refused, however many CONTINUATION frames it
-            // is split into (the 2024 CONTINUATION-flood class of attacks).
-            .max_header_list_size(MAX_HEADER_BYTES as u32)
-            // Rapid reset (CVE-2023-44487): a client that resets more than 50 streams before
-            // they are served gets GOAWAY ENHANCE_YOUR_CALM; see tests/it/http2.rs.
-            .max_pending_accept_reset_streams(50)
-            .max_local_error_reset_streams(256)
-            .enable_connect_protocol();
-        let builder = Builders { h1, h2 };
-        let builder = Arc::new(builder);
         let tracker = Arc::new(Tracker::default());
         tokio::spawn(async {
             let mut every = tokio::time::interval(proxy::pool::SWEEP_EVERY);
@@ -272,8 +256,10 @@ pub fn run_worker(
             max_body,
             mode,
             proxy_protocol,
+            header_timeout,
         } in listeners
         {
+            let builder = builders(header_timeout);
             // Read-only interest: the listener is only ever accepted from.
             let read = tokio::io::Interest::READABLE;
             // SAFETY: the AsyncFd owns the std listener, whose descriptor stays open and the
@@ -447,6 +433,38 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 struct Builders {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    /// The listener's `header_timeout`, for the relay and the first read too.
+    header_timeout: Duration,
+}
+
+/// hyper's servers as one listener configures them.
+fn builders(header_timeout: Duration) -> Arc<Builders> {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .max_buf_size(MAX_HEADER_BYTES)
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        // Bounds per client connection: 256 streams (NGINX's http2_max_concurrent_streams
+        // is 128, Envoy's 2^31); 1 MiB per stream and 4 MiB per connection of flow-control
+        // window, so one connection cannot make the proxy buffer more than that.
+        .max_concurrent_streams(256)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        // A header block larger than this is refused, however many CONTINUATION frames it
+        // is split into (the 2024 CONTINUATION-flood class of attacks).
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        // Rapid reset (CVE-2023-44487): a client that resets more than 50 streams before
+        // they are served gets GOAWAY ENHANCE_YOUR_CALM; see tests/it/http2.rs.
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(256)
+        .enable_connect_protocol();
+    Arc::new(Builders {
+        h1,
+        h2,
+        header_timeout,
+    })
 }
 
 type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -558,7 +576,13 @@ async fn serve_redirect(
     conn: Conn,
 ) {
     let mut stop = conn.stop.clone();
-    let Some((prefix, h2)) = sniff_first(&mut stream, bytes::BytesMut::new(), &mut stop).await
+    let Some((prefix, h2)) = sniff_first(
+        &mut stream,
+        bytes::BytesMut::new(),
+        &mut stop,
+        conn.builder.header_timeout,
+    )
+    .await
     else {
         return;
     };
@@ -594,6 +618,7 @@ async fn sniff_first<IO>(
     io: &mut IO,
     buf: bytes::BytesMut,
     stop: &mut watch::Receiver<bool>,
+    timeout: Duration,
 ) -> Option<(bytes::BytesMut, bool)>
 where
     IO: tokio::io::AsyncRead + Unpin,
@@ -602,7 +627,7 @@ where
     // shutdown wait (or a timer: the timeout is only armed if the read has to wait).
     let first = tokio::select! {
         biased;
-        r = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff::sniff(io, buf)) => r,
+        r = tokio::time::timeout(timeout, sniff::sniff(io, buf)) => r,
         _ = async { let _ = stop.wait_for(|s| *s).await; } => return None,
     };
     let Ok(Ok((prefix, h2))) = first else {
@@ -618,7 +643,9 @@ async fn serve_plain(mut stream: ClientStream, info: ConnInfo, conn: Conn) {
     // The read buffer comes from the worker's spares and goes back there when the connection
     // closes: a connection per request allocates (and glibc trims) no buffer.
     let spare = proxy::relay::idle::buffer();
-    let Some((mut buf, h2)) = sniff_first(&mut stream, spare, &mut stop).await else {
+    let Some((mut buf, h2)) =
+        sniff_first(&mut stream, spare, &mut stop, conn.builder.header_timeout).await
+    else {
         return;
     };
     if !h2 {
@@ -628,7 +655,7 @@ async fn serve_plain(mut stream: ClientStream, info: ConnInfo, conn: Conn) {
             &conn.shared,
             &info,
             &stop,
-            HEADER_READ_TIMEOUT,
+            conn.builder.header_timeout,
         )
         .await;
         if let proxy::relay::End::Close = end {
@@ -657,7 +684,14 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut stop = conn.stop.clone();
-    let Some((prefix, h2)) = sniff_first(&mut io, bytes::BytesMut::new(), &mut stop).await else {
+    let Some((prefix, h2)) = sniff_first(
+        &mut io,
+        bytes::BytesMut::new(),
+        &mut stop,
+        conn.builder.header_timeout,
+    )
+    .await
+    else {
         return;
     };
     serve_sniffed(io, prefix.freeze(), h2, info, conn).await;

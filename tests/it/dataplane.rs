@@ -364,6 +364,50 @@ fn proxy_protocol_headers_name_the_client_and_connections_without_one_are_closed
     assert_eq!(lines.len(), 3, "{lines:?}");
 }
 
+/// A client too slow with its request head (slowloris) or body gets 408 when the listener's
+/// `header_timeout` passes, access-logged and counted, as HAProxy and NGINX answer; an idle
+/// keep-alive connection is closed without one.
+#[test]
+fn a_request_not_finished_within_the_header_timeout_gets_408() {
+    use std::io::{Read, Write};
+    let be = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {:?}\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\nheader_timeout = \"600ms\"\n\
+         [upstreams.web]\nbackends = [{}]\n",
+        log.display().to_string(),
+        be.list()
+    ));
+    let answer = |parts: &[&[u8]]| {
+        let mut c = std::net::TcpStream::connect(lb.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for p in parts {
+            c.write_all(p).unwrap();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let t = Instant::now();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        (out, t.elapsed())
+    };
+    // Headers a few bytes at a time, never finished.
+    let (r, _) = answer(&[b"GET / HT", b"TP/1.1\r\nHo", b"st: a\r\n"]);
+    assert!(r.starts_with("HTTP/1.1 408"), "{r:?}");
+    assert!(r.contains("x-switchyard-error: client_timeout"), "{r}");
+    // A body promised and not sent.
+    let (r, _) = answer(&[b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12"]);
+    assert!(r.starts_with("HTTP/1.1 408"), "{r:?}");
+    // Idle after a whole request: closed, no 408.
+    let (r, _) = answer(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r:?}");
+    assert!(!r.contains("408"), "{r}");
+    let lines = access_lines(&log, 3);
+    let timeouts = lines.iter().filter(|l| l["status"] == 408).count();
+    assert_eq!(timeouts, 2, "{lines:?}");
+}
+
 #[test]
 fn request_body_over_the_limit_gets_413() {
     let be = backends(1);

@@ -92,7 +92,8 @@ pub async fn serve(
     let mut ended: Option<Instant> = None;
     loop {
         let idle_from = ended.take().unwrap_or_else(Instant::now);
-        timer.set((idle_from + header_timeout).into());
+        let mut due = idle_from + header_timeout;
+        timer.set(due.into());
         let mut req = loop {
             if !buf.is_empty() {
                 // The configuration as of this request's arrival, not the connection's last one.
@@ -104,17 +105,26 @@ pub async fn serve(
                 }
             }
             if !read_more(io, buf, stopped.as_mut(), &mut timer).await {
+                // A request begun and not finished in time gets a 408 (an idle keep-alive
+                // connection is closed without one, as NGINX and HAProxy do).
+                if !buf.is_empty() && Instant::now() >= due {
+                    client_timed_out(io, shared, conn).await;
+                }
                 return End::Close;
             }
         };
         let (head_len, body_len) = (req.head_len, req.body_len as usize);
         // The body has its own time from the end of the head (the head's ran from idle).
         if buf.len() < head_len + body_len {
-            timer.set(tokio::time::Instant::now() + header_timeout);
+            due = Instant::now() + header_timeout;
+            timer.set(due.into());
         }
         while buf.len() < head_len + body_len {
             buf.reserve(head_len + body_len - buf.len());
             if !read_more(io, buf, stopped.as_mut(), &mut timer).await {
+                if Instant::now() >= due {
+                    client_timed_out(io, shared, conn).await;
+                }
                 return End::Close;
             }
         }
@@ -296,6 +306,32 @@ async fn exchange(
 /// What an exchange came to: status, Switchyard's error reason, body bytes sent, whether the
 /// response went out whole, and when it ended if the client connection can go on.
 type Outcome = (u16, Option<&'static str>, u64, bool, Option<Instant>);
+
+/// Answers a client too slow to send its request head or body: 408 and close, access-logged
+/// (method and path are what arrived of them, if anything) and counted like every response
+/// Switchyard makes. The write gets a second, not the client's pace.
+async fn client_timed_out(io: &mut ClientStream, shared: &Shared, conn: &ConnInfo) {
+    let id = crate::proxy::headers::new_request_id();
+    let e = ProxyError::ClientTimeout;
+    let (out, body_len) = head::error_response(e, &id, false, true);
+    let wrote = tokio::time::timeout(Duration::from_secs(1), io.write_all(&out)).await;
+    crate::observe::metrics::downstream_response(e.status().as_u16());
+    if let Some(log) = &shared.access_log {
+        let mut entry = Entry {
+            time: access_log::rfc3339(SystemTime::now()),
+            request_id: String::from_utf8_lossy(&id).into_owned(),
+            client: conn.client.to_string(),
+            protocol: "HTTP/1.1",
+            status: e.status().as_u16(),
+            error: Some(e.reason()),
+            ..Entry::default()
+        };
+        if matches!(wrote, Ok(Ok(()))) {
+            entry.bytes_out = body_len;
+        }
+        log.log(&entry);
+    }
+}
 
 /// Answers with a response Switchyard makes itself.
 async fn local_error(
