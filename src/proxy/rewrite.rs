@@ -2,8 +2,8 @@
 //! prefix rewrite (`rewrite_prefix`), header edits (`request_headers`, `response_headers`) and
 //! its rate limit (`rate_limit`, [`super::ratelimit`]).
 //! Compiled once per snapshot from the route's configuration, so a request only walks ready
-//! header names and values. Requests on such a route take hyper's path, not the relay's (whose
-//! head is forwarded nearly verbatim), so the relay's hot loop has no per-route branches.
+//! header names and values. Both request paths carry them out: hyper's on its header maps, the
+//! relay while it copies the heads (a route without edits costs it one `is_none` check).
 
 use super::ratelimit::RateLimiter;
 use crate::config::{HeaderRules, RouteConfig};
@@ -46,6 +46,44 @@ impl HeaderEdits {
         self.remove.is_empty() && self.set.is_empty()
     }
 
+    /// Whether a header line named `name` is replaced or removed by these edits.
+    pub fn touches(&self, name: &[u8]) -> bool {
+        let is = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+        self.remove.iter().any(is) || self.set.iter().any(|(n, _)| is(n))
+    }
+
+    /// Writes the `set` headers as HTTP/1 lines (the relay's heads).
+    pub fn push_set(&self, out: &mut Vec<u8>) {
+        for (n, v) in &self.set {
+            out.extend_from_slice(n.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Edits an HTTP/1 head written by the relay (and whatever body follows it in `msg`): lines
+    /// these edits touch are dropped, the `set` ones added before the blank line.
+    pub fn edit_head(&self, msg: &mut Vec<u8>) {
+        let Some(end) = msg.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return;
+        };
+        let mut out = Vec::with_capacity(msg.len() + 64);
+        let mut lines = msg[..end + 2].split_inclusive(|b| *b == b'\n');
+        if let Some(start) = lines.next() {
+            out.extend_from_slice(start);
+        }
+        for line in lines {
+            let name = line.split(|b| *b == b':').next().unwrap_or(line);
+            if !self.touches(name) {
+                out.extend_from_slice(line);
+            }
+        }
+        self.push_set(&mut out);
+        out.extend_from_slice(&msg[end + 2..]);
+        *msg = out;
+    }
+
     pub fn apply(&self, h: &mut HeaderMap) {
         for n in &self.remove {
             h.remove(n);
@@ -79,6 +117,21 @@ impl RouteActions {
             || !a.response.is_empty()
             || a.limiter.is_some())
         .then_some(a)
+    }
+
+    /// Whether the relay can carry out these edits: not when they touch the headers it adds
+    /// itself after copying the client's (`X-Forwarded-*`, `X-Request-Id`), whose order with
+    /// the edits only hyper's path keeps.
+    pub fn relayable(&self) -> bool {
+        const ADDED: [&[u8]; 4] = [
+            b"x-forwarded-for",
+            b"x-forwarded-proto",
+            b"x-forwarded-host",
+            b"x-request-id",
+        ];
+        !ADDED
+            .iter()
+            .any(|n| self.request.touches(n) || self.response.touches(n))
     }
 
     /// The origin-form target sent upstream for `target` (path and query) whose first
@@ -136,6 +189,22 @@ mod tests {
                 "{prefix} -> {to}: {target}"
             );
         }
+    }
+
+    #[test]
+    fn relay_heads_are_edited_line_by_line_and_keep_their_body() {
+        let rules = HeaderRules {
+            set: [("x-route".to_string(), "api".to_string())].into(),
+            remove: vec!["server".into()],
+        };
+        let e = HeaderEdits::compile(Some(&rules));
+        let mut msg =
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nX-Route: old\r\ncontent-length: 2\r\n\r\nhi".to_vec();
+        e.edit_head(&mut msg);
+        assert_eq!(
+            String::from_utf8(msg).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-route: api\r\n\r\nhi"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub struct Matched<'a> {
     /// Length of the matched path prefix, for `rewrite_prefix`.
     pub prefix_len: usize,
     /// What the route does besides choosing the upstream, if anything.
-    pub actions: Option<&'a RouteActions>,
+    pub actions: Option<&'a Arc<RouteActions>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -129,7 +129,7 @@ impl Router {
             .map(|r| Matched {
                 upstream: r.upstream,
                 prefix_len: r.prefix.len(),
-                actions: r.actions.as_deref(),
+                actions: r.actions.as_ref(),
             })
     }
 }

@@ -72,6 +72,8 @@ pub async fn forward(
         close: false,
         // The id goes to `super::forward` directly; this field is the HTTP/1 path's.
         request_id: head::RequestId::Client(0, 0),
+        // hyper's path has applied the route's edits to the request and does the response's.
+        actions: None,
     };
     // The relay's connections keep one timer for all their waits; a request from hyper has
     // this one (armed only if the backend makes it wait).

@@ -78,6 +78,8 @@ pub struct Request {
     pub close: bool,
     /// `X-Request-Id` as sent upstream, echoed to the client.
     pub request_id: RequestId,
+    /// The route's header edits and the like, when it has any.
+    pub actions: Option<Arc<crate::proxy::rewrite::RouteActions>>,
 }
 
 /// The request id: the client's own (a range of the head) or one made here.
@@ -298,16 +300,14 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         return Parsed::Handoff;
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    // A route that rewrites the path or edits headers is served on hyper's path.
-    let Some(up_idx) = snap
-        .router
-        .route(host_str, path)
-        .filter(|m| m.actions.is_none())
-        .map(|m| m.upstream)
-    else {
+    let Some(matched) = snap.router.route(host_str, path) else {
         return Parsed::Handoff;
     };
-    let upstream = &snap.upstreams[up_idx];
+    let actions = matched.actions;
+    if actions.is_some_and(|a| !a.relayable()) {
+        return Parsed::Handoff;
+    }
+    let upstream = &snap.upstreams[matched.upstream];
     if upstream.connector.is_h2() || upstream.connector.is_tls() {
         return Parsed::Handoff;
     }
@@ -318,15 +318,32 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         _ => 0,
     };
 
+    // Last, so that no hand-off after it charges the client twice. A refused request is
+    // answered (429) on hyper's path, which checks again.
+    if let Some(l) = actions.and_then(|a| a.limiter.as_ref()) {
+        if l.check(conn.client.ip(), std::time::Instant::now())
+            .is_err()
+        {
+            return Parsed::Handoff;
+        }
+    }
+    let rewritten = actions.and_then(|a| a.rewrite(target, matched.prefix_len));
+    let verbatim = if rewritten.is_some() {
+        0
+    } else {
+        head.verbatim
+    };
+
     // The head as it goes upstream.
     let mut out = Vec::with_capacity(head_len + 160);
-    if head.verbatim == 0 {
+    if verbatim == 0 {
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(rewritten.as_deref().unwrap_or(target).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
     }
-    let mut copy = Copier::new(head.verbatim);
+    let mut copy = Copier::new(verbatim);
+    let edits = actions.map(|a| &a.request);
     let named = &named[..named_len];
     let own_id = request_id.is_some_and(|v| !v.is_empty() && v.len() <= 200);
     if !own_id {
@@ -334,12 +351,18 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     }
     for (i, f) in head.fields.iter().enumerate() {
         let n = f.name(buf);
-        if dropped & (1u128 << i) != 0 || named.iter().any(|t| n.eq_ignore_ascii_case(t)) {
+        if dropped & (1u128 << i) != 0
+            || named.iter().any(|t| n.eq_ignore_ascii_case(t))
+            || edits.is_some_and(|e| e.touches(n))
+        {
             continue;
         }
         copy.keep(&mut out, buf, f);
     }
     copy.flush(&mut out, buf);
+    if let Some(e) = edits {
+        e.push_set(&mut out);
+    }
     out.extend_from_slice(b"x-forwarded-for: ");
     // Every line in order, as one list (RFC 9110 §5.3), as the hyper path joins them.
     while forwarded_for != 0 {
@@ -385,6 +408,7 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         is_head: method == "HEAD",
         close,
         request_id,
+        actions: actions.cloned(),
     })
 }
 

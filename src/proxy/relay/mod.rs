@@ -341,7 +341,10 @@ async fn local_error(
     request_id: &[u8],
     close: bool,
 ) -> Outcome {
-    let (out, body_len) = head::error_response(e, request_id, req.is_head, close);
+    let (mut out, body_len) = head::error_response(e, request_id, req.is_head, close);
+    if let Some(a) = &req.actions {
+        a.response.edit_head(&mut out);
+    }
     let ok = io.write_all(&out).await.is_ok();
     let at = ok.then(Instant::now);
     (e.status().as_u16(), Some(e.reason()), body_len, ok, at)
@@ -588,7 +591,12 @@ async fn exchange_head(
                 match parsed {
                     Err(()) => return Err(Failed::Error(ProxyError::UpstreamReset)),
                     Ok(ParsedResponse::Interim(n)) => buf.advance(n),
-                    Ok(ParsedResponse::Ready(r)) => return Ok((buf, r, client_head)),
+                    Ok(ParsedResponse::Ready(r)) => {
+                        if let Some(a) = &req.actions {
+                            a.response.edit_head(&mut client_head);
+                        }
+                        return Ok((buf, r, client_head));
+                    }
                     Ok(ParsedResponse::Partial) => break,
                 }
             }
