@@ -38,8 +38,6 @@ pub fn reload_from_file(shared: &Shared, source: &str) {
         return;
     };
     match crate::config::load_file(path) {
-        Ok((_, text))
-            if source == "file" && shared.last_written().as_deref() == Some(text.as_str()) => {}
         Ok((mut cfg, _)) => {
             // The file names a discovered upstream's seed backends; the source owns the live
             // list, which a reload keeps (as HAProxy and Envoy leave provider-owned endpoints
@@ -48,8 +46,25 @@ pub fn reload_from_file(shared: &Shared, source: &str) {
             if let Some(d) = shared.discovered.get() {
                 d.overlay(&mut cfg);
             }
-            match shared.apply(cfg, source, false) {
-                Ok(v) => tracing::info!(version = v, source, "configuration reloaded"),
+            // The file is compared with the running configuration, not with what this process
+            // last wrote: the write-back of an API change parses to what is running and applies
+            // nothing, while a file put back to an earlier write-back after some other change
+            // (an edit, SIGHUP) differs from what is running and is applied.
+            match shared.apply_checked(cfg, source, false, None) {
+                // The watcher sees every write-back of its own: not worth a line. A signal is
+                // an operator asking, who is told.
+                Ok(a) if a.changes.is_empty() && source == "file" => {
+                    tracing::debug!(
+                        version = a.version,
+                        "the file matches the running configuration"
+                    )
+                }
+                Ok(a) if a.changes.is_empty() => tracing::info!(
+                    version = a.version,
+                    source,
+                    "configuration unchanged: the file matches the running configuration"
+                ),
+                Ok(a) => tracing::info!(version = a.version, source, "configuration reloaded"),
                 Err(e) => tracing::error!(
                     source,
                     "reload refused, keeping the running configuration: {}",

@@ -841,3 +841,48 @@ fn update_config_patch_reports_every_problem_with_its_path() {
     assert_eq!(upstreams(&lb)["config_version"], 1, "nothing was applied");
     assert_eq!(std::fs::read_to_string(&lb.path).unwrap(), file_before);
 }
+
+/// The file watcher compares the file with the running configuration, not with its own last
+/// write-back: a file put back to what the API once wrote, after an edit changed the running
+/// configuration, is applied; the write-back itself applies nothing.
+#[test]
+fn a_file_put_back_to_an_api_write_back_is_applied() {
+    let be = backends(3);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let shared = &lb.running().shared;
+    let count = || shared.current().upstreams[0].backends.len();
+    let r = client()
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"remove": [be.addrs[2].to_string()]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(count(), 2);
+    let written = std::fs::read_to_string(&lb.path).unwrap();
+    assert!(!written.contains(&be.addrs[2].to_string()), "{written}");
+    // An operator adds the backend back by hand: applied.
+    let edited = written.replace(
+        &format!("address = \"{}\" }}", be.addrs[1]),
+        &format!(
+            "address = \"{}\" }}, {{ address = \"{}\" }}",
+            be.addrs[1], be.addrs[2]
+        ),
+    );
+    assert_ne!(edited, written);
+    std::fs::write(&lb.path, &edited).unwrap();
+    assert!(eventually(Duration::from_secs(10), || count() == 3));
+    // ... and puts the file back to what the API wrote: what runs must follow the file again.
+    std::fs::write(&lb.path, &written).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || count() == 2),
+        "the file lists 2 backends, 3 are running"
+    );
+    let sources: Vec<String> = shared.versions().into_iter().map(|v| v.source).collect();
+    assert_eq!(
+        sources.len(),
+        4,
+        "the write-back is no version: {sources:?}"
+    );
+    assert_eq!(sources[0], "start");
+    assert_eq!(&sources[2..], ["file", "file"], "{sources:?}");
+}
