@@ -886,3 +886,60 @@ fn a_file_put_back_to_an_api_write_back_is_applied() {
     assert_eq!(sources[0], "start");
     assert_eq!(&sources[2..], ["file", "file"], "{sources:?}");
 }
+
+/// A file rewritten in place in two writes, a pause shorter than the watcher's quiet window
+/// between them, is applied whole: no version ever holds the first half, although the first half
+/// alone is a valid configuration. Several rounds at different moments, since a watcher's poll
+/// lands in the pause only sometimes.
+#[test]
+fn a_file_written_in_two_pieces_is_applied_only_whole() {
+    use std::io::Write;
+    let be = backends(1);
+    let b0 = be.addrs[0];
+    // Round k's first piece is valid alone (weight k, the default connect timeout); the second
+    // sets the connect timeout to k seconds.
+    let pieces = |k: u32| {
+        let head = config(&format!(
+            "backends = [{{ address = \"{b0}\", weight = {k} }}]"
+        ));
+        (head, format!("timeouts = {{ connect = \"{k}s\" }}\n"))
+    };
+    let (head, tail) = pieces(100);
+    let lb = start(&format!("{head}{tail}"));
+    let shared = &lb.running().shared;
+    let shape = |c: &switchyard::config::Config| {
+        let u = &c.upstreams["web"];
+        (
+            u.backends[0].weight,
+            u.timeouts.connect.map(|d| d.to_string()),
+        )
+    };
+    for k in 1..=8 {
+        // A different moment in each round: the rounds would otherwise fall into step with the
+        // watcher's poll (each starts just after a change was applied).
+        std::thread::sleep(Duration::from_millis(60 * u64::from(k)));
+        let (head, tail) = pieces(k);
+        let mut f = std::fs::File::create(&lb.path).unwrap();
+        f.write_all(head.as_bytes()).unwrap();
+        f.sync_data().unwrap();
+        // Well under the 500 ms window, with room for a loaded machine's late wake-up.
+        std::thread::sleep(Duration::from_millis(200));
+        f.write_all(tail.as_bytes()).unwrap();
+        drop(f);
+        assert!(
+            eventually(Duration::from_secs(10), || shape(&shared.current().config)
+                == (k, Some(format!("{k}s")))),
+            "round {k} not applied"
+        );
+    }
+    for v in shared.versions() {
+        let (weight, connect) = shape(&v.config);
+        assert_eq!(
+            connect,
+            Some(format!("{weight}s")),
+            "version {} from {} holds a half-written file",
+            v.version,
+            v.source
+        );
+    }
+}
