@@ -159,7 +159,6 @@ pub struct Shared {
     versions: Mutex<VecDeque<Version>>,
     /// Serialises changes: two API calls never interleave validate and swap.
     apply_lock: Mutex<()>,
-    written: Mutex<Option<String>>,
     /// The access log, when `log.access` is not "off" (set at start; changes need a restart).
     pub access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
     /// OTLP span exporter, when `log.otlp_endpoint` is set (set once at start).
@@ -227,7 +226,6 @@ impl Shared {
             started: Instant::now(),
             versions: Mutex::new(VecDeque::from([first])),
             apply_lock: Mutex::new(()),
-            written: Mutex::new(None),
             access_log,
             otlp: std::sync::OnceLock::new(),
             bound: std::sync::OnceLock::new(),
@@ -300,16 +298,13 @@ impl Shared {
                 // stop the change: an operator draining a backend mid-incident must be able to,
                 // as HAProxy's runtime API and Envoy's never write a file. The answer, the log
                 // and the event say the file no longer matches.
-                match write_atomically(path, &text) {
-                    Ok(()) => *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(text),
-                    Err(e) => {
-                        let why = format!(
-                            "in service but not written to {}: {e}; a restart would undo it",
-                            path.display()
-                        );
-                        tracing::warn!("{why}");
-                        not_written = Some(why);
-                    }
+                if let Err(e) = write_atomically(path, &text) {
+                    let why = format!(
+                        "in service but not written to {}: {e}; a restart would undo it",
+                        path.display()
+                    );
+                    tracing::warn!("{why}");
+                    not_written = Some(why);
                 }
             }
         }
@@ -351,12 +346,6 @@ impl Shared {
             changes,
             not_written,
         })
-    }
-
-    /// The text this process last wrote to the config file, so the file watcher can tell its own
-    /// writes from an operator's edit.
-    pub fn last_written(&self) -> Option<String> {
-        self.written.lock().ok().and_then(|w| w.clone())
     }
 
     pub fn versions(&self) -> Vec<Version> {

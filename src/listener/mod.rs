@@ -287,8 +287,12 @@ pub fn run_worker(
                     let (stream, client) = match accepted {
                         Ok(x) => x,
                         Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!("accept: {e}");
+                            // EMFILE and friends: back off instead of spinning, and log once
+                            // a second at most, for every worker: at the fd limit each one
+                            // fails twenty times a second.
+                            if let Some(n) = ACCEPT_LOG.hit() {
+                                tracing::warn!("accept: {e} ({n} since the last such line)");
+                            }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
@@ -383,6 +387,9 @@ pub fn run_worker(
         }
     });
 }
+
+static ACCEPT_LOG: crate::observe::throttle::Throttle =
+    crate::observe::throttle::Throttle::new(Duration::from_secs(1));
 
 /// Accepts a connection as a non-blocking socket not yet registered with the event loop: a
 /// plain connection is registered only if it has to wait ([`ClientStream`]).

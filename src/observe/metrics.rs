@@ -24,6 +24,7 @@ static TLS_RELOADS_FAILED: AtomicU64 = AtomicU64::new(0);
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static RETRIES_DENIED: AtomicU64 = AtomicU64::new(0);
 static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+static HEALTH_INCONCLUSIVE: AtomicU64 = AtomicU64::new(0);
 
 static MADE: [AtomicU64; ProxyError::ALL.len()] =
     [const { AtomicU64::new(0) }; ProxyError::ALL.len()];
@@ -83,6 +84,10 @@ pub fn retry_denied() {
 }
 pub fn access_log_dropped() {
     ACCESS_LOG_DROPPED.fetch_add(1, Relaxed);
+}
+/// An active health check that could not be made for a reason of this process's own.
+pub fn health_check_inconclusive() {
+    HEALTH_INCONCLUSIVE.fetch_add(1, Relaxed);
 }
 /// An error response Switchyard made itself.
 pub fn error_made(e: ProxyError) {
@@ -200,6 +205,13 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Access log lines dropped because the writer fell behind.",
         one(&ACCESS_LOG_DROPPED),
+    );
+    family(
+        &mut o,
+        "switchyard_health_checks_inconclusive_total",
+        "counter",
+        "Active health checks that could not be made for a local reason (no file descriptor, buffer or memory for the socket), counted neither as a failure nor a success.",
+        one(&HEALTH_INCONCLUSIVE),
     );
     let mut by_class = [0u64; 5];
     for c in THREAD_CLASSES

@@ -99,11 +99,24 @@ impl Connector {
         socket: Option<SocketAddr>,
         timeout: Duration,
     ) -> Result<Box<dyn Io>, ProxyError> {
+        self.dial_checked(address, socket, timeout)
+            .await
+            .map_err(DialError::into_proxy)
+    }
+
+    /// [`Connector::dial`], telling a failure of this process's own ([`DialError::Local`]) from
+    /// the backend's.
+    pub async fn dial_checked(
+        &self,
+        address: &str,
+        socket: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Box<dyn Io>, DialError> {
         let work = async {
             let stream = tcp(address, socket).await?;
             let tls = match &self.tls {
                 None => return Ok(Box::new(stream) as Box<dyn Io>),
-                Some(Err(_)) => return Err(ProxyError::ConnectFailed),
+                Some(Err(_)) => return Err(ProxyError::ConnectFailed.into()),
                 Some(Ok(t)) => t,
             };
             let name = match &tls.server_name {
@@ -115,7 +128,7 @@ impl Connector {
                 Ok(s) => Ok(Box::new(s) as Box<dyn Io>),
                 Err(e) => {
                     tracing::warn!(backend = address, "TLS handshake with backend failed: {e}");
-                    Err(ProxyError::ConnectFailed)
+                    Err(ProxyError::ConnectFailed.into())
                 }
             }
         };
@@ -125,13 +138,55 @@ impl Connector {
     }
 }
 
+/// Why a dial failed.
+#[derive(Debug)]
+pub enum DialError {
+    /// This process could not make the socket ([`is_local_shortage`]): it says nothing about the
+    /// backend, which was never asked.
+    Local(std::io::Error),
+    /// The backend refused, did not answer in time, or failed the TLS handshake.
+    Backend(ProxyError),
+}
+
+impl From<ProxyError> for DialError {
+    fn from(e: ProxyError) -> Self {
+        DialError::Backend(e)
+    }
+}
+
+impl DialError {
+    /// As the proxy sees it: the request did not reach a backend either way.
+    pub fn into_proxy(self) -> ProxyError {
+        match self {
+            DialError::Local(_) => ProxyError::ConnectFailed,
+            DialError::Backend(e) => e,
+        }
+    }
+}
+
+/// True when `e` is this process running short of a resource to make a socket with: file
+/// descriptors (EMFILE, the process's limit; ENFILE, the system's), socket buffers (ENOBUFS) or
+/// memory (ENOMEM). A connect failing so was never sent, and must not count against a backend.
+pub fn is_local_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// A TCP connection to a backend, with Nagle off (requests and responses are written whole).
-async fn tcp(address: &str, socket: Option<SocketAddr>) -> Result<TcpStream, ProxyError> {
+async fn tcp(address: &str, socket: Option<SocketAddr>) -> Result<TcpStream, DialError> {
     let stream = match socket {
         Some(sa) => TcpStream::connect(sa).await,
         None => TcpStream::connect(address).await,
     }
-    .map_err(|_| ProxyError::ConnectFailed)?;
+    .map_err(|e| {
+        if is_local_shortage(&e) {
+            DialError::Local(e)
+        } else {
+            DialError::Backend(ProxyError::ConnectFailed)
+        }
+    })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -145,6 +200,7 @@ pub async fn dial_tcp(
     tokio::time::timeout(timeout, tcp(address, socket))
         .await
         .map_err(|_| ProxyError::ConnectTimeout)?
+        .map_err(DialError::into_proxy)
 }
 
 /// The host part of `host:port` (or `[v6]:port`) as a TLS server name.
@@ -278,6 +334,35 @@ impl ServerCertVerifier for NoVerify {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Error;
+
+    /// Only this process's own shortages are local; everything a backend (or the network to it)
+    /// can cause is not.
+    #[test]
+    fn local_shortages_are_told_from_the_backends_failures() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(
+                is_local_shortage(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ECONNRESET,
+            libc::EADDRNOTAVAIL,
+            libc::EACCES,
+        ] {
+            assert!(
+                !is_local_shortage(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        // Not an OS error at all (a name that does not resolve, say).
+        assert!(!is_local_shortage(&Error::other("no such host")));
+    }
 
     #[test]
     fn server_name_defaults_to_the_backend_host() {

@@ -7,12 +7,19 @@
 //! unhealthy at its first failure, since it has no track record to give it credit. When an
 //! upstream's check is removed its backends go back to `unknown` ([`forget`]): a verdict nothing
 //! will revise must not linger in the API (it no longer gates traffic either).
+//!
+//! A probe whose socket this process cannot make (out of file descriptors, buffers or memory:
+//! [`crate::proxy::connector::is_local_shortage`]) is inconclusive: the backend was never asked,
+//! so it counts neither way; it is counted in `switchyard_health_checks_inconclusive_total` and
+//! logged at most once a second across all checkers. Otherwise a process at its fd limit would
+//! mark every backend unhealthy at once.
 
 use super::backend::{BackendState, Health};
 use crate::config::{
     validate::parse_status_range, CheckKind, HealthCheckConfig, Protocol, UpstreamTls,
 };
-use crate::proxy::connector::{Connector, Io};
+use crate::observe::throttle::Throttle;
+use crate::proxy::connector::{Connector, DialError, Io};
 use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -153,7 +160,16 @@ async fn check_loop(
 ) {
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     loop {
-        let ok = check_once(&policy, &connector, &state.address, socket).await;
+        let jitter = policy.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
+        let ok = match check_once(&policy, &connector, &state.address, socket).await {
+            Verdict::Pass => true,
+            Verdict::Fail => false,
+            Verdict::Inconclusive(e) => {
+                inconclusive(&state, &e);
+                tokio::time::sleep(jitter).await;
+                continue;
+            }
+        };
         if ok {
             ok_run += 1;
             fail_run = 0;
@@ -175,33 +191,65 @@ async fn check_loop(
                 crate::events::health_changed(&state, prev, h);
             }
         }
-        let jitter = policy.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         tokio::time::sleep(jitter).await;
     }
 }
 
-/// One probe; true when the backend passed. The connection is made like the proxy's own
-/// (TLS, SNI, client certificate, ALPN), so a check tests the path real traffic takes.
+/// One line a second at most for all checkers: at the fd limit every checker fails at once,
+/// every interval, and the log is the operator's only view while the admin API cannot accept.
+static INCONCLUSIVE_LOG: Throttle = Throttle::new(Duration::from_secs(1));
+
+fn inconclusive(state: &BackendState, e: &std::io::Error) {
+    crate::observe::metrics::health_check_inconclusive();
+    if let Some(n) = INCONCLUSIVE_LOG.hit() {
+        tracing::warn!(
+            backend = %state.address,
+            "health check not made, counted neither way: {e} (local, not the backend's; {n} since the last such line)"
+        );
+    }
+}
+
+/// What a probe says about a backend.
+#[derive(Debug)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The probe could not be made for a reason of this process's own: nothing learnt.
+    Inconclusive(std::io::Error),
+}
+
+/// One probe. The connection is made like the proxy's own (TLS, SNI, client certificate, ALPN),
+/// so a check tests the path real traffic takes.
 pub async fn check_once(
     policy: &CheckPolicy,
     connector: &Connector,
     address: &str,
     socket: Option<SocketAddr>,
-) -> bool {
+) -> Verdict {
     let probe = async {
-        let Ok(io) = connector.dial(address, socket, policy.timeout).await else {
-            return false;
+        let io = match connector
+            .dial_checked(address, socket, policy.timeout)
+            .await
+        {
+            Ok(io) => io,
+            Err(DialError::Local(e)) => return Verdict::Inconclusive(e),
+            Err(DialError::Backend(_)) => return Verdict::Fail,
         };
-        match policy.kind {
+        let pass = match policy.kind {
             CheckKind::Tcp => true,
             CheckKind::Http if connector.is_h2() => http2_probe(policy, address, io).await,
             CheckKind::Http => http_probe(policy, address, io).await,
             CheckKind::Grpc => grpc_probe(policy, address, io).await,
+        };
+        if pass {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
         }
     };
     tokio::time::timeout(policy.timeout, probe)
         .await
-        .unwrap_or(false)
+        .unwrap_or(Verdict::Fail)
 }
 
 fn check_request<B>(policy: &CheckPolicy, address: &str, body: B) -> Option<http::Request<B>> {

@@ -841,3 +841,105 @@ fn update_config_patch_reports_every_problem_with_its_path() {
     assert_eq!(upstreams(&lb)["config_version"], 1, "nothing was applied");
     assert_eq!(std::fs::read_to_string(&lb.path).unwrap(), file_before);
 }
+
+/// The file watcher compares the file with the running configuration, not with its own last
+/// write-back: a file put back to what the API once wrote, after an edit changed the running
+/// configuration, is applied; the write-back itself applies nothing.
+#[test]
+fn a_file_put_back_to_an_api_write_back_is_applied() {
+    let be = backends(3);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let shared = &lb.running().shared;
+    let count = || shared.current().upstreams[0].backends.len();
+    let r = client()
+        .post(lb.admin_url("/update-config"))
+        .json(&json!({"remove": [be.addrs[2].to_string()]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(count(), 2);
+    let written = std::fs::read_to_string(&lb.path).unwrap();
+    assert!(!written.contains(&be.addrs[2].to_string()), "{written}");
+    // An operator adds the backend back by hand: applied.
+    let edited = written.replace(
+        &format!("address = \"{}\" }}", be.addrs[1]),
+        &format!(
+            "address = \"{}\" }}, {{ address = \"{}\" }}",
+            be.addrs[1], be.addrs[2]
+        ),
+    );
+    assert_ne!(edited, written);
+    std::fs::write(&lb.path, &edited).unwrap();
+    assert!(eventually(Duration::from_secs(10), || count() == 3));
+    // ... and puts the file back to what the API wrote: what runs must follow the file again.
+    std::fs::write(&lb.path, &written).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || count() == 2),
+        "the file lists 2 backends, 3 are running"
+    );
+    let sources: Vec<String> = shared.versions().into_iter().map(|v| v.source).collect();
+    assert_eq!(
+        sources.len(),
+        4,
+        "the write-back is no version: {sources:?}"
+    );
+    assert_eq!(sources[0], "start");
+    assert_eq!(&sources[2..], ["file", "file"], "{sources:?}");
+}
+
+/// A file rewritten in place in two writes, a pause shorter than the watcher's quiet window
+/// between them, is applied whole: no version ever holds the first half, although the first half
+/// alone is a valid configuration. Several rounds at different moments, since a watcher's poll
+/// lands in the pause only sometimes.
+#[test]
+fn a_file_written_in_two_pieces_is_applied_only_whole() {
+    use std::io::Write;
+    let be = backends(1);
+    let b0 = be.addrs[0];
+    // Round k's first piece is valid alone (weight k, the default connect timeout); the second
+    // sets the connect timeout to k seconds.
+    let pieces = |k: u32| {
+        let head = config(&format!(
+            "backends = [{{ address = \"{b0}\", weight = {k} }}]"
+        ));
+        (head, format!("timeouts = {{ connect = \"{k}s\" }}\n"))
+    };
+    let (head, tail) = pieces(100);
+    let lb = start(&format!("{head}{tail}"));
+    let shared = &lb.running().shared;
+    let shape = |c: &switchyard::config::Config| {
+        let u = &c.upstreams["web"];
+        (
+            u.backends[0].weight,
+            u.timeouts.connect.map(|d| d.to_string()),
+        )
+    };
+    for k in 1..=8 {
+        // A different moment in each round: the rounds would otherwise fall into step with the
+        // watcher's poll (each starts just after a change was applied).
+        std::thread::sleep(Duration::from_millis(60 * u64::from(k)));
+        let (head, tail) = pieces(k);
+        let mut f = std::fs::File::create(&lb.path).unwrap();
+        f.write_all(head.as_bytes()).unwrap();
+        f.sync_data().unwrap();
+        // Well under the 500 ms window, with room for a loaded machine's late wake-up.
+        std::thread::sleep(Duration::from_millis(200));
+        f.write_all(tail.as_bytes()).unwrap();
+        drop(f);
+        assert!(
+            eventually(Duration::from_secs(10), || shape(&shared.current().config)
+                == (k, Some(format!("{k}s")))),
+            "round {k} not applied"
+        );
+    }
+    for v in shared.versions() {
+        let (weight, connect) = shape(&v.config);
+        assert_eq!(
+            connect,
+            Some(format!("{weight}s")),
+            "version {} from {} holds a half-written file",
+            v.version,
+            v.source
+        );
+    }
+}

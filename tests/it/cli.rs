@@ -1,5 +1,5 @@
-//! The command line as an operator uses it: `check`, `--version`, `run` with SIGTERM, and the
-//! memory a 100 MiB body costs while streaming through.
+//! The command line as an operator uses it: `check`, `--version`, `run` with SIGTERM, the
+//! memory a 100 MiB body costs while streaming through, and a process out of file descriptors.
 
 use crate::support::*;
 use std::io::Read;
@@ -345,4 +345,86 @@ fn demo_removes_its_config_file_at_exit() {
         let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
         assert!(left.is_empty(), "{sig}: left behind {left:?}");
     }
+}
+
+/// A Switchyard out of file descriptors (its own limit, set in the child only: the test binary's
+/// other tests share this process) cannot make its health checks' sockets. That is its own
+/// shortage, not the backend's: no backend is marked unhealthy, and the checks are counted as
+/// inconclusive.
+#[test]
+fn running_out_of_file_descriptors_marks_no_backend_unhealthy() {
+    use std::os::unix::process::CommandExt;
+    let be = backends(1);
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "workers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\
+             [log]\naccess = \"off\"\n[upstreams.web]\nbackends = [{}]\n\
+             health_check = {{ kind = \"tcp\", interval = \"100ms\", timeout = \"1s\", healthy_threshold = 1, unhealthy_threshold = 1 }}\n",
+            be.list()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _p = Proc(cmd.spawn().unwrap());
+    let c = client();
+    let upstreams = || get_json(&c, &format!("http://127.0.0.1:{admin}/api/v1/upstreams"));
+    assert!(eventually(Duration::from_secs(10), || upstreams()
+        ["upstreams"][0]["backends"][0]["health"]
+        == "healthy"));
+    // More connections than the limit: each accepted one holds a descriptor until none is left.
+    let held: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(held.len() > 64, "only {} connections", held.len());
+    // Ten check intervals and more at the limit.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(held);
+    let metrics = || {
+        c.get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    };
+    let mut text = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        text = metrics();
+        !text.is_empty()
+    }));
+    let history = get_json(
+        &c,
+        &format!("http://127.0.0.1:{admin}/api/v1/events/history"),
+    );
+    assert!(
+        !history.to_string().contains("-> unhealthy"),
+        "a backend was marked unhealthy: {history}"
+    );
+    let inconclusive = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_health_checks_inconclusive_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(inconclusive.unwrap_or(0) > 0, "{inconclusive:?}");
+    assert_eq!(
+        upstreams()["upstreams"][0]["backends"][0]["health"],
+        "healthy"
+    );
 }
