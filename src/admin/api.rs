@@ -116,12 +116,18 @@ async fn health(State(shared): S) -> impl IntoResponse {
     let now = now_ms();
     let mut ups = BTreeMap::new();
     for u in &snap.upstreams {
-        let healthy = (0..u.backends.len())
+        let available: Vec<usize> = (0..u.backends.len())
             .filter(|&i| u.available(i, now))
+            .collect();
+        // Of those, the ones no health check has vouched for (none configured, or not yet
+        // checked): "healthy" means "takes traffic", and this says how much of it is unverified.
+        let unchecked = available
+            .iter()
+            .filter(|&&i| u.backends[i].state.health() == crate::upstream::backend::Health::Unknown)
             .count();
         ups.insert(
             u.name.clone(),
-            json!({"healthy": healthy, "total": u.backends.len()}),
+            json!({"healthy": available.len(), "unchecked": unchecked, "total": u.backends.len()}),
         );
     }
     let mut body = json!({

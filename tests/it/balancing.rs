@@ -240,6 +240,9 @@ fn slow_start_ramps_a_joining_backends_share_and_never_refuses() {
     assert_near(&m, &[("b0", 50), ("b1", 50)], 5);
     let healthy = || get_json(&c, &lb.admin_url("/health"))["upstreams"]["web"]["healthy"].clone();
     assert_eq!(healthy(), 2);
+    // No health check: both take traffic, and /health says neither was checked.
+    let up = get_json(&c, &lb.admin_url("/health"))["upstreams"]["web"].clone();
+    assert_eq!(up["unchecked"], 2, "{up}");
 
     // b2 joins: in the first seconds of a 30s ramp it is picked about a tenth as often.
     put_config(&lb, &body(&[(0, ""), (1, ""), (2, "")]));
