@@ -567,6 +567,29 @@ mod tests {
         assert!(!shown.contains(": :"), "{shown}");
     }
 
+    /// Limits that would refuse every request, and a header timeout of nothing, are refused
+    /// with their paths.
+    #[test]
+    fn rate_limits_and_header_timeouts_that_admit_nothing_are_refused() {
+        let text = "[[listeners]]\nbind = \"127.0.0.1:0\"\nheader_timeout = \"0s\"\n\
+                    [[routes]]\nupstream = \"web\"\nrate_limit = { requests_per_second = 0 }\n\
+                    [[routes]]\npath_prefix = \"/b\"\nupstream = \"web\"\n\
+                    rate_limit = { requests_per_second = 5, burst = 0 }\n\
+                    [upstreams.web]\nbackends = [{ address = \"127.0.0.1:9\" }]\n";
+        let e = parse_config(text, Format::Toml, Some("f.toml")).unwrap_err();
+        let paths: Vec<&str> = e.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].header_timeout",
+                "routes[0].rate_limit.requests_per_second",
+                "routes[1].rate_limit.burst",
+            ],
+            "{:?}",
+            e.problems
+        );
+    }
+
     #[test]
     fn h2c_with_tls_enabled_is_refused_and_names_the_protocol_field() {
         let base = "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[upstreams.web]\nbackends = [{ address = \"127.0.0.1:9\" }]\n";

@@ -202,6 +202,10 @@ async fn serve(
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            // The route's response edits apply to Switchyard's own answers too (as documented).
+            if let Some(a) = matched.actions {
+                a.response.apply(r.headers_mut());
+            }
             return r;
         }
     }
@@ -211,7 +215,11 @@ async fn serve(
     // Upgrade would go out as a plain GET, and an extended CONNECT as a GET with `:protocol`,
     // which the backend answers by closing the connection every other request shares.
     if upgrade.is_some() && upstream.protocol != crate::config::Protocol::Http1 {
-        return refuse(ProxyError::UpgradeUnsupported, &parts.headers);
+        let mut r = refuse(ProxyError::UpgradeUnsupported, &parts.headers);
+        if let Some(a) = matched.actions {
+            a.response.apply(r.headers_mut());
+        }
+        return r;
     }
 
     let hash = match upstream.algorithm {
