@@ -97,7 +97,17 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// The upstream that serves the route; empty when `split` names several instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub upstream: String,
+    /// Traffic shared across upstreams by weight (Envoy's `weighted_clusters`, NGINX's
+    /// `split_clients`), for canaries and blue/green moves; instead of `upstream`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitArm>,
+    /// What keeps a client on one side of a `split`: `request` (default: each request drawn
+    /// anew), `client_ip`, `header:NAME` or `cookie:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_by: Option<String>,
     /// Replaces the matched `path_prefix` in the path sent upstream (Envoy's `prefix_rewrite`):
     /// `path_prefix = "/api/"` with `rewrite_prefix = "/"` sends `/api/users` as `/users`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +121,13 @@ pub struct RouteConfig {
     /// Requests admitted per second, per client IP or for the whole route; over it, 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// One side of a route's `split`: an upstream and its share, `weight` of the arms' sum.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SplitArm {
+    pub upstream: String,
+    pub weight: u32,
 }
 
 /// A token bucket: `requests_per_second` refill, `burst` deep (default: one second's worth).

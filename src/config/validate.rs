@@ -142,12 +142,7 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     }
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        if !cfg.upstreams.contains_key(&r.upstream) {
-            p.push(Problem::new(
-                format!("{path}.upstream"),
-                format!("no upstream named {:?}", r.upstream),
-            ));
-        }
+        route_target(cfg, r, &path, &mut p);
         for (j, h) in r.hosts.iter().enumerate() {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(' ') {
@@ -388,4 +383,66 @@ fn header_name_problem(name: &str) -> Option<String> {
         .then(|| {
             format!("{name} frames the message or belongs to one connection; Switchyard sets it")
         })
+}
+
+/// Largest weight of one side of a route's `split`, as for backends.
+const MAX_SPLIT_WEIGHT: u32 = 10_000;
+
+/// A route names one `upstream`, or a `split` across several, each an upstream that exists.
+fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>) {
+    let known = |name: &str, field: String, p: &mut Vec<Problem>| {
+        if !cfg.upstreams.contains_key(name) {
+            p.push(Problem::new(field, format!("no upstream named {name:?}")));
+        }
+    };
+    match (r.upstream.is_empty(), r.split.is_empty()) {
+        (true, true) => p.push(Problem::new(
+            format!("{path}.upstream"),
+            "required: the upstream that serves the route (or `split` across several)",
+        )),
+        (false, true) => known(&r.upstream, format!("{path}.upstream"), p),
+        (no_upstream, false) => {
+            if !no_upstream {
+                p.push(Problem::new(
+                    format!("{path}.split"),
+                    "give either `upstream` or `split`, not both",
+                ));
+            }
+            for (j, arm) in r.split.iter().enumerate() {
+                let ap = format!("{path}.split[{j}]");
+                known(&arm.upstream, format!("{ap}.upstream"), p);
+                if r.split[..j].iter().any(|a| a.upstream == arm.upstream) {
+                    p.push(Problem::new(
+                        format!("{ap}.upstream"),
+                        format!("{:?} is listed twice", arm.upstream),
+                    ));
+                }
+                if arm.weight > MAX_SPLIT_WEIGHT {
+                    p.push(Problem::new(
+                        format!("{ap}.weight"),
+                        format!("must be between 0 and {MAX_SPLIT_WEIGHT}"),
+                    ));
+                }
+            }
+            if r.split.iter().all(|a| a.weight == 0) {
+                p.push(Problem::new(
+                    format!("{path}.split"),
+                    "the weights sum to 0: give some upstream a weight above 0",
+                ));
+            }
+        }
+    }
+    match &r.split_by {
+        Some(_) if r.split.is_empty() => p.push(Problem::new(
+            format!("{path}.split_by"),
+            "only used with `split`",
+        )),
+        Some(k) if k != "request" && crate::upstream::HashKey::parse(k).is_none() => {
+            p.push(Problem::new(
+                format!("{path}.split_by"),
+                "must be \"request\", \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\"",
+            ))
+        }
+        _ => {}
+    }
 }

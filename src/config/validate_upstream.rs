@@ -55,20 +55,12 @@ pub(super) fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut
         }
     }
     match (&u.algorithm, &u.hash_key) {
-        (Algorithm::ConsistentHash, None) => {}
-        (Algorithm::ConsistentHash, Some(k)) => {
-            let ok = k == "client_ip"
-                || k == "path"
-                || k.strip_prefix("header:")
-                    .is_some_and(|h| http::HeaderName::try_from(h).is_ok())
-                || k.strip_prefix("cookie:").is_some_and(|c| !c.is_empty());
-            if !ok {
-                p.push(Problem::new(
-                    format!("{path}.hash_key"),
-                    "must be \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\"",
-                ));
-            }
-        }
+        (Algorithm::ConsistentHash, Some(k)) if crate::upstream::HashKey::parse(k).is_none() => p
+            .push(Problem::new(
+                format!("{path}.hash_key"),
+                "must be \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\"",
+            )),
+        (Algorithm::ConsistentHash, _) => {}
         (_, Some(_)) => p.push(Problem::new(
             format!("{path}.hash_key"),
             "only used with algorithm = \"consistent_hash\"",

@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod rewrite;
 pub mod router;
+pub mod split;
 pub mod upgrade;
 
 use crate::error::ProxyError;
@@ -209,7 +210,7 @@ async fn serve(
             return r;
         }
     }
-    let upstream = snap.upstreams[matched.upstream].clone();
+    let upstream = snap.upstreams[matched.upstream(|k| hash_key(k, &parts, conn))].clone();
     trace.upstream = Some(upstream.clone());
     // Upgrades are carried only to HTTP/1.1 backends. Sent to an h2/h2c one, an HTTP/1.1
     // Upgrade would go out as a plain GET, and an extended CONNECT as a GET with `:protocol`,

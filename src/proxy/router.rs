@@ -2,11 +2,14 @@
 //!
 //! Routes are sorted once per snapshot by host specificity (exact, then wildcard by suffix length,
 //! then any host) and path-prefix length, keeping file order among equals; the first match wins.
-//! So within a host the longest prefix wins, and an exact host beats a wildcard.
+//! So within a host the longest prefix wins, and an exact host beats a wildcard. A route names
+//! one upstream or a weighted [`split`](super::split) across several.
 
 use super::ratelimit::RateLimiter;
 use super::rewrite::RouteActions;
+use super::split::{Split, Target};
 use crate::config::RouteConfig;
+use crate::upstream::HashKey;
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -38,25 +41,36 @@ impl HostPat {
 struct Rule {
     host: HostPat,
     prefix: String,
-    upstream: usize,
+    target: Target,
     actions: Option<Arc<RouteActions>>,
 }
 
 /// The route a request matched.
 #[derive(Debug, Clone, Copy)]
 pub struct Matched<'a> {
-    pub upstream: usize,
+    target: &'a Target,
     /// Length of the matched path prefix, for `rewrite_prefix`.
     pub prefix_len: usize,
     /// What the route does besides choosing the upstream, if anything.
     pub actions: Option<&'a Arc<RouteActions>>,
 }
 
+impl Matched<'_> {
+    /// The upstream's index in the snapshot. For a split keyed by something of the request,
+    /// `key_hash` hashes it; it is not called otherwise.
+    pub fn upstream(&self, key_hash: impl FnOnce(&HashKey) -> u64) -> usize {
+        match self.target {
+            Target::One(i) => *i,
+            Target::Split(s) => s.pick(key_hash),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     rules: Vec<Rule>,
     /// With no routes, everything goes to the only upstream.
-    default: Option<usize>,
+    default: Option<Target>,
 }
 
 impl Router {
@@ -70,7 +84,18 @@ impl Router {
     ) -> Router {
         let mut rules = Vec::new();
         for r in routes {
-            let Some(upstream) = index_of(&r.upstream) else {
+            let target = if r.split.is_empty() {
+                index_of(&r.upstream).map(Target::One)
+            } else {
+                // Validation made sure every arm exists and the split by-key parses.
+                let by = r.split_by.as_deref().and_then(HashKey::parse);
+                let arms = r
+                    .split
+                    .iter()
+                    .filter_map(|a| Some((index_of(&a.upstream)?, a.weight)));
+                Split::new(arms, by).map(|s| Target::Split(Box::new(s)))
+            };
+            let Some(target) = target else {
                 continue;
             };
             let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
@@ -92,13 +117,13 @@ impl Router {
             rules.extend(hosts.into_iter().map(|host| Rule {
                 host,
                 prefix: prefix.clone(),
-                upstream,
+                target: target.clone(),
                 actions: actions.clone(),
             }));
         }
         rules.sort_by_key(|r| std::cmp::Reverse((r.host.rank(), r.prefix.len())));
         Router {
-            default: if routes.is_empty() { only } else { None },
+            default: only.filter(|_| routes.is_empty()).map(Target::One),
             rules,
         }
     }
@@ -106,8 +131,8 @@ impl Router {
     /// `host` without port, any case; `path` as received.
     pub fn route(&self, host: &str, path: &str) -> Option<Matched<'_>> {
         if self.rules.is_empty() {
-            return self.default.map(|upstream| Matched {
-                upstream,
+            return self.default.as_ref().map(|target| Matched {
+                target,
                 prefix_len: 0,
                 actions: None,
             });
@@ -127,7 +152,7 @@ impl Router {
             .iter()
             .find(|r| r.host.matches(host) && path.starts_with(r.prefix.as_str()))
             .map(|r| Matched {
-                upstream: r.upstream,
+                target: &r.target,
                 prefix_len: r.prefix.len(),
                 actions: r.actions.as_ref(),
             })
@@ -162,7 +187,7 @@ mod tests {
             None,
             |_| None,
         );
-        let up = |host, path| r.route(host, path).map(|m| m.upstream);
+        let up = |host, path| r.route(host, path).map(|m| m.upstream(|_| 0));
         assert_eq!(up("api.example.com:8080", "/v2/x"), Some(3));
         assert_eq!(up("API.example.com", "/v1"), Some(2));
         assert_eq!(up("www.example.com", "/"), Some(1));

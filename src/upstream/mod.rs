@@ -28,6 +28,25 @@ pub enum HashKey {
     Cookie(String),
 }
 
+impl HashKey {
+    /// `client_ip`, `path`, `header:NAME` or `cookie:NAME`; `None` for anything else.
+    pub fn parse(key: &str) -> Option<HashKey> {
+        match key {
+            "client_ip" => Some(HashKey::ClientIp),
+            "path" => Some(HashKey::Path),
+            _ => {
+                if let Some(h) = key.strip_prefix("header:") {
+                    http::HeaderName::try_from(h).ok().map(HashKey::Header)
+                } else {
+                    key.strip_prefix("cookie:")
+                        .filter(|c| !c.is_empty())
+                        .map(|c| HashKey::Cookie(c.to_string()))
+                }
+            }
+        }
+    }
+}
+
 /// Which failures may be retried, and how often.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -133,14 +152,12 @@ pub enum NoBackend {
 
 impl Upstream {
     pub fn compile(name: &str, cfg: &UpstreamConfig, backends: Vec<Backend>) -> Upstream {
-        let hash_key = match cfg.hash_key.as_deref() {
-            Some("path") => HashKey::Path,
-            Some(k) if k.starts_with("header:") => http::HeaderName::try_from(&k[7..])
-                .map(HashKey::Header)
-                .unwrap_or(HashKey::ClientIp),
-            Some(k) if k.starts_with("cookie:") => HashKey::Cookie(k[7..].to_string()),
-            _ => HashKey::ClientIp,
-        };
+        // Validation refused keys that do not parse.
+        let hash_key = cfg
+            .hash_key
+            .as_deref()
+            .and_then(HashKey::parse)
+            .unwrap_or(HashKey::ClientIp);
         let t = &cfg.timeouts;
         let checked = cfg.health_check.is_some();
         let has_backups = backends.iter().any(|b| b.backup);

@@ -261,3 +261,110 @@ fn slow_start_ramps_a_joining_backends_share_and_never_refuses() {
     assert_eq!(m["b2"], 50);
     assert_eq!(healthy(), 1);
 }
+
+fn split_config(be: &Backends, split: &str, by: &str) -> String {
+    format!(
+        "workers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [[routes]]\nsplit = [{split}]\n{by}\n\
+         [upstreams.stable]\nbackends = [{{ address = \"{}\" }}]\n\
+         [upstreams.canary]\nbackends = [{{ address = \"{}\" }}]\n",
+        be.addrs[0], be.addrs[1]
+    )
+}
+
+/// A route's `split` shares requests across upstreams by weight, on the HTTP/1 relay and on
+/// HTTP/2 alike; keyed by a header, each user stays on one side; a live change of the weights
+/// applies at once; and a split that names what does not exist is refused with each field.
+#[test]
+fn a_route_split_shares_traffic_by_weight_and_keeps_a_keyed_user_on_one_side() {
+    let be = backends(2);
+    let lb = start(&split_config(
+        &be,
+        "{ upstream = \"stable\", weight = 75 }, { upstream = \"canary\", weight = 25 }",
+        "",
+    ));
+    let canary_share = |c: &reqwest::blocking::Client, n: usize| {
+        (0..n)
+            .filter(|_| {
+                let (status, b) = get_backend(c, &lb.url("/"));
+                assert_eq!(status, 200);
+                b == "b1"
+            })
+            .count()
+    };
+    // 25% of 2,000 is 500 with a standard deviation of 19; of 400, 100 and 8.7.
+    let n = canary_share(&client(), 2_000);
+    assert!((400..600).contains(&n), "{n} of 2,000 to the canary");
+    let n = canary_share(&h2c_client(), 400);
+    assert!(
+        (60..140).contains(&n),
+        "{n} of 400 h2c requests to the canary"
+    );
+    let v = upstreams(&lb);
+    let served: Vec<u64> = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["backends"][0]["requests_total"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(served.iter().sum::<u64>(), 2_400, "{v}");
+
+    // Keyed by a header, half and half: every user sees one side only, and both sides get users.
+    put_config(
+        &lb,
+        &split_config(
+            &be,
+            "{ upstream = \"stable\", weight = 1 }, { upstream = \"canary\", weight = 1 }",
+            "split_by = \"header:x-user\"",
+        ),
+    );
+    let c = client();
+    let mut sides = HashMap::new();
+    for user in 0..40 {
+        for _ in 0..5 {
+            let r = c
+                .get(lb.url("/"))
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .unwrap();
+            let b = r.headers()["x-demo-backend"].to_str().unwrap().to_string();
+            let first = sides.entry(user).or_insert_with(|| b.clone());
+            assert_eq!(*first, b, "user {user} moved between sides");
+        }
+    }
+    let on_canary = sides.values().filter(|b| *b == "b1").count();
+    assert!((5..35).contains(&on_canary), "{on_canary} of 40 users");
+
+    // Nothing is applied from a split that does not hold together.
+    let bad = split_config(
+        &be,
+        "{ upstream = \"stable\", weight = 0 }, { upstream = \"nope\", weight = 20000 }",
+        "split_by = \"header:\"\nupstream = \"stable\"",
+    );
+    let r = client()
+        .put(lb.admin_url("/api/v1/config"))
+        .header("content-type", "application/toml")
+        .body(bad)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().unwrap();
+    for path in [
+        "routes[0].split",
+        "routes[0].split[1].upstream",
+        "routes[0].split[1].weight",
+        "routes[0].split_by",
+    ] {
+        assert!(
+            text.contains(&format!("\"{path}\"")),
+            "{path} not named: {text}"
+        );
+    }
+    // The keyed split still holds.
+    let r = c
+        .get(lb.url("/"))
+        .header("x-user", "user-0")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["x-demo-backend"], sides[&0].as_str());
+}

@@ -89,6 +89,11 @@ bind = "{listen}"
 path_prefix = "/"
 upstream = "web"
 
+[[routes]]
+path_prefix = "/beta/"
+split = [{{ upstream = "web", weight = 90 }}, {{ upstream = "catalog", weight = 10 }}]
+split_by = "cookie:beta"
+
 [upstreams.web]
 algorithm = "round_robin"
 backends = [{list}]

@@ -197,6 +197,13 @@ try {
   if (errorsAtLoad.length) throw new Error(`console errors while loading: ${errorsAtLoad.map((e) => e.text).join(' | ')}`);
   ok(`page loaded, live, showing ${configured.length} backends of ${upstream}`);
 
+  step('the routes panel shows a split route with each side\'s share');
+  const routesText = (await page.locator('#routes').textContent()).replace(/\s+/g, ' ');
+  for (const want of ['/beta/', '90%', '10%', 'split by cookie:beta']) {
+    if (!routesText.includes(want)) throw new Error(`the routes panel lacks "${want}": ${routesText}`);
+  }
+  ok(`routes panel: ${routesText.trim()}`);
+
   step('adding a backend through the form makes it appear and take traffic');
   const spareName = await backendName(spare);
   const card = page.locator(`section[data-upstream="${upstream}"]`);

@@ -97,7 +97,7 @@ export function renderConfig(cfg) {
       h('span', {}, (r.hosts && r.hosts.length ? r.hosts.join(', ') : 'any host')),
       h('code', {}, r.path_prefix || '/'),
       h('span', { class: 'arrow', 'aria-label': 'to' }, '→'),
-      h('a', { href: `#upstream-${r.upstream.replace(/[^a-zA-Z0-9_-]/g, '-')}`, class: 'strong' }, r.upstream))));
+      ...routeTargets(r))));
   } else if (upstreams.length === 1) {
     body = h('ul', { class: 'plain-list' }, h('li', {},
       h('span', {}, 'all traffic'), h('span', { class: 'arrow', 'aria-label': 'to' }, '→'),
@@ -107,6 +107,21 @@ export function renderConfig(cfg) {
     body = h('p', { class: 'muted' }, 'No routes: requests get 404.');
   }
   fill($('#routes'), body);
+}
+
+// A route's upstream, or its split: each side with its share of the weights.
+function routeTargets(r) {
+  const link = (name) => h('a', { href: `#upstream-${name.replace(/[^a-zA-Z0-9_-]/g, '-')}`, class: 'strong' }, name);
+  const split = r.split || [];
+  if (!split.length) return [link(r.upstream)];
+  const total = split.reduce((n, a) => n + a.weight, 0) || 1;
+  const out = [];
+  split.forEach((a, i) => {
+    if (i) out.push(h('span', { class: 'muted' }, '·'));
+    out.push(link(a.upstream), h('span', { class: 'badge badge-neutral' }, `${+(100 * a.weight / total).toFixed(1)}%`));
+  });
+  out.push(h('span', { class: 'muted small' }, `split by ${r.split_by || 'request'}`));
+  return out;
 }
 
 export function renderRecentEvents() {

@@ -307,7 +307,7 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     if actions.is_some_and(|a| !a.relayable()) {
         return Parsed::Handoff;
     }
-    let upstream = &snap.upstreams[matched.upstream];
+    let upstream = &snap.upstreams[matched.upstream(|k| hash_key(k, path, buf, head.fields, conn))];
     if upstream.connector.is_h2() || upstream.connector.is_tls() {
         return Parsed::Handoff;
     }
