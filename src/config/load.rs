@@ -570,8 +570,9 @@ mod tests {
     /// Limits that would refuse every request, and a header timeout of nothing, are refused
     /// with their paths.
     #[test]
-    fn rate_limits_and_header_timeouts_that_admit_nothing_are_refused() {
+    fn rate_limits_header_timeouts_and_trusted_proxies_that_do_not_parse_are_refused() {
         let text = "[[listeners]]\nbind = \"127.0.0.1:0\"\nheader_timeout = \"0s\"\n\
+                    trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\", \"lb.example\"]\n\
                     [[routes]]\nupstream = \"web\"\nrate_limit = { requests_per_second = 0 }\n\
                     [[routes]]\npath_prefix = \"/b\"\nupstream = \"web\"\n\
                     rate_limit = { requests_per_second = 5, burst = 0 }\n\
@@ -582,6 +583,8 @@ mod tests {
             paths,
             [
                 "listeners[0].header_timeout",
+                "listeners[0].trusted_proxies[1]",
+                "listeners[0].trusted_proxies[2]",
                 "routes[0].rate_limit.requests_per_second",
                 "routes[1].rate_limit.burst",
             ],

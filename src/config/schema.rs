@@ -69,6 +69,13 @@ pub struct ListenerConfig {
     /// `client_header_timeout` 60s). *restart*
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout: Option<Dur>,
+    /// Proxies in front (a CDN, a cloud load balancer) whose `X-Forwarded-For` names the real
+    /// client, as addresses or CIDR blocks. From one of them, the client is the rightmost
+    /// address in it that is not itself a trusted proxy (NGINX's `set_real_ip_from` with
+    /// `real_ip_recursive on`): used for `client_ip` hashing and splits, rate limits and the
+    /// access log. Default: none, since a client can write the header. *restart*
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

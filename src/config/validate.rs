@@ -113,6 +113,11 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 p.push(Problem::new(format!("{path}.max_request_body"), e));
             }
         }
+        for (j, t) in l.trusted_proxies.iter().enumerate() {
+            if let Err(e) = crate::proxy::real_ip::Cidr::parse(t) {
+                p.push(Problem::new(format!("{path}.trusted_proxies[{j}]"), e));
+            }
+        }
         if l.header_timeout.is_some_and(|d| d.get().is_zero()) {
             p.push(Problem::new(
                 format!("{path}.header_timeout"),

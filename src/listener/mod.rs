@@ -15,6 +15,7 @@ pub mod redirect;
 mod sniff;
 pub mod tls;
 
+use crate::proxy::real_ip::TrustedProxies;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 pub use client::ClientStream;
@@ -81,6 +82,8 @@ pub struct Bound {
     pub proxy_protocol: bool,
     /// `header_timeout` of the listener.
     pub header_timeout: Duration,
+    /// `trusted_proxies` of the listener, when it has any.
+    pub trusted: Option<Arc<TrustedProxies>>,
     sockets: Vec<std::net::TcpListener>,
 }
 
@@ -91,12 +94,13 @@ pub struct WorkerSocket {
     mode: Arc<Mode>,
     proxy_protocol: bool,
     header_timeout: Duration,
+    trusted: Option<Arc<TrustedProxies>>,
 }
 
 impl Bound {
     pub fn into_sockets(self) -> Vec<WorkerSocket> {
         let (max_body, mode, proxy_protocol) = (self.max_body, self.mode, self.proxy_protocol);
-        let header_timeout = self.header_timeout;
+        let (header_timeout, trusted) = (self.header_timeout, self.trusted);
         self.sockets
             .into_iter()
             .map(|socket| WorkerSocket {
@@ -105,6 +109,7 @@ impl Bound {
                 mode: mode.clone(),
                 proxy_protocol,
                 header_timeout,
+                trusted: trusted.clone(),
             })
             .collect()
     }
@@ -147,6 +152,7 @@ pub fn bind(
         mode: Arc::new(Mode::Plain),
         proxy_protocol: false,
         header_timeout: HEADER_READ_TIMEOUT,
+        trusted: None,
         sockets,
     })
 }
@@ -196,6 +202,8 @@ pub fn set_modes(
     for (c, b) in cfg.iter().zip(bound.iter_mut()) {
         b.proxy_protocol = c.proxy_protocol == Some(true);
         b.header_timeout = c.header_timeout.map_or(HEADER_READ_TIMEOUT, |d| d.get());
+        let trusted = TrustedProxies::new(&c.trusted_proxies);
+        b.trusted = (!trusted.is_empty()).then(|| Arc::new(trusted));
         if let Some(t) = c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
             let l = tls::TlsListener::new(&c.bind, t)
                 .map_err(|e| format!("listener {}: {e}", c.bind))?;
@@ -257,6 +265,7 @@ pub fn run_worker(
             mode,
             proxy_protocol,
             header_timeout,
+            trusted,
         } in listeners
         {
             let builder = builders(header_timeout);
@@ -297,14 +306,7 @@ pub fn run_worker(
                             continue;
                         }
                     };
-                    let info = ConnInfo {
-                        client,
-                        client_ip: proxy::headers::client_ip(client),
-                        https: false,
-                        max_body,
-                        tls_version: None,
-                        tls_client: None,
-                    };
+                    let info = ConnInfo::new(client, max_body, trusted.clone());
                     let conn = Conn {
                         shared: shared.clone(),
                         builder: builder.clone(),
@@ -500,10 +502,7 @@ async fn accepted_conn(
 ) {
     if proxy_protocol {
         match proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
-            Ok(Some(client)) => {
-                info.client = client;
-                info.client_ip = proxy::headers::client_ip(client);
-            }
+            Ok(Some(client)) => info.set_peer(client),
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(peer = %info.client, "closing: {e}");

@@ -29,7 +29,11 @@ pub fn ms(d: std::time::Duration) -> f64 {
 pub struct Entry {
     pub time: String,
     pub request_id: String,
+    /// The client's `IP:port`; behind a trusted proxy, the IP its `X-Forwarded-For` named.
     pub client: String,
+    /// The trusted proxy's `IP:port`, when `client` is the one it named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     pub method: String,
     pub host: String,
     pub path: String,
@@ -151,11 +155,10 @@ fn writer(
 fn combined(e: &Entry) -> String {
     format!(
         "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"",
+        // `IP:port`, or an IP alone (a client a trusted proxy named).
         e.client
-            .rsplit_once(':')
-            .map_or(e.client.as_str(), |(ip, _)| ip)
-            .trim_start_matches('[')
-            .trim_end_matches(']'),
+            .parse::<std::net::SocketAddr>()
+            .map_or_else(|_| e.client.clone(), |a| a.ip().to_string()),
         clf_time(&e.time),
         e.method,
         e.path,

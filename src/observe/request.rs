@@ -53,9 +53,12 @@ impl Observer {
                     .and_then(|v| v.to_str().ok()),
             )
         });
+        let (client, peer) =
+            conn.log_client(conn.client_of(|| crate::proxy::forwarded_for(req.headers())));
         let entry = Entry {
             time: rfc3339(started_at),
-            client: conn.client.to_string(),
+            client,
+            peer,
             method: req.method().to_string(),
             host: h(header::HOST)
                 .or_else(|| req.uri().authority().map(|a| a.to_string()))

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod headers;
 pub mod pool;
 pub mod ratelimit;
+pub mod real_ip;
 pub mod relay;
 pub mod rewrite;
 pub mod router;
@@ -29,7 +30,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,62 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// Verified client certificate subject (mTLS).
     pub tls_client: Option<String>,
+    /// The listener's `trusted_proxies`, when it has any.
+    pub trusted: Option<Arc<real_ip::TrustedProxies>>,
+    /// `client` is one of them: its requests' `X-Forwarded-For` names the client.
+    pub peer_trusted: bool,
+}
+
+impl ConnInfo {
+    /// What the listener knows of a connection from `peer` before any TLS.
+    pub fn new(
+        peer: SocketAddr,
+        max_body: u64,
+        trusted: Option<Arc<real_ip::TrustedProxies>>,
+    ) -> ConnInfo {
+        let mut c = ConnInfo {
+            client: peer,
+            client_ip: headers::client_ip(peer),
+            https: false,
+            max_body,
+            tls_version: None,
+            tls_client: None,
+            trusted,
+            peer_trusted: false,
+        };
+        c.set_peer(peer);
+        c
+    }
+
+    /// The peer is `peer` (a PROXY protocol header named it).
+    pub fn set_peer(&mut self, peer: SocketAddr) {
+        self.client = peer;
+        self.client_ip = headers::client_ip(peer);
+        self.peer_trusted = self.trusted.as_ref().is_some_and(|t| t.admits(peer.ip()));
+    }
+
+    /// A request's client: the peer, or from a trusted proxy the client its
+    /// `X-Forwarded-For` lines (in order) name ([`real_ip`]).
+    /// `xff` is called only then.
+    pub fn client_of<'a, I>(&self, xff: impl FnOnce() -> I) -> IpAddr
+    where
+        I: DoubleEndedIterator<Item = &'a [u8]>,
+    {
+        match &self.trusted {
+            Some(t) if self.peer_trusted => t.client(xff()).unwrap_or(self.client.ip()),
+            _ => self.client.ip(),
+        }
+    }
+
+    /// The access log's `client` and `peer` for a request from `client`: the peer's address
+    /// alone when they are one, else the client's IP and the proxy's address.
+    pub fn log_client(&self, client: IpAddr) -> (String, Option<String>) {
+        if client == self.client.ip() {
+            (self.client.to_string(), None)
+        } else {
+            (client.to_string(), Some(self.client.to_string()))
+        }
+    }
 }
 
 pub const X_SWITCHYARD_ERROR: &str = "x-switchyard-error";
@@ -196,8 +253,9 @@ async fn serve(
     let Some(matched) = snap.router.route(host, parts.uri.path()) else {
         return refuse(ProxyError::NoRoute, &parts.headers);
     };
+    let client = conn.client_of(|| forwarded_for(&parts.headers));
     if let Some(limiter) = matched.actions.and_then(|a| a.limiter.as_ref()) {
-        if let Err(wait) = limiter.check(conn.client.ip(), std::time::Instant::now()) {
+        if let Err(wait) = limiter.check(client, std::time::Instant::now()) {
             let mut r = refuse(ProxyError::RateLimited, &parts.headers);
             // Whole seconds, rounded up (RFC 9110 §10.2.3).
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -210,7 +268,7 @@ async fn serve(
             return r;
         }
     }
-    let upstream = snap.upstreams[matched.upstream(|k| hash_key(k, &parts, conn))].clone();
+    let upstream = snap.upstreams[matched.upstream(|k| hash_key(k, &parts, client))].clone();
     trace.upstream = Some(upstream.clone());
     // Upgrades are carried only to HTTP/1.1 backends. Sent to an h2/h2c one, an HTTP/1.1
     // Upgrade would go out as a plain GET, and an extended CONNECT as a GET with `:protocol`,
@@ -224,7 +282,7 @@ async fn serve(
     }
 
     let hash = match upstream.algorithm {
-        crate::config::Algorithm::ConsistentHash => hash_key(&upstream.hash_key, &parts, conn),
+        crate::config::Algorithm::ConsistentHash => hash_key(&upstream.hash_key, &parts, client),
         _ => 0,
     };
     let ctx = PickCtx { hash };
@@ -342,9 +400,16 @@ async fn serve(
     resp
 }
 
-fn hash_key(key: &HashKey, parts: &http::request::Parts, conn: &ConnInfo) -> u64 {
+/// A request's `X-Forwarded-For` lines, in order.
+pub(crate) fn forwarded_for(h: &http::HeaderMap) -> impl DoubleEndedIterator<Item = &[u8]> {
+    h.get_all(headers::X_FORWARDED_FOR)
+        .into_iter()
+        .map(HeaderValue::as_bytes)
+}
+
+fn hash_key(key: &HashKey, parts: &http::request::Parts, client: IpAddr) -> u64 {
     let bytes: Option<Vec<u8>> = match key {
-        HashKey::ClientIp => Some(conn.client.ip().to_string().into_bytes()),
+        HashKey::ClientIp => Some(client.to_string().into_bytes()),
         HashKey::Path => Some(parts.uri.path().as_bytes().to_vec()),
         HashKey::Header(h) => parts.headers.get(h).map(|v| v.as_bytes().to_vec()),
         HashKey::Cookie(name) => cookie_value(

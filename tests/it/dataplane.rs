@@ -364,6 +364,92 @@ fn proxy_protocol_headers_name_the_client_and_connections_without_one_are_closed
     assert_eq!(lines.len(), 3, "{lines:?}");
 }
 
+/// Behind a trusted proxy (`trusted_proxies`), the client is the rightmost address of
+/// `X-Forwarded-For` that is not itself a trusted proxy: rate limits and the access log use it,
+/// on the relay (HTTP/1.1) and hyper's path (h2c) alike. From any other peer the header is
+/// passed on but never believed.
+#[test]
+fn behind_a_trusted_proxy_the_client_is_the_one_x_forwarded_for_names() {
+    let be = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {:?}\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n\
+         [[routes]]\npath_prefix = \"/rl\"\nupstream = \"web\"\n\
+         rate_limit = {{ requests_per_second = 0.01, burst = 1 }}\n\
+         [[routes]]\nupstream = \"web\"\n\
+         [upstreams.web]\nbackends = [{}]\n",
+        log.display().to_string(),
+        be.list()
+    ));
+    // 127.0.0.1 is a trusted proxy; 127.0.0.2 (also loopback) is any other client.
+    let proxy = client();
+    let other = reqwest::blocking::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = |c: &reqwest::blocking::Client, path: &str, xff: &str| {
+        c.get(lb.url(path))
+            .header("x-forwarded-for", xff)
+            .send()
+            .unwrap()
+    };
+    let seen_xff = |r: reqwest::blocking::Response| -> String {
+        let v: Value = r.json().unwrap();
+        v["headers"]["x-forwarded-for"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // The peer is appended as it arrived; the spoofed 1.2.3.4 on the left is not the client.
+    let r = get(&proxy, "/echo", "1.2.3.4, 203.0.113.7, 10.0.0.2");
+    assert_eq!(seen_xff(r), "1.2.3.4, 203.0.113.7, 10.0.0.2, 127.0.0.1");
+    // One request per client: the bucket is 203.0.113.7's, then 203.0.113.8's, not the proxy's.
+    assert_eq!(get(&proxy, "/rl", "203.0.113.7").status(), 200);
+    assert_eq!(get(&proxy, "/rl", "203.0.113.7").status(), 429);
+    assert_eq!(get(&proxy, "/rl", "203.0.113.8").status(), 200);
+    let h2 = h2c_client()
+        .get(lb.url("/rl"))
+        .header("x-forwarded-for", "10.9.9.9, 203.0.113.8")
+        .send()
+        .unwrap();
+    assert_eq!(
+        h2.status(),
+        429,
+        "over h2c the same client has the same bucket"
+    );
+    // Not a trusted proxy: whatever its header says, the peer is the client.
+    assert_eq!(
+        seen_xff(get(&other, "/echo", "198.51.100.1")),
+        "198.51.100.1, 127.0.0.2"
+    );
+    assert_eq!(get(&other, "/rl", "198.51.100.1").status(), 200);
+    assert_eq!(get(&other, "/rl", "198.51.100.2").status(), 429);
+
+    let lines = access_lines(&log, 8);
+    let logged = |path: &str, status: u64| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter(|l| l["path"] == path && l["status"] == status)
+            .map(|l| {
+                let peer = l["peer"].as_str().unwrap_or("-");
+                (l["client"].as_str().unwrap().to_string(), peer.to_string())
+            })
+            .collect()
+    };
+    let echo = logged("/echo", 200);
+    assert_eq!(echo.len(), 2, "{lines:?}");
+    assert_eq!(echo[0].0, "203.0.113.7");
+    assert!(echo[0].1.starts_with("127.0.0.1:"), "{echo:?}");
+    assert!(echo[1].0.starts_with("127.0.0.2:"), "{echo:?}");
+    assert_eq!(echo[1].1, "-", "no peer when the peer is the client");
+    let limited: Vec<String> = logged("/rl", 429).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(limited[..2], ["203.0.113.7", "203.0.113.8"], "{lines:?}");
+    assert!(limited[2].starts_with("127.0.0.2:"), "{limited:?}");
+}
+
 /// A client too slow with its request head (slowloris) or body gets 408 when the listener's
 /// `header_timeout` passes, access-logged and counted, as HAProxy and NGINX answer; an idle
 /// keep-alive connection is closed without one.

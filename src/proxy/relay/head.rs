@@ -13,6 +13,7 @@ use crate::proxy::ConnInfo;
 use crate::state::Snapshot;
 use crate::upstream::balancer::hash_bytes;
 use crate::upstream::{HashKey, Upstream};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Most header lines a head may have (hyper's limit is 100 too).
@@ -307,13 +308,15 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     if actions.is_some_and(|a| !a.relayable()) {
         return Parsed::Handoff;
     }
-    let upstream = &snap.upstreams[matched.upstream(|k| hash_key(k, path, buf, head.fields, conn))];
+    let client = conn.client_of(|| header_values(buf, head.fields, "x-forwarded-for"));
+    let upstream =
+        &snap.upstreams[matched.upstream(|k| hash_key(k, path, buf, head.fields, client))];
     if upstream.connector.is_h2() || upstream.connector.is_tls() {
         return Parsed::Handoff;
     }
     let hash = match upstream.algorithm {
         crate::config::Algorithm::ConsistentHash => {
-            hash_key(&upstream.hash_key, path, buf, head.fields, conn)
+            hash_key(&upstream.hash_key, path, buf, head.fields, client)
         }
         _ => 0,
     };
@@ -321,9 +324,7 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     // Last, so that no hand-off after it charges the client twice. A refused request is
     // answered (429) on hyper's path, which checks again.
     if let Some(l) = actions.and_then(|a| a.limiter.as_ref()) {
-        if l.check(conn.client.ip(), std::time::Instant::now())
-            .is_err()
-        {
+        if l.check(client, std::time::Instant::now()).is_err() {
             return Parsed::Handoff;
         }
     }
@@ -432,19 +433,19 @@ fn header_values<'a>(
     buf: &'a [u8],
     fields: &'a [Field],
     name: &'a str,
-) -> impl Iterator<Item = &'a [u8]> {
+) -> impl DoubleEndedIterator<Item = &'a [u8]> {
     fields
         .iter()
         .filter(move |f| f.name(buf).eq_ignore_ascii_case(name.as_bytes()))
         .map(|f| f.value(buf))
 }
 
-fn hash_key(key: &HashKey, path: &str, buf: &[u8], fields: &[Field], conn: &ConnInfo) -> u64 {
+fn hash_key(key: &HashKey, path: &str, buf: &[u8], fields: &[Field], client: IpAddr) -> u64 {
     let header = |name| header_values(buf, fields, name);
     let ip;
     let bytes: Option<&[u8]> = match key {
         HashKey::ClientIp => {
-            ip = conn.client.ip().to_string();
+            ip = client.to_string();
             Some(ip.as_bytes())
         }
         HashKey::Path => Some(path.as_bytes()),

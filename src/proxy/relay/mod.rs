@@ -754,9 +754,17 @@ fn log_entry(head: &[u8], conn: &ConnInfo) -> Entry {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| String::from_utf8_lossy(h.value).into_owned())
     };
+    let xff = || {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| h.value)
+    };
+    let (client, peer) = conn.log_client(conn.client_of(xff));
     Entry {
         time: crate::observe::access_log::rfc3339(SystemTime::now()),
-        client: conn.client.to_string(),
+        client,
+        peer,
         method: req.method.unwrap_or("").to_string(),
         host: h("host").unwrap_or_default(),
         path: req.path.unwrap_or("").to_string(),
