@@ -65,9 +65,7 @@ fn picks(c: &mut Criterion) {
                 b.iter(|| {
                     // splitmix-style spread of a counter: a new, uniformly spread key every pick.
                     k = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                    let ctx = PickCtx {
-                        hash: (k ^ (k >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9),
-                    };
+                    let ctx = PickCtx::hashed((k ^ (k >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9));
                     black_box(up.pick(black_box(&ctx), &[]))
                 })
             });

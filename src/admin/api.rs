@@ -271,6 +271,9 @@ pub fn upstreams_json(shared: &Shared) -> Value {
             }
             let mut up =
                 json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends});
+            if let Some(s) = &u.sticky {
+                up["sticky_cookie"] = json!(s.cookie);
+            }
             if let Some(d) = discovery.get(&u.name) {
                 up["discovery"] = json!(d);
             }

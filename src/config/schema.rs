@@ -240,6 +240,27 @@ pub struct UpstreamConfig {
     pub max_connections: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending: Option<u32>,
+    /// Sticky sessions: a cookie set on the first response names the backend that later
+    /// requests bringing it go to, while it is available (HAProxy's `cookie ... insert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyConfig>,
+}
+
+/// The cookie of sticky sessions. Defaults: `switchyard_backend`, a session cookie (no
+/// `Max-Age`), `HttpOnly`, not `Secure`, no `SameSite`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct StickyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+    /// `Strict`, `Lax` or `None` (which browsers take only with `secure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -35,6 +35,9 @@ pub(super) fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut
             "must be at least 1 (leave it out for no limit)",
         ));
     }
+    if let Some(s) = &u.sticky {
+        check_sticky(&format!("{path}.sticky"), s, p);
+    }
     let mut seen = HashSet::new();
     for (i, b) in u.backends.iter().enumerate() {
         let bp = format!("{path}.backends[{i}]");
@@ -240,5 +243,37 @@ pub(super) fn check_upstream(path: &str, name: &str, u: &UpstreamConfig, p: &mut
                 p.push(Problem::new(format!("{rp}.max_replay_body"), e));
             }
         }
+    }
+}
+
+/// A sticky-session cookie a browser will store and send back.
+fn check_sticky(path: &str, s: &StickyConfig, p: &mut Vec<Problem>) {
+    if let Some(c) = &s.cookie {
+        // A cookie name is an RFC 9110 token.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if c.is_empty() || !c.bytes().all(token) {
+            p.push(Problem::new(
+                format!("{path}.cookie"),
+                "a cookie name uses letters, digits and !#$%&'*+-.^_`|~ only",
+            ));
+        }
+    }
+    if s.max_age.is_some_and(|d| d.get().as_secs() == 0) {
+        p.push(Problem::new(
+            format!("{path}.max_age"),
+            "must be at least 1s (0 deletes the cookie; leave it out for a session cookie)",
+        ));
+    }
+    match s.same_site.as_deref() {
+        None | Some("Strict" | "Lax") => {}
+        Some("None") if s.secure != Some(true) => p.push(Problem::new(
+            format!("{path}.same_site"),
+            "\"None\" needs secure = true: browsers drop such a cookie otherwise",
+        )),
+        Some("None") => {}
+        Some(_) => p.push(Problem::new(
+            format!("{path}.same_site"),
+            "must be \"Strict\", \"Lax\" or \"None\"",
+        )),
     }
 }

@@ -251,7 +251,12 @@ pub(super) async fn forward(
                     drop(resp);
                     continue;
                 }
-                let (rparts, rbody) = resp.into_parts();
+                let (mut rparts, rbody) = resp.into_parts();
+                if let Some(s) = up.sticky.as_ref().filter(|_| ctx.sticky != Some(i)) {
+                    rparts
+                        .headers
+                        .append(http::header::SET_COOKIE, s.set_cookie(i).clone());
+                }
                 inflight.tx = Some(tx);
                 let body = if rbody.is_end_stream() && status != StatusCode::SWITCHING_PROTOCOLS {
                     Box::new(inflight).done(true);

@@ -285,7 +285,16 @@ async fn serve(
         crate::config::Algorithm::ConsistentHash => hash_key(&upstream.hash_key, &parts, client),
         _ => 0,
     };
-    let ctx = PickCtx { hash };
+    let sticky = upstream.sticky.as_ref().and_then(|s| {
+        s.backend_for(
+            parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    });
+    let ctx = PickCtx { hash, sticky };
 
     // `TE: trailers` is hop-by-hop, but whether the client takes trailers decides the path.
     let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
@@ -369,7 +378,7 @@ async fn serve(
         && trace.otel.is_none()
         && relay::from_hyper::eligible(&upstream, &parts, &body);
     let mut resp = if direct {
-        relay::from_hyper::forward(&upstream, hash, &parts, body, &request_id, trace)
+        relay::from_hyper::forward(&upstream, &ctx, &parts, body, &request_id, trace)
             .await
             .unwrap_or_else(error_response)
     } else {

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod health;
 pub mod outlier;
+pub mod sticky;
 
 use crate::config::{self, Algorithm, Protocol, UpstreamConfig};
 use backend::{availability_epoch, now_ms, Backend, Health};
@@ -91,6 +92,8 @@ impl RetryPolicy {
 
 pub struct Upstream {
     pub name: String,
+    /// Sticky sessions by cookie, when configured.
+    pub sticky: Option<Box<sticky::Sticky>>,
     pub backends: Vec<Backend>,
     balancer: Box<dyn Balancer>,
     pub algorithm: Algorithm,
@@ -161,7 +164,12 @@ impl Upstream {
         let t = &cfg.timeouts;
         let checked = cfg.health_check.is_some();
         let has_backups = backends.iter().any(|b| b.backup);
+        let sticky = cfg
+            .sticky
+            .as_ref()
+            .map(|c| Box::new(sticky::Sticky::new(c, &backends)));
         Upstream {
+            sticky,
             stamps: backends.iter().map(|_| AtomicU64::new(0)).collect(),
             name: name.to_string(),
             balancer: balancer::build(cfg.algorithm, &backends),
@@ -322,6 +330,13 @@ impl Upstream {
         }
         let now = OnceCell::new();
         let epoch = availability_epoch();
+        // The backend a sticky session names, while it can take the request.
+        if let Some(i) = ctx.sticky {
+            let b = &self.backends[i];
+            if !b.backup && !tried.contains(&i) && self.available_at(i, &now, epoch) {
+                return Ok(i);
+            }
+        }
         // With backups, the primaries first; the backups only when none of them can take it.
         let tier = |backup: bool| {
             let (backends, now) = (&self.backends, &now);
@@ -417,9 +432,7 @@ mod tests {
                 (0..64u64)
                     .map(|h| {
                         u.pick(
-                            &PickCtx {
-                                hash: balancer::hash_bytes(&h.to_le_bytes()),
-                            },
+                            &PickCtx::hashed(balancer::hash_bytes(&h.to_le_bytes())),
                             &[],
                         )
                         .unwrap()
@@ -435,6 +448,36 @@ mod tests {
             assert_eq!(u.pick(&PickCtx::default(), &[2]), Ok(3), "{algorithm:?}");
             u.backends[1].state.set_draining(false);
             assert_eq!(seen(&u), [1].into(), "{algorithm:?}: back to the primary");
+        }
+    }
+
+    #[test]
+    fn a_sticky_session_keeps_its_backend_only_while_it_can_take_the_request() {
+        let cfg = UpstreamConfig {
+            health_check: checked(),
+            ..UpstreamConfig::default()
+        };
+        let mut backends = balancer::test_support::backends(&[1, 1, 1]);
+        backends[2].backup = true;
+        let u = Upstream::compile("t", &cfg, backends);
+        let stuck = |i| PickCtx {
+            sticky: Some(i),
+            ..PickCtx::default()
+        };
+        for _ in 0..6 {
+            assert_eq!(u.pick(&stuck(1), &[]), Ok(1), "round robin would alternate");
+        }
+        // A retry after it failed goes elsewhere.
+        assert_eq!(u.pick(&stuck(1), &[1]), Ok(0));
+        // Unhealthy or draining: balanced as any other request.
+        u.backends[1].state.set_health(Health::Unhealthy);
+        assert_eq!(u.pick(&stuck(1), &[]), Ok(0));
+        u.backends[1].state.set_health(Health::Healthy);
+        u.backends[1].state.set_draining(true);
+        assert_eq!(u.pick(&stuck(1), &[]), Ok(0));
+        // A backup is never stuck to while a primary can serve.
+        for _ in 0..4 {
+            assert_eq!(u.pick(&stuck(2), &[]), Ok(0));
         }
     }
 

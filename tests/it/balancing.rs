@@ -368,3 +368,114 @@ fn a_route_split_shares_traffic_by_weight_and_keeps_a_keyed_user_on_one_side() {
         .unwrap();
     assert_eq!(r.headers()["x-demo-backend"], sides[&0].as_str());
 }
+
+/// Sticky sessions (`sticky`): the first response sets a cookie naming its backend, and
+/// requests bringing it stay there over HTTP/1.1 (the relay), h2c (the relay from hyper) and
+/// h2c asking for trailers (hyper's client); when that backend drains, the next request moves
+/// and the cookie is rewritten, and the client sticks to its new backend. A forged value is
+/// balanced as if absent. A bad `sticky` is refused with its field paths.
+#[test]
+fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_cannot_serve() {
+    let be = backends(3);
+    let lb = start(&config(&format!(
+        "backends = [{}]\nsticky = {{ cookie = \"sid\", max_age = \"1h\" }}",
+        be.list()
+    )));
+    let (h1, h2) = (client(), h2c_client());
+    // (backend, Set-Cookie) of one request bringing `cookie`.
+    let get = |c: &reqwest::blocking::Client, cookie: &str, trailers: bool| {
+        let mut r = c.get(lb.url("/"));
+        if !cookie.is_empty() {
+            r = r.header("cookie", format!("theme=dark; {cookie}"));
+        }
+        if trailers {
+            r = r.header("te", "trailers");
+        }
+        let r = r.send().unwrap();
+        assert_eq!(r.status(), 200);
+        let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+        (h("x-demo-backend").unwrap(), h("set-cookie"))
+    };
+    assert_eq!(upstreams(&lb)["upstreams"][0]["sticky_cookie"], "sid");
+    let (first, set) = get(&h1, "", false);
+    let set = set.expect("the first response names its backend");
+    assert!(set.starts_with("sid="), "{set}");
+    assert!(
+        set.contains("; Max-Age=3600") && set.contains("; HttpOnly"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    for trailers in [false, true] {
+        let (_, set) = get(&h2, "", trailers);
+        assert!(
+            set.is_some_and(|s| s.starts_with("sid=")),
+            "h2c, trailers: {trailers}"
+        );
+    }
+    for (c, trailers) in [(&h1, false), (&h2, false), (&h2, true)] {
+        for _ in 0..6 {
+            assert_eq!(
+                get(c, &cookie, trailers),
+                (first.clone(), None),
+                "round robin over 3 would have moved it (trailers: {trailers})"
+            );
+        }
+    }
+    // Its backend drains: the client moves once and sticks to the new one.
+    let i: usize = first[1..].parse().unwrap();
+    let r = h1
+        .patch(lb.admin_url(&format!("/api/v1/upstreams/web/backends/{}", be.addrs[i])))
+        .json(&serde_json::json!({"drain": true}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (moved, set) = get(&h1, &cookie, false);
+    assert_ne!(moved, first);
+    let cookie = set
+        .expect("the new backend is named")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    for _ in 0..6 {
+        assert_eq!(get(&h1, &cookie, false), (moved.clone(), None));
+        assert_eq!(get(&h2, &cookie, true), (moved.clone(), None));
+    }
+    // A value naming no backend is ignored, and replaced.
+    let seen: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| {
+            let (b, set) = get(&h1, "sid=0000000000000000", false);
+            assert!(set.is_some());
+            b
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "balanced over the two serving: {seen:?}");
+
+    let bad = config(&format!(
+        "backends = [{}]\nsticky = {{ cookie = \"a b\", max_age = \"0s\", same_site = \"None\" }}",
+        be.list()
+    ));
+    let r = h1
+        .put(lb.admin_url("/api/v1/config"))
+        .header("content-type", "application/toml")
+        .body(bad)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: serde_json::Value = r.json().unwrap();
+    let paths: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "upstreams.web.sticky.cookie",
+            "upstreams.web.sticky.max_age",
+            "upstreams.web.sticky.same_site"
+        ],
+        "{v}"
+    );
+}

@@ -83,7 +83,8 @@ function createCard(name) {
 }
 
 function updateCard(card, u, t) {
-  setText(card.badge, u.algorithm.replaceAll('_', ' '));
+  // Sticky sessions change how traffic spreads: say so next to the algorithm.
+  setText(card.badge, u.algorithm.replaceAll('_', ' ') + (u.sticky_cookie ? ` · sticky (${u.sticky_cookie})` : ''));
   updateDiscovery(card.discovery, u.discovery);
   card.form.hidden = Boolean(u.discovery);
   const backends = u.backends || [];

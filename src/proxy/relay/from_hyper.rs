@@ -48,7 +48,7 @@ pub fn eligible(up: &Upstream, parts: &http::request::Parts, body: &ReqBody) -> 
 /// response, or with Switchyard's error response.
 pub async fn forward(
     up: &Arc<Upstream>,
-    hash: u64,
+    ctx: &crate::upstream::balancer::PickCtx,
     parts: &http::request::Parts,
     body: ReqBody,
     request_id: &HeaderValue,
@@ -65,7 +65,8 @@ pub async fn forward(
         head_len: 0,
         upstream_head: request_head(parts, &body),
         upstream: up.clone(),
-        hash,
+        hash: ctx.hash,
+        sticky: ctx.sticky.map(|i| i as u32),
         body_len: body.len() as u64,
         idempotent: crate::proxy::is_idempotent(method),
         is_head: method == Method::HEAD,

@@ -72,6 +72,8 @@ pub struct Request {
     pub upstream_head: Vec<u8>,
     pub upstream: Arc<Upstream>,
     pub hash: u64,
+    /// The backend the request's sticky-session cookie names (u32: keeps `Parsed` in 128 bytes).
+    pub sticky: Option<u32>,
     pub body_len: u64,
     pub idempotent: bool,
     pub is_head: bool,
@@ -401,6 +403,11 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         upstream_head: out,
         upstream: upstream.clone(),
         hash,
+        sticky: upstream
+            .sticky
+            .as_ref()
+            .and_then(|s| s.backend_for(header_values(buf, head.fields, "cookie")))
+            .map(|i| i as u32),
         body_len,
         idempotent: matches!(
             method,

@@ -396,7 +396,10 @@ async fn forward(
     // One clock read serves the first attempt's deadlines and timings (they cost ~20 ns each).
     let deadline = now + up.request_timeout;
     up.budget.on_request();
-    let ctx = PickCtx { hash: req.hash };
+    let ctx = PickCtx {
+        hash: req.hash,
+        sticky: req.sticky.map(|i| i as usize),
+    };
     // As the hyper path: a request that reached a backend goes again only when idempotent and
     // its body is within `max_replay_body`.
     let resend = req.resendable(policy.max_replay_body);
@@ -458,6 +461,9 @@ async fn forward(
                     last_err = ProxyError::UpstreamReset;
                     continue;
                 }
+                if let Some(s) = up.sticky.as_ref().filter(|_| ctx.sticky != Some(i)) {
+                    set_cookie(&mut x.client_head, s.set_cookie(i).as_bytes());
+                }
                 x.backend = i;
                 x.inflight = Some(inflight);
                 return Ok(x);
@@ -474,6 +480,15 @@ async fn forward(
         }
     }
     Err(last_err)
+}
+
+/// Adds a `Set-Cookie` line to a rewritten response head (which ends in an empty line).
+fn set_cookie(head: &mut Vec<u8>, value: &[u8]) {
+    if head.ends_with(b"\r\n\r\n") {
+        head.truncate(head.len() - 2);
+        head::push_header(head, b"set-cookie", value);
+        head.extend_from_slice(b"\r\n");
+    }
 }
 
 /// How an exchange on one connection failed.

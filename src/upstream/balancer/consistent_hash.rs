@@ -262,9 +262,7 @@ mod tests {
         let keys = 10_000;
         let moved = (0..keys)
             .filter(|k| {
-                let ctx = PickCtx {
-                    hash: hash_bytes(format!("key-{k}").as_bytes()),
-                };
+                let ctx = PickCtx::hashed(hash_bytes(format!("key-{k}").as_bytes()));
                 let (x, y) = (
                     a.pick(&three, &ctx, &mut |_| true),
                     b.pick(&four, &ctx, &mut |_| true),
@@ -287,9 +285,7 @@ mod tests {
         let keys = 200_000u64;
         let (mut moved, mut to_new) = (0, 0);
         for k in 0..keys {
-            let ctx = PickCtx {
-                hash: hash_bytes(&k.to_le_bytes()),
-            };
+            let ctx = PickCtx::hashed(hash_bytes(&k.to_le_bytes()));
             let (x, y) = (
                 a.pick(&before, &ctx, &mut |_| true),
                 b.pick(&after, &ctx, &mut |_| true),
@@ -320,7 +316,7 @@ mod tests {
             // The owner of the key's bucket start, looked up on the ring itself.
             let bucket = h >> SHIFT;
             let owner = ring_owner(bucket << SHIFT);
-            let ctx = PickCtx { hash: h };
+            let ctx = PickCtx::hashed(h);
             assert_eq!(ch.pick(&b, &ctx, &mut |_| true), Some(owner));
             // And when that owner is out, the next distinct owner clockwise.
             let next = ch.pick(&b, &ctx, &mut |i| i != owner).unwrap();
@@ -337,9 +333,7 @@ mod tests {
         let b = backends(&[1; 50]);
         let ch = ConsistentHash::new(&b);
         for k in 0..1_000u64 {
-            let ctx = PickCtx {
-                hash: hash_bytes(&k.to_le_bytes()),
-            };
+            let ctx = PickCtx::hashed(hash_bytes(&k.to_le_bytes()));
             assert_eq!(ch.pick(&b, &ctx, &mut |i| i == 17), Some(17));
             assert_eq!(ch.pick(&b, &ctx, &mut |_| false), None);
         }
@@ -349,7 +343,7 @@ mod tests {
     fn unavailable_owner_falls_to_a_neighbour() {
         let b = backends(&[1, 1, 1]);
         let ch = ConsistentHash::new(&b);
-        let ctx = PickCtx { hash: 42 };
+        let ctx = PickCtx::hashed(42);
         let owner = ch.pick(&b, &ctx, &mut |_| true).unwrap();
         let other = ch.pick(&b, &ctx, &mut |i| i != owner).unwrap();
         assert_ne!(owner, other);

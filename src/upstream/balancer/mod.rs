@@ -24,6 +24,16 @@ pub use consistent_hash::{hash_bytes, ConsistentHash};
 pub struct PickCtx {
     /// Hash of the request's key, used by `consistent_hash` only.
     pub hash: u64,
+    /// The backend the request's sticky-session cookie names (see [`crate::upstream::sticky`]):
+    /// taken before any balancing while it is available.
+    pub sticky: Option<usize>,
+}
+
+impl PickCtx {
+    /// A request with key hash `hash` and no sticky session.
+    pub fn hashed(hash: u64) -> PickCtx {
+        PickCtx { hash, sticky: None }
+    }
 }
 
 pub trait Balancer: Send + Sync {
