@@ -341,14 +341,7 @@ fn a_route_split_shares_traffic_by_weight_and_keeps_a_keyed_user_on_one_side() {
         "{ upstream = \"stable\", weight = 0 }, { upstream = \"nope\", weight = 20000 }",
         "split_by = \"header:\"\nupstream = \"stable\"",
     );
-    let r = client()
-        .put(lb.admin_url("/api/v1/config"))
-        .header("content-type", "application/toml")
-        .body(bad)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let text = r.text().unwrap();
+    let paths = refused_paths(&lb, &bad);
     for path in [
         "routes[0].split",
         "routes[0].split[1].upstream",
@@ -356,8 +349,8 @@ fn a_route_split_shares_traffic_by_weight_and_keeps_a_keyed_user_on_one_side() {
         "routes[0].split_by",
     ] {
         assert!(
-            text.contains(&format!("\"{path}\"")),
-            "{path} not named: {text}"
+            paths.iter().any(|p| p == path),
+            "{path} not named: {paths:?}"
         );
     }
     // The keyed split still holds.
@@ -455,27 +448,13 @@ fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_cannot_serve
         "backends = [{}]\nsticky = {{ cookie = \"a b\", max_age = \"0s\", same_site = \"None\" }}",
         be.list()
     ));
-    let r = h1
-        .put(lb.admin_url("/api/v1/config"))
-        .header("content-type", "application/toml")
-        .body(bad)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let v: serde_json::Value = r.json().unwrap();
-    let paths: Vec<&str> = v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["path"].as_str().unwrap())
-        .collect();
+    let paths = refused_paths(&lb, &bad);
     assert_eq!(
         paths,
         [
             "upstreams.web.sticky.cookie",
             "upstreams.web.sticky.max_age",
             "upstreams.web.sticky.same_site"
-        ],
-        "{v}"
+        ]
     );
 }

@@ -437,6 +437,25 @@ pub fn put_config(lb: &Lb, toml_text: &str) {
     assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
 }
 
+/// PUTs a configuration that must be refused: asserts 422, and returns the problems' field
+/// paths in the order given.
+pub fn refused_paths(lb: &Lb, toml_text: &str) -> Vec<String> {
+    let r = client()
+        .put(lb.admin_url("/api/v1/config"))
+        .header("content-type", "application/toml")
+        .body(toml_text.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: serde_json::Value = r.json().unwrap();
+    v["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems: {v}"))
+        .iter()
+        .map(|p| p["path"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// The JSON access-log lines in `path` once there are at least `n` (waiting up to 5 s).
 pub fn access_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
