@@ -36,11 +36,13 @@ pub enum ProxyError {
     RateLimited,
     /// A client that began a request sent neither its whole head nor its body in time.
     ClientTimeout,
+    /// The route's `ip_allow`/`ip_deny` refuses this client.
+    ClientDenied,
 }
 
 impl ProxyError {
     /// Every variant, for metrics and lookups.
-    pub const ALL: [ProxyError; 14] = [
+    pub const ALL: [ProxyError; 15] = [
         ProxyError::NoRoute,
         ProxyError::NoBackend,
         ProxyError::Overloaded,
@@ -55,6 +57,7 @@ impl ProxyError {
         ProxyError::PlainHttpOnTls,
         ProxyError::RateLimited,
         ProxyError::ClientTimeout,
+        ProxyError::ClientDenied,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -72,6 +75,7 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientDenied => StatusCode::FORBIDDEN,
         }
     }
 
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::PlainHttpOnTls => "plain_http_to_https_port",
             ProxyError::RateLimited => "rate_limited",
             ProxyError::ClientTimeout => "client_timeout",
+            ProxyError::ClientDenied => "client_denied",
         }
     }
 

@@ -128,6 +128,13 @@ pub struct RouteConfig {
     /// Requests admitted per second, per client IP or for the whole route; over it, 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Only clients in these blocks (`"10.0.0.0/8"`, an address) may use the route; the rest
+    /// get 403. Default: everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allow: Vec<String>,
+    /// Clients in these blocks get 403, even if `ip_allow` names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_deny: Vec<String>,
 }
 
 /// One side of a route's `split`: an upstream and its share, `weight` of the arms' sum.

@@ -113,11 +113,11 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 p.push(Problem::new(format!("{path}.max_request_body"), e));
             }
         }
-        for (j, t) in l.trusted_proxies.iter().enumerate() {
-            if let Err(e) = crate::proxy::real_ip::Cidr::parse(t) {
-                p.push(Problem::new(format!("{path}.trusted_proxies[{j}]"), e));
-            }
-        }
+        check_blocks(
+            &format!("{path}.trusted_proxies"),
+            &l.trusted_proxies,
+            &mut p,
+        );
         if l.header_timeout.is_some_and(|d| d.get().is_zero()) {
             p.push(Problem::new(
                 format!("{path}.header_timeout"),
@@ -148,6 +148,8 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         route_target(cfg, r, &path, &mut p);
+        check_blocks(&format!("{path}.ip_allow"), &r.ip_allow, &mut p);
+        check_blocks(&format!("{path}.ip_deny"), &r.ip_deny, &mut p);
         for (j, h) in r.hosts.iter().enumerate() {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(' ') {
@@ -449,5 +451,14 @@ fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>)
             ))
         }
         _ => {}
+    }
+}
+
+/// Every entry of a list of address blocks parses (`10.0.0.0/8`, an address).
+fn check_blocks(path: &str, list: &[String], p: &mut Vec<Problem>) {
+    for (j, e) in list.iter().enumerate() {
+        if let Err(e) = crate::proxy::real_ip::Cidr::parse(e) {
+            p.push(Problem::new(format!("{path}[{j}]"), e));
+        }
     }
 }

@@ -15,7 +15,7 @@ pub mod redirect;
 mod sniff;
 pub mod tls;
 
-use crate::proxy::real_ip::TrustedProxies;
+use crate::proxy::real_ip::CidrSet;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 pub use client::ClientStream;
@@ -83,7 +83,7 @@ pub struct Bound {
     /// `header_timeout` of the listener.
     pub header_timeout: Duration,
     /// `trusted_proxies` of the listener, when it has any.
-    pub trusted: Option<Arc<TrustedProxies>>,
+    pub trusted: Option<Arc<CidrSet>>,
     sockets: Vec<std::net::TcpListener>,
 }
 
@@ -94,7 +94,7 @@ pub struct WorkerSocket {
     mode: Arc<Mode>,
     proxy_protocol: bool,
     header_timeout: Duration,
-    trusted: Option<Arc<TrustedProxies>>,
+    trusted: Option<Arc<CidrSet>>,
 }
 
 impl Bound {
@@ -202,7 +202,7 @@ pub fn set_modes(
     for (c, b) in cfg.iter().zip(bound.iter_mut()) {
         b.proxy_protocol = c.proxy_protocol == Some(true);
         b.header_timeout = c.header_timeout.map_or(HEADER_READ_TIMEOUT, |d| d.get());
-        let trusted = TrustedProxies::new(&c.trusted_proxies);
+        let trusted = CidrSet::new(&c.trusted_proxies);
         b.trusted = (!trusted.is_empty()).then(|| Arc::new(trusted));
         if let Some(t) = c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
             let l = tls::TlsListener::new(&c.bind, t)

@@ -13,6 +13,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 /// gRPC status codes used here (grpc/doc/statuscodes.md).
 pub const UNKNOWN: u32 = 2;
 pub const DEADLINE_EXCEEDED: u32 = 4;
+pub const PERMISSION_DENIED: u32 = 7;
 pub const RESOURCE_EXHAUSTED: u32 = 8;
 pub const UNIMPLEMENTED: u32 = 12;
 pub const INTERNAL: u32 = 13;
@@ -31,6 +32,7 @@ pub fn code(status: StatusCode) -> u32 {
         504 => DEADLINE_EXCEEDED,
         429 | 502 | 503 => UNAVAILABLE,
         404 => UNIMPLEMENTED,
+        403 => PERMISSION_DENIED,
         413 => RESOURCE_EXHAUSTED,
         400 | 431 => INTERNAL,
         _ => UNKNOWN,

@@ -68,7 +68,7 @@ pub struct ConnInfo {
     /// Verified client certificate subject (mTLS).
     pub tls_client: Option<String>,
     /// The listener's `trusted_proxies`, when it has any.
-    pub trusted: Option<Arc<real_ip::TrustedProxies>>,
+    pub trusted: Option<Arc<real_ip::CidrSet>>,
     /// `client` is one of them: its requests' `X-Forwarded-For` names the client.
     pub peer_trusted: bool,
 }
@@ -78,7 +78,7 @@ impl ConnInfo {
     pub fn new(
         peer: SocketAddr,
         max_body: u64,
-        trusted: Option<Arc<real_ip::TrustedProxies>>,
+        trusted: Option<Arc<real_ip::CidrSet>>,
     ) -> ConnInfo {
         let mut c = ConnInfo {
             client: peer,
@@ -98,7 +98,7 @@ impl ConnInfo {
     pub fn set_peer(&mut self, peer: SocketAddr) {
         self.client = peer;
         self.client_ip = headers::client_ip(peer);
-        self.peer_trusted = self.trusted.as_ref().is_some_and(|t| t.admits(peer.ip()));
+        self.peer_trusted = self.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
     }
 
     /// A request's client: the peer, or from a trusted proxy the client its
@@ -254,6 +254,13 @@ async fn serve(
         return refuse(ProxyError::NoRoute, &parts.headers);
     };
     let client = conn.client_of(|| forwarded_for(&parts.headers));
+    if let Some(a) = matched.actions {
+        if a.acl.as_ref().is_some_and(|acl| !acl.admits(client)) {
+            let mut r = refuse(ProxyError::ClientDenied, &parts.headers);
+            a.response.apply(r.headers_mut());
+            return r;
+        }
+    }
     if let Some(limiter) = matched.actions.and_then(|a| a.limiter.as_ref()) {
         if let Err(wait) = limiter.check(client, std::time::Instant::now()) {
             let mut r = refuse(ProxyError::RateLimited, &parts.headers);

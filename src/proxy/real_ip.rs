@@ -8,7 +8,7 @@
 //! address that is not itself a trusted proxy is the client. If every address is trusted, the
 //! leftmost is; at something that is not an address, reading stops at the last one read.
 //!
-//! Whether the peer is trusted is decided once per connection ([`TrustedProxies::admits`]), so a
+//! Whether the peer is trusted is decided once per connection ([`CidrSet::contains`]), so a
 //! listener without `trusted_proxies`, or a client that is not a proxy, costs a branch.
 //! `X-Forwarded-For` still gets the peer appended as it arrived, as every proxy does: the next
 //! hop can make the same choice.
@@ -68,27 +68,28 @@ fn prefix_eq(a: u128, b: u128, bits: u8, width: u32) -> bool {
     shift >= 128 || (a ^ b) >> shift == 0
 }
 
-/// A listener's `trusted_proxies`.
-#[derive(Debug, Default)]
-pub struct TrustedProxies(Box<[Cidr]>);
+/// A list of address blocks: a listener's `trusted_proxies`, a route's `ip_allow`.
+#[derive(Debug, Default, Clone)]
+pub struct CidrSet(Box<[Cidr]>);
 
-impl TrustedProxies {
+impl CidrSet {
     /// From validated configuration; entries that do not parse are left out.
-    pub fn new(entries: &[String]) -> TrustedProxies {
-        TrustedProxies(entries.iter().filter_map(|e| Cidr::parse(e).ok()).collect())
+    pub fn new(entries: &[String]) -> CidrSet {
+        CidrSet(entries.iter().filter_map(|e| Cidr::parse(e).ok()).collect())
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Whether `peer` is one of the proxies: only then is its `X-Forwarded-For` read.
-    pub fn admits(&self, peer: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(peer))
+    /// Whether one of the blocks holds `ip` (for trusted proxies: only then is a peer's
+    /// `X-Forwarded-For` read).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
     }
 
-    /// The client that `X-Forwarded-For` (its lines in order, as received from a trusted peer)
-    /// names; `None` if it names none.
+    /// With `self` the trusted proxies: the client that `X-Forwarded-For` (its lines in order,
+    /// as received from a trusted peer) names; `None` if it names none.
     pub fn client<'a>(&self, lines: impl DoubleEndedIterator<Item = &'a [u8]>) -> Option<IpAddr> {
         let mut last = None;
         for line in lines.rev() {
@@ -100,13 +101,36 @@ impl TrustedProxies {
                 let Some(ip) = parse_hop(item) else {
                     return last;
                 };
-                if !self.admits(ip) {
+                if !self.contains(ip) {
                     return Some(ip);
                 }
                 last = Some(ip);
             }
         }
         last
+    }
+}
+
+/// A route's `ip_allow` and `ip_deny` (NGINX's `allow`/`deny`, Traefik's `ipAllowList`).
+#[derive(Debug, Clone)]
+pub struct Acl {
+    allow: CidrSet,
+    deny: CidrSet,
+}
+
+impl Acl {
+    /// `None` when both lists are empty.
+    pub fn new(allow: &[String], deny: &[String]) -> Option<Acl> {
+        let a = Acl {
+            allow: CidrSet::new(allow),
+            deny: CidrSet::new(deny),
+        };
+        (!a.allow.is_empty() || !a.deny.is_empty()).then_some(a)
+    }
+
+    /// A client in `ip_deny` is refused; with an `ip_allow`, so is every client outside it.
+    pub fn admits(&self, client: IpAddr) -> bool {
+        !self.deny.contains(client) && (self.allow.is_empty() || self.allow.contains(client))
     }
 }
 
@@ -124,8 +148,8 @@ fn parse_hop(item: &[u8]) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn t(list: &[&str]) -> TrustedProxies {
-        TrustedProxies::new(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    fn t(list: &[&str]) -> CidrSet {
+        CidrSet::new(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -153,6 +177,19 @@ mod tests {
         for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "x", "10.0.0.0/", ""] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_deny_wins_over_an_allow_and_an_allow_list_refuses_the_rest() {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let acl = Acl::new(&list(&["10.0.0.0/8"]), &list(&["10.6.6.0/24"])).unwrap();
+        assert!(acl.admits(ip("10.1.2.3")));
+        assert!(!acl.admits(ip("10.6.6.6")));
+        assert!(!acl.admits(ip("192.0.2.1")));
+        let deny_only = Acl::new(&[], &list(&["192.0.2.1"])).unwrap();
+        assert!(deny_only.admits(ip("192.0.2.2")));
+        assert!(!deny_only.admits(ip("192.0.2.1")));
+        assert!(Acl::new(&[], &[]).is_none());
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct RouteActions {
     pub request: HeaderEdits,
     pub response: HeaderEdits,
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Which clients may use the route.
+    pub acl: Option<super::real_ip::Acl>,
 }
 
 impl RouteActions {
@@ -111,11 +113,13 @@ impl RouteActions {
             request: HeaderEdits::compile(r.request_headers.as_ref()),
             response: HeaderEdits::compile(r.response_headers.as_ref()),
             limiter,
+            acl: super::real_ip::Acl::new(&r.ip_allow, &r.ip_deny),
         };
         (a.rewrite_prefix.is_some()
             || !a.request.is_empty()
             || !a.response.is_empty()
-            || a.limiter.is_some())
+            || a.limiter.is_some()
+            || a.acl.is_some())
         .then_some(a)
     }
 

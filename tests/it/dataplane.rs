@@ -450,6 +450,69 @@ fn behind_a_trusted_proxy_the_client_is_the_one_x_forwarded_for_names() {
     assert!(limited[2].starts_with("127.0.0.2:"), "{limited:?}");
 }
 
+/// A route's `ip_allow` and `ip_deny` answer 403 `client_denied` to the clients they refuse,
+/// with nothing forwarded, on the relay and on hyper's path, judging the client as rate limits
+/// do: behind a trusted proxy, the one its `X-Forwarded-For` names.
+#[test]
+fn ip_allow_and_deny_refuse_clients_with_403_before_forwarding() {
+    let be = backends(1);
+    let routes = |allow: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listeners]]\nbind = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
+             [[routes]]\npath_prefix = \"/admin\"\nupstream = \"web\"\nip_allow = [{allow}]\n\
+             [[routes]]\npath_prefix = \"/public\"\nupstream = \"web\"\n\
+             ip_deny = [\"203.0.113.0/24\"]\n\
+             [upstreams.web]\nbackends = [{}]\n",
+            be.list()
+        )
+    };
+    let lb = start(&routes("\"10.0.0.0/8\", \"127.0.0.2\""));
+    let sent = || {
+        lb.running().shared.current().upstreams[0].backends[0]
+            .state
+            .requests_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (proxy, h2) = (client(), h2c_client());
+    let other = reqwest::blocking::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let status = |c: &reqwest::blocking::Client, path: &str, xff: Option<&str>| {
+        let mut r = c.get(lb.url(path));
+        if let Some(x) = xff {
+            r = r.header("x-forwarded-for", x);
+        }
+        let r = r.send().unwrap();
+        let reason = r
+            .headers()
+            .get("x-switchyard-error")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), reason)
+    };
+    let denied = (403, Some("client_denied".to_string()));
+    let before = sent();
+    // 127.0.0.1 itself is outside the allow list; so is the client 198.51.100.1 it names.
+    assert_eq!(status(&proxy, "/admin", None), denied);
+    assert_eq!(status(&proxy, "/admin", Some("198.51.100.1")), denied);
+    assert_eq!(status(&h2, "/admin", Some("198.51.100.1")), denied);
+    assert_eq!(status(&proxy, "/public", Some("203.0.113.9")), denied);
+    assert_eq!(status(&h2, "/public", Some("203.0.113.9")), denied);
+    assert_eq!(sent(), before, "a refused request is not forwarded");
+    assert_eq!(status(&proxy, "/admin", Some("10.1.2.3")), (200, None));
+    assert_eq!(status(&h2, "/admin", Some("10.1.2.3")), (200, None));
+    assert_eq!(status(&other, "/admin", None), (200, None));
+    // Not a trusted proxy: its header does not make it 203.0.113.9.
+    assert_eq!(status(&other, "/public", Some("203.0.113.9")), (200, None));
+    assert_eq!(sent(), before + 4);
+    assert_eq!(
+        refused_paths(&lb, &routes("\"10.0.0.0/40\", \"localhost\"")),
+        ["routes[0].ip_allow[0]", "routes[0].ip_allow[1]"]
+    );
+}
+
 /// A client too slow with its request head (slowloris) or body gets 408 when the listener's
 /// `header_timeout` passes, access-logged and counted, as HAProxy and NGINX answer; an idle
 /// keep-alive connection is closed without one.

@@ -311,6 +311,10 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         return Parsed::Handoff;
     }
     let client = conn.client_of(|| header_values(buf, head.fields, "x-forwarded-for"));
+    // A refused client is answered (403) on hyper's path, which checks again.
+    if actions.is_some_and(|a| a.acl.as_ref().is_some_and(|acl| !acl.admits(client))) {
+        return Parsed::Handoff;
+    }
     let upstream =
         &snap.upstreams[matched.upstream(|k| hash_key(k, path, buf, head.fields, client))];
     if upstream.connector.is_h2() || upstream.connector.is_tls() {
