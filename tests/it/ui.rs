@@ -101,6 +101,7 @@ health_check = {{ kind = "http", path = "/healthz", interval = "300ms", timeout 
 
 [upstreams.catalog]
 discovery = {{ file = "{}", interval = "200ms" }}
+sticky = {{ cookie = "sy" }}
 "#,
         discovery_file.display()
     );

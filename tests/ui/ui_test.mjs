@@ -204,6 +204,11 @@ try {
   }
   ok(`routes panel: ${routesText.trim()}`);
 
+  step('an upstream with sticky sessions says so next to its algorithm');
+  const catalogHead = page.locator('section[data-upstream="catalog"] h2');
+  await catalogHead.filter({ hasText: 'sticky (sy)' }).waitFor({ timeout: 5000 });
+  ok(`catalog heading: ${(await catalogHead.textContent()).replace(/\s+/g, ' ').trim()}`);
+
   step('adding a backend through the form makes it appear and take traffic');
   const spareName = await backendName(spare);
   const card = page.locator(`section[data-upstream="${upstream}"]`);
