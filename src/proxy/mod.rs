@@ -80,18 +80,16 @@ impl ConnInfo {
         max_body: u64,
         trusted: Option<Arc<real_ip::CidrSet>>,
     ) -> ConnInfo {
-        let mut c = ConnInfo {
+        ConnInfo {
             client: peer,
             client_ip: headers::client_ip(peer),
             https: false,
             max_body,
             tls_version: None,
             tls_client: None,
+            peer_trusted: trusted.as_ref().is_some_and(|t| t.contains(peer.ip())),
             trusted,
-            peer_trusted: false,
-        };
-        c.set_peer(peer);
-        c
+        }
     }
 
     /// The peer is `peer` (a PROXY protocol header named it).
