@@ -385,11 +385,7 @@ fn behind_a_trusted_proxy_the_client_is_the_one_x_forwarded_for_names() {
     ));
     // 127.0.0.1 is a trusted proxy; 127.0.0.2 (also loopback) is any other client.
     let proxy = client();
-    let other = reqwest::blocking::Client::builder()
-        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let other = client_from("127.0.0.2");
     let get = |c: &reqwest::blocking::Client, path: &str, xff: &str| {
         c.get(lb.url(path))
             .header("x-forwarded-for", xff)
@@ -475,11 +471,7 @@ fn ip_allow_and_deny_refuse_clients_with_403_before_forwarding() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     let (proxy, h2) = (client(), h2c_client());
-    let other = reqwest::blocking::Client::builder()
-        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let other = client_from("127.0.0.2");
     let status = |c: &reqwest::blocking::Client, path: &str, xff: Option<&str>| {
         let mut r = c.get(lb.url(path));
         if let Some(x) = xff {

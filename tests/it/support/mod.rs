@@ -140,6 +140,16 @@ pub fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address is this host's), to be
+/// a client other than 127.0.0.1.
+pub fn client_from(ip: &str) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 /// GET and return (status, x-demo-backend header or "").
 pub fn get_backend(c: &reqwest::blocking::Client, url: &str) -> (u16, String) {
     let r = c.get(url).send().unwrap();
@@ -427,25 +437,25 @@ pub fn first_backend(lb: &Lb, i: usize) -> serde_json::Value {
 }
 
 /// Replaces the whole configuration through the admin API (as an operator's live change).
-pub fn put_config(lb: &Lb, toml_text: &str) {
-    let r = client()
+/// `PUT /api/v1/config` with a TOML body.
+fn put_toml(lb: &Lb, toml_text: &str) -> reqwest::blocking::Response {
+    client()
         .put(lb.admin_url("/api/v1/config"))
         .header("content-type", "application/toml")
         .body(toml_text.to_string())
         .send()
-        .unwrap();
+        .unwrap()
+}
+
+pub fn put_config(lb: &Lb, toml_text: &str) {
+    let r = put_toml(lb, toml_text);
     assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
 }
 
 /// PUTs a configuration that must be refused: asserts 422, and returns the problems' field
 /// paths in the order given.
 pub fn refused_paths(lb: &Lb, toml_text: &str) -> Vec<String> {
-    let r = client()
-        .put(lb.admin_url("/api/v1/config"))
-        .header("content-type", "application/toml")
-        .body(toml_text.to_string())
-        .send()
-        .unwrap();
+    let r = put_toml(lb, toml_text);
     assert_eq!(r.status(), 422);
     let v: serde_json::Value = r.json().unwrap();
     v["problems"]
