@@ -135,6 +135,23 @@ pub struct RouteConfig {
     /// Clients in these blocks get 403, even if `ip_allow` names them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_deny: Vec<String>,
+    /// A copy of the route's requests (all, or `percent` of them) sent to another upstream,
+    /// its answer dropped: Envoy's `request_mirror_policies`, NGINX's `mirror`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// Where a route's mirrored requests go, and which share of them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MirrorConfig {
+    pub upstream: String,
+    /// Percent of the route's requests copied, above 0 and at most 100 (default: 100).
+    #[serde(default = "all_percent")]
+    pub percent: f64,
+}
+
+fn all_percent() -> f64 {
+    100.0
 }
 
 /// One side of a route's `split`: an upstream and its share, `weight` of the arms' sum.

@@ -148,6 +148,21 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         route_target(cfg, r, &path, &mut p);
+        if let Some(m) = &r.mirror {
+            if !cfg.upstreams.contains_key(&m.upstream) {
+                p.push(Problem::new(
+                    format!("{path}.mirror.upstream"),
+                    format!("no upstream named {:?}", m.upstream),
+                ));
+            }
+            // NaN fails both comparisons and is refused too.
+            if !(m.percent > 0.0 && m.percent <= 100.0) {
+                p.push(Problem::new(
+                    format!("{path}.mirror.percent"),
+                    "must be above 0 and at most 100",
+                ));
+            }
+        }
         check_blocks(&format!("{path}.ip_allow"), &r.ip_allow, &mut p);
         check_blocks(&format!("{path}.ip_deny"), &r.ip_deny, &mut p);
         for (j, h) in r.hosts.iter().enumerate() {

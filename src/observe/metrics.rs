@@ -7,6 +7,7 @@
 //! conventions: `_total` counters, `_seconds` histograms, base units.
 
 use crate::error::ProxyError;
+use crate::proxy::mirror::Outcome;
 use crate::state::Shared;
 use crate::upstream::backend::{BackendState, Health, LATENCY_BUCKETS_S};
 use crate::upstream::breaker::Circuit;
@@ -25,6 +26,8 @@ static RETRIES: AtomicU64 = AtomicU64::new(0);
 static RETRIES_DENIED: AtomicU64 = AtomicU64::new(0);
 static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 static HEALTH_INCONCLUSIVE: AtomicU64 = AtomicU64::new(0);
+/// Mirrored copies by [`Outcome`]: sent, failed, skipped.
+static MIRRORED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
 static MADE: [AtomicU64; ProxyError::ALL.len()] =
     [const { AtomicU64::new(0) }; ProxyError::ALL.len()];
@@ -89,8 +92,16 @@ pub fn access_log_dropped() {
 pub fn health_check_inconclusive() {
     HEALTH_INCONCLUSIVE.fetch_add(1, Relaxed);
 }
-/// An error response Switchyard made itself.
+/// What became of a mirrored copy of a request.
+pub fn mirror(o: Outcome) {
+    MIRRORED[o as usize].fetch_add(1, Relaxed);
+}
+/// An error response Switchyard made itself; not counted for a mirrored copy, whose errors no
+/// client sees (they are the mirror metric's `failed`).
 pub fn error_made(e: ProxyError) {
+    if crate::proxy::mirror::in_mirror() {
+        return;
+    }
     if let Some(i) = ProxyError::ALL.iter().position(|x| *x == e) {
         MADE[i].fetch_add(1, Relaxed);
     }
@@ -232,6 +243,16 @@ pub fn render(shared: &Shared) -> String {
             .iter()
             .enumerate()
             .map(|(i, n)| (format!("class=\"{}xx\"", i + 1), *n)),
+    );
+    family(
+        &mut o,
+        "switchyard_mirrored_requests_total",
+        "counter",
+        "Copies of requests for routes' mirror upstreams, by result (failed: the shadow gave no answer; skipped: the body was streamed, not kept, or too many copies were in flight).",
+        ["sent", "failed", "skipped"]
+            .iter()
+            .zip(&MIRRORED)
+            .map(|(r, n)| (format!("result=\"{r}\""), n.load(Relaxed))),
     );
     let made = ProxyError::ALL.iter().zip(MADE.iter()).map(|(e, n)| {
         (

@@ -10,6 +10,7 @@ pub mod connector;
 mod forward;
 pub mod grpc;
 pub mod headers;
+pub mod mirror;
 pub mod pool;
 pub mod ratelimit;
 pub mod real_ip;
@@ -286,20 +287,18 @@ async fn serve(
         return r;
     }
 
-    let hash = match upstream.algorithm {
-        crate::config::Algorithm::ConsistentHash => hash_key(&upstream.hash_key, &parts, client),
-        _ => 0,
-    };
-    let sticky = upstream.sticky.as_ref().and_then(|s| {
-        s.backend_for(
-            parts
-                .headers
-                .get_all(header::COOKIE)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        )
-    });
-    let ctx = PickCtx { hash, sticky };
+    let ctx = pick_ctx(&upstream, &parts, client);
+    // A copy for the route's mirror, if this request is one of its share (never an upgrade,
+    // whose tunnel has one other end).
+    let mirror = matched
+        .actions
+        .and_then(|a| a.mirror.as_ref())
+        .filter(|m| client_upgrade.is_none() && m.draw())
+        .map(|m| {
+            let shadow = snap.upstreams[m.upstream].clone();
+            let ctx = pick_ctx(&shadow, &parts, client);
+            (m, shadow, ctx)
+        });
 
     // `TE: trailers` is hop-by-hop, but whether the client takes trailers decides the path.
     let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
@@ -352,11 +351,10 @@ async fn serve(
 
     let body = if incoming.is_end_stream() && declared_len.unwrap_or(0) == 0 {
         ReqBody::Empty
-    } else if upstream.retry.attempts > 1
-        && is_idempotent(&parts.method)
+    } else if (mirror.is_some() || (upstream.retry.attempts > 1 && is_idempotent(&parts.method)))
         && declared_len.is_some_and(|n| n <= upstream.retry.max_replay_body)
     {
-        // Small enough to keep: read it whole so another backend can get it again.
+        // Small enough to keep: read it whole so another backend (or the mirror) can get it.
         match incoming.collect().await {
             Ok(c) => {
                 let b = c.to_bytes();
@@ -375,6 +373,16 @@ async fn serve(
             stats,
         }
     };
+
+    if let Some((m, shadow, ctx)) = mirror {
+        match &body {
+            ReqBody::Empty => m.send(shadow, ctx, &parts, None, &upstream.name),
+            ReqBody::Replay(b) => m.send(shadow, ctx, &parts, b.clone(), &upstream.name),
+            ReqBody::Stream { .. } => {
+                crate::observe::metrics::mirror(mirror::Outcome::Skipped);
+            }
+        }
+    }
 
     // Requests that keep hyper's client: upgrades, a client asking for trailers (this path
     // drops them), OTLP spans per attempt.
@@ -412,6 +420,29 @@ async fn serve(
     // HTTP/1 ignores the flag.
     id.set_sensitive(true);
     resp
+}
+
+/// What a pick from `up` needs of the request: its key's hash for `consistent_hash`, the backend
+/// its sticky cookie names.
+fn pick_ctx(
+    up: &crate::upstream::Upstream,
+    parts: &http::request::Parts,
+    client: IpAddr,
+) -> PickCtx {
+    let hash = match up.algorithm {
+        crate::config::Algorithm::ConsistentHash => hash_key(&up.hash_key, parts, client),
+        _ => 0,
+    };
+    let sticky = up.sticky.as_ref().and_then(|s| {
+        s.backend_for(
+            parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    });
+    PickCtx { hash, sticky }
 }
 
 /// A request's `X-Forwarded-For` lines, in order.

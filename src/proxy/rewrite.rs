@@ -103,30 +103,42 @@ pub struct RouteActions {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Which clients may use the route.
     pub acl: Option<super::real_ip::Acl>,
+    /// Where copies of the route's requests go.
+    pub mirror: Option<super::mirror::Mirror>,
 }
 
 impl RouteActions {
-    /// `limiter`: the route's rate limiter (kept across changes by the registry), if it has one.
-    pub fn compile(r: &RouteConfig, limiter: Option<Arc<RateLimiter>>) -> Option<RouteActions> {
+    /// `limiter`: the route's rate limiter (kept across changes by the registry), if it has one;
+    /// `mirror`: its mirror, with the shadow upstream resolved.
+    pub fn compile(
+        r: &RouteConfig,
+        limiter: Option<Arc<RateLimiter>>,
+        mirror: Option<super::mirror::Mirror>,
+    ) -> Option<RouteActions> {
         let a = RouteActions {
             rewrite_prefix: r.rewrite_prefix.clone(),
             request: HeaderEdits::compile(r.request_headers.as_ref()),
             response: HeaderEdits::compile(r.response_headers.as_ref()),
             limiter,
             acl: super::real_ip::Acl::new(&r.ip_allow, &r.ip_deny),
+            mirror,
         };
         (a.rewrite_prefix.is_some()
             || !a.request.is_empty()
             || !a.response.is_empty()
             || a.limiter.is_some()
-            || a.acl.is_some())
+            || a.acl.is_some()
+            || a.mirror.is_some())
         .then_some(a)
     }
 
     /// Whether the relay can carry out these edits: not when they touch the headers it adds
     /// itself after copying the client's (`X-Forwarded-*`, `X-Request-Id`), whose order with
-    /// the edits only hyper's path keeps.
+    /// the edits only hyper's path keeps; nor a mirror, whose copy only hyper's path makes.
     pub fn relayable(&self) -> bool {
+        if self.mirror.is_some() {
+            return false;
+        }
         const ADDED: [&[u8]; 4] = [
             b"x-forwarded-for",
             b"x-forwarded-proto",
@@ -170,7 +182,7 @@ mod tests {
             upstream: "u".into(),
             ..RouteConfig::default()
         };
-        (RouteActions::compile(&r, None).unwrap(), prefix.len())
+        (RouteActions::compile(&r, None, None).unwrap(), prefix.len())
     }
 
     #[test]
@@ -218,6 +230,6 @@ mod tests {
             request_headers: Some(HeaderRules::default()),
             ..RouteConfig::default()
         };
-        assert!(RouteActions::compile(&r, None).is_none());
+        assert!(RouteActions::compile(&r, None, None).is_none());
     }
 }

@@ -99,7 +99,13 @@ impl Router {
                 continue;
             };
             let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
-            let actions = RouteActions::compile(r, limiter(r)).map(Arc::new);
+            let mirror = r.mirror.as_ref().and_then(|m| {
+                Some(super::mirror::Mirror::new(
+                    index_of(&m.upstream)?,
+                    m.percent,
+                ))
+            });
+            let actions = RouteActions::compile(r, limiter(r), mirror).map(Arc::new);
             let hosts: Vec<HostPat> = if r.hosts.is_empty() {
                 vec![HostPat::Any]
             } else {

@@ -11,6 +11,7 @@ mod dataplane;
 mod discovery;
 mod grpc;
 mod http2;
+mod mirror;
 mod observe;
 mod pki;
 mod relay;

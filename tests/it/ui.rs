@@ -93,6 +93,7 @@ upstream = "web"
 path_prefix = "/beta/"
 split = [{{ upstream = "web", weight = 90 }}, {{ upstream = "catalog", weight = 10 }}]
 split_by = "cookie:beta"
+mirror = {{ upstream = "catalog", percent = 5 }}
 
 [upstreams.web]
 algorithm = "round_robin"

@@ -197,10 +197,14 @@ try {
   if (errorsAtLoad.length) throw new Error(`console errors while loading: ${errorsAtLoad.map((e) => e.text).join(' | ')}`);
   ok(`page loaded, live, showing ${configured.length} backends of ${upstream}`);
 
-  step('the routes panel shows a split route with each side\'s share');
+  step('the routes panel shows a split route with each side\'s share, and its mirror');
   const routesText = (await page.locator('#routes').textContent()).replace(/\s+/g, ' ');
   for (const want of ['/beta/', '90%', '10%', 'split by cookie:beta']) {
     if (!routesText.includes(want)) throw new Error(`the routes panel lacks "${want}": ${routesText}`);
+  }
+  // The mirror's words, link and badge are separate elements: compare without spaces.
+  if (!routesText.replace(/\s/g, '').includes('mirroredtocatalog5%')) {
+    throw new Error(`the routes panel lacks the mirror: ${routesText}`);
   }
   ok(`routes panel: ${routesText.trim()}`);
 

@@ -109,9 +109,21 @@ export function renderConfig(cfg) {
   fill($('#routes'), body);
 }
 
-// A route's upstream, or its split: each side with its share of the weights.
+// A route's upstream, or its split: each side with its share of the weights; then its mirror.
 function routeTargets(r) {
-  const link = (name) => h('a', { href: `#upstream-${name.replace(/[^a-zA-Z0-9_-]/g, '-')}`, class: 'strong' }, name);
+  const out = routeServes(r);
+  const m = r.mirror;
+  if (m) {
+    out.push(h('span', { class: 'muted small' }, 'mirrored to'), upstreamLink(m.upstream),
+      h('span', { class: 'badge badge-neutral' }, `${+(m.percent ?? 100).toFixed(1)}%`));
+  }
+  return out;
+}
+
+const upstreamLink = (name) => h('a', { href: `#upstream-${name.replace(/[^a-zA-Z0-9_-]/g, '-')}`, class: 'strong' }, name);
+
+function routeServes(r) {
+  const link = upstreamLink;
   const split = r.split || [];
   if (!split.length) return [link(r.upstream)];
   const total = split.reduce((n, a) => n + a.weight, 0) || 1;
