@@ -223,6 +223,13 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                         at,
                         "not a valid header value (control characters?)",
                     ));
+                } else if key == "response_headers" && value.contains("${") {
+                    p.push(Problem::new(
+                        at,
+                        "variables (`${...}`) are expanded in request_headers only",
+                    ));
+                } else if let Err(why) = crate::proxy::template::Template::parse(value) {
+                    p.push(Problem::new(at, why));
                 }
             }
             for (j, name) in rules.remove.iter().enumerate() {

@@ -18,6 +18,7 @@ pub mod relay;
 pub mod rewrite;
 pub mod router;
 pub mod split;
+pub mod template;
 pub mod upgrade;
 
 use crate::error::ProxyError;
@@ -256,7 +257,7 @@ async fn serve(
     if let Some(a) = matched.actions {
         if a.acl.as_ref().is_some_and(|acl| !acl.admits(client)) {
             let mut r = refuse(ProxyError::ClientDenied, &parts.headers);
-            a.response.apply(r.headers_mut());
+            a.response.apply(r.headers_mut(), None);
             return r;
         }
     }
@@ -269,7 +270,7 @@ async fn serve(
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             // The route's response edits apply to Switchyard's own answers too (as documented).
             if let Some(a) = matched.actions {
-                a.response.apply(r.headers_mut());
+                a.response.apply(r.headers_mut(), None);
             }
             return r;
         }
@@ -282,7 +283,7 @@ async fn serve(
     if upgrade.is_some() && upstream.protocol != crate::config::Protocol::Http1 {
         let mut r = refuse(ProxyError::UpgradeUnsupported, &parts.headers);
         if let Some(a) = matched.actions {
-            a.response.apply(r.headers_mut());
+            a.response.apply(r.headers_mut(), None);
         }
         return r;
     }
@@ -336,7 +337,16 @@ async fn serve(
         }
     }
     if let Some(a) = matched.actions {
-        a.request.apply(&mut parts.headers);
+        let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let vars = template::Vars {
+            conn,
+            client,
+            host: host_value.as_ref().map_or(&b""[..], HeaderValue::as_bytes),
+            method: parts.method.as_str().as_bytes(),
+            request_uri: uri.as_bytes(),
+            request_id: request_id.as_bytes(),
+        };
+        a.request.apply(&mut parts.headers, Some(&vars));
         let rewritten = parts
             .uri
             .path_and_query()
@@ -406,7 +416,7 @@ async fn serve(
         headers::strip_hop_by_hop(resp.headers_mut());
     }
     if let Some(a) = matched.actions {
-        a.response.apply(resp.headers_mut());
+        a.response.apply(resp.headers_mut(), None);
     }
     if client_version == Version::HTTP_2 {
         resp.headers_mut().remove(header::CONNECTION);

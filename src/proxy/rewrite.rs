@@ -6,6 +6,7 @@
 //! relay while it copies the heads (a route without edits costs it one `is_none` check).
 
 use super::ratelimit::RateLimiter;
+use super::template::{Template, Vars};
 use crate::config::{HeaderRules, RouteConfig};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -14,7 +15,14 @@ use std::sync::Arc;
 #[derive(Debug, Default, Clone)]
 pub struct HeaderEdits {
     remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, HeaderValue)>,
+    set: Vec<(HeaderName, SetValue)>,
+}
+
+/// A value to set: fixed, or with variables expanded per request ([`super::template`]).
+#[derive(Debug, Clone)]
+enum SetValue {
+    Fixed(HeaderValue),
+    Template(Template),
 }
 
 impl HeaderEdits {
@@ -33,10 +41,11 @@ impl HeaderEdits {
                 .set
                 .iter()
                 .filter_map(|(n, v)| {
-                    Some((
-                        HeaderName::from_bytes(n.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
+                    let value = match Template::parse(v).ok()? {
+                        Some(t) => SetValue::Template(t),
+                        None => SetValue::Fixed(HeaderValue::from_str(v).ok()?),
+                    };
+                    Some((HeaderName::from_bytes(n.as_bytes()).ok()?, value))
                 })
                 .collect(),
         }
@@ -52,18 +61,30 @@ impl HeaderEdits {
         self.remove.iter().any(is) || self.set.iter().any(|(n, _)| is(n))
     }
 
-    /// Writes the `set` headers as HTTP/1 lines (the relay's heads).
-    pub fn push_set(&self, out: &mut Vec<u8>) {
+    /// Writes the `set` headers as HTTP/1 lines (the relay's heads). `vars` expands values with
+    /// variables; without it (responses, where validation allows none) they are left out.
+    pub fn push_set(&self, out: &mut Vec<u8>, vars: Option<&Vars<'_>>) {
         for (n, v) in &self.set {
+            let start = out.len();
             out.extend_from_slice(n.as_str().as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            let written = match v {
+                SetValue::Fixed(v) => {
+                    out.extend_from_slice(v.as_bytes());
+                    true
+                }
+                SetValue::Template(t) => vars.is_some_and(|vars| t.expand(vars, out)),
+            };
+            if written {
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.truncate(start);
+            }
         }
     }
 
-    /// Edits an HTTP/1 head written by the relay (and whatever body follows it in `msg`): lines
-    /// these edits touch are dropped, the `set` ones added before the blank line.
+    /// Edits an HTTP/1 response head written by the relay (and whatever body follows it in
+    /// `msg`): lines these edits touch are dropped, the `set` ones added before the blank line.
     pub fn edit_head(&self, msg: &mut Vec<u8>) {
         let Some(end) = msg.windows(4).position(|w| w == b"\r\n\r\n") else {
             return;
@@ -79,17 +100,31 @@ impl HeaderEdits {
                 out.extend_from_slice(line);
             }
         }
-        self.push_set(&mut out);
+        self.push_set(&mut out, None);
         out.extend_from_slice(&msg[end + 2..]);
         *msg = out;
     }
 
-    pub fn apply(&self, h: &mut HeaderMap) {
+    /// Applies the edits to a header map; `vars` as for [`HeaderEdits::push_set`]. A value that
+    /// expands to nothing removes the header, so a client cannot supply it instead.
+    pub fn apply(&self, h: &mut HeaderMap, vars: Option<&Vars<'_>>) {
         for n in &self.remove {
             h.remove(n);
         }
         for (n, v) in &self.set {
-            h.insert(n.clone(), v.clone());
+            let value = match v {
+                SetValue::Fixed(v) => Some(v.clone()),
+                SetValue::Template(t) => vars.and_then(|vars| {
+                    let mut b = Vec::new();
+                    t.expand(vars, &mut b)
+                        .then(|| HeaderValue::from_bytes(&b).ok())
+                        .flatten()
+                }),
+            };
+            match value {
+                Some(v) => h.insert(n.clone(), v),
+                None => h.remove(n),
+            };
         }
     }
 }

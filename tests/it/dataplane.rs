@@ -446,6 +446,93 @@ fn behind_a_trusted_proxy_the_client_is_the_one_x_forwarded_for_names() {
     assert!(limited[2].starts_with("127.0.0.2:"), "{limited:?}");
 }
 
+/// `request_headers` values with variables (NGINX's `proxy_set_header X-Real-IP $remote_addr`):
+/// the client behind a trusted proxy, the peer, scheme, host, target, method and request id, the
+/// same on the HTTP/1 relay and on hyper's path (h2c); one that expands to nothing is not sent,
+/// and the client's own line of that name does not get through instead. Unknown variables, and
+/// variables in response headers, are refused with their field paths.
+#[test]
+fn request_headers_take_variables_such_as_the_client_address() {
+    let be = backends(1);
+    let route = |set: &str, response: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listeners]]\nbind = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
+             [[routes]]\nupstream = \"web\"\nrequest_headers = {{ set = {{ {set} }} }}\n{response}\n\
+             [upstreams.web]\nbackends = [{}]\n",
+            be.list()
+        )
+    };
+    let lb = start(&route(
+        "x-real-ip = \"${client_ip}\", x-peer = \"${peer_ip}\", \
+         x-origin = \"${scheme}://${host}${request_uri}\", x-line = \"${method} id=${request_id}\", \
+         x-cert = \"${tls_client_subject}\"",
+        "",
+    ));
+    let host = lb.addr.to_string();
+    for (c, via, xff, real, peer) in [
+        (client(), "relay", "203.0.113.9", "203.0.113.9", "127.0.0.1"),
+        (
+            h2c_client(),
+            "h2c",
+            "203.0.113.9",
+            "203.0.113.9",
+            "127.0.0.1",
+        ),
+        (
+            client_from("127.0.0.2"),
+            "untrusted",
+            "203.0.113.9",
+            "127.0.0.2",
+            "127.0.0.2",
+        ),
+    ] {
+        let r = c
+            .post(lb.url("/v/a?b=1"))
+            .header("x-forwarded-for", xff)
+            .header("x-cert", "CN=forged")
+            .body("x")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{via}");
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let v: Value = r.json().unwrap();
+        let h = &v["headers"];
+        assert_eq!(h["x-real-ip"], real, "{via}: {v}");
+        assert_eq!(h["x-peer"], peer, "{via}: {v}");
+        assert_eq!(
+            h["x-origin"],
+            format!("http://{host}/v/a?b=1"),
+            "{via}: {v}"
+        );
+        assert_eq!(h["x-line"], format!("POST id={id}"), "{via}: {v}");
+        assert!(h.get("x-cert").is_none(), "{via}: {v}");
+    }
+    // The client's own request id is the one named.
+    for c in [client(), h2c_client()] {
+        let v: Value = c
+            .get(lb.url("/"))
+            .header("x-request-id", "abc-1")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(v["headers"]["x-line"], "GET id=abc-1", "{v}");
+    }
+    let bad = route(
+        "x-bad = \"${remote_addr}\", x-open = \"${host\"",
+        "response_headers = { set = { x-served = \"${host}\" } }",
+    );
+    let paths = refused_paths(&lb, &bad);
+    for p in [
+        "routes[0].request_headers.set.x-bad",
+        "routes[0].request_headers.set.x-open",
+        "routes[0].response_headers.set.x-served",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} not named: {paths:?}");
+    }
+}
+
 /// A route's `ip_allow` and `ip_deny` answer 403 `client_denied` to the clients they refuse,
 /// with nothing forwarded, on the relay and on hyper's path, judging the client as rate limits
 /// do: behind a trusted proxy, the one its `X-Forwarded-For` names.

@@ -9,6 +9,7 @@
 //! [`Parsed::Handoff`], and the connection goes on under hyper, which has the full rules.
 
 use super::scan::{self, Copier, Field, Scan, Slots};
+use crate::proxy::template::Vars;
 use crate::proxy::ConnInfo;
 use crate::state::Snapshot;
 use crate::upstream::balancer::hash_bytes;
@@ -367,8 +368,21 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         copy.keep(&mut out, buf, f);
     }
     copy.flush(&mut out, buf);
+    // Made before the edits, whose values may name it.
+    let made_id = (!own_id).then(crate::proxy::headers::new_request_id);
     if let Some(e) = edits {
-        e.push_set(&mut out);
+        let vars = Vars {
+            conn,
+            client,
+            host,
+            method: method.as_bytes(),
+            request_uri: target.as_bytes(),
+            request_id: match (&made_id, request_id) {
+                (Some(id), _) => id,
+                (None, id) => id.unwrap_or_default(),
+            },
+        };
+        e.push_set(&mut out, Some(&vars));
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     // Every line in order, as one list (RFC 9110 §5.3), as the hyper path joins them.
@@ -389,13 +403,13 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: "
     });
     out.extend_from_slice(host);
-    let request_id = match request_id.filter(|v| !v.is_empty() && v.len() <= 200) {
-        Some(v) => {
+    let request_id = match (made_id, request_id) {
+        (None, Some(v)) => {
             let at = v.as_ptr() as usize - buf.as_ptr() as usize;
             RequestId::Client(at, at + v.len())
         }
-        None => {
-            let id = crate::proxy::headers::new_request_id();
+        (id, _) => {
+            let id = id.unwrap_or_else(crate::proxy::headers::new_request_id);
             out.extend_from_slice(b"\r\nx-request-id: ");
             out.extend_from_slice(&id);
             RequestId::Made(id)
