@@ -407,9 +407,17 @@ async fn serve(
     } else {
         forward::forward(&upstream, &ctx, parts, body, trace).await
     };
-    if let Some(client_up) = client_upgrade {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            trace.upgrade = Some(upgrade::agree(client_up, &mut resp, upstream.idle_timeout));
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A switch only to what the client asked for: any other 101 (none asked for, or another
+        // protocol) would open a tunnel that no route, ACL or limit sees into.
+        match (client_upgrade, &upgrade) {
+            (Some(client_up), Some(asked)) if asked.agreed_by(resp.headers()) => {
+                trace.upgrade = Some(upgrade::agree(client_up, &mut resp, upstream.idle_timeout));
+            }
+            _ => {
+                tracing::warn!(upstream = %upstream.name, "the backend switched protocols unasked; answered 502");
+                resp = error_response(ProxyError::UpstreamReset);
+            }
         }
     }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -53,10 +53,41 @@ pub fn requested<B>(req: &Request<B>) -> Option<Upgrade> {
     if req.version() != http::Version::HTTP_11 || !conn_upgrade {
         return None;
     }
+    let proto = h.get(header::UPGRADE)?;
+    // An upgrade to h2c is not passed on (NGINX drops it too; RFC 9113 retired it): the tunnel
+    // would carry HTTP/2 straight to the backend, every request in it unseen by routing, ACLs
+    // and rate limits ("h2c smuggling"). The request goes as a plain one, Upgrade removed.
+    if tokens(proto).any(|t| t.eq_ignore_ascii_case(b"h2c")) {
+        return None;
+    }
     Some(Upgrade {
-        proto: h.get(header::UPGRADE)?.clone(),
+        proto: proto.clone(),
         h2: false,
     })
+}
+
+fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+impl Upgrade {
+    /// Whether a backend's `101` switched to a protocol this client asked for (RFC 9110 §7.8);
+    /// one that switched to anything else (`h2c` for a `websocket` request) is refused, its
+    /// tunnel never opened.
+    pub fn agreed_by(&self, resp: &http::HeaderMap) -> bool {
+        let asked: Vec<&[u8]> = tokens(&self.proto).collect();
+        let mut got = resp.get_all(header::UPGRADE).iter().flat_map(tokens);
+        got.next().is_some_and(|g| {
+            // `websocket` and `WebSocket/13` name the same protocol as `websocket`.
+            let name = |t: &[u8]| {
+                t.split(|b| *b == b'/')
+                    .next()
+                    .unwrap_or(t)
+                    .to_ascii_lowercase()
+            };
+            asked.iter().any(|a| name(a) == name(g))
+        }) && got.next().is_none()
+    }
 }
 
 impl Upgrade {

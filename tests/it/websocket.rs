@@ -350,3 +350,61 @@ fn websocket_to_an_h2c_upstream_is_refused_with_501() {
     assert_eq!(sent_upstream(), before, "nothing went to the backend");
     assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 200);
 }
+
+/// A backend that answers every request with `101 Switching Protocols` to h2c, whatever was
+/// asked, and then talks in the tunnel; it reports each request head it read.
+fn switching_backend() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\nTUNNEL",
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Protocol upgrades cannot become a tunnel that skips routing ("h2c smuggling"): an Upgrade to
+/// h2c is not passed on, and a backend's 101 to a protocol the client did not ask for (or when
+/// it asked for none) is answered with 502 instead of a tunnel.
+#[test]
+fn an_upgrade_to_h2c_or_a_101_to_another_protocol_opens_no_tunnel() {
+    let (addr, seen) = switching_backend();
+    let lb = start(&config(&format!("backends = [{{ address = \"{addr}\" }}]")));
+    let h2c = raw(
+        lb.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    let head = seen.recv_timeout(Duration::from_secs(3)).unwrap();
+    assert!(!head.contains("upgrade"), "the upgrade went on: {head}");
+    assert!(!head.contains("http2-settings"), "{head}");
+    assert!(h2c.starts_with("HTTP/1.1 502"), "{h2c}");
+    assert!(!h2c.contains("TUNNEL"), "{h2c}");
+
+    let ws = raw(
+        lb.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    let head = seen.recv_timeout(Duration::from_secs(3)).unwrap();
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(ws.starts_with("HTTP/1.1 502"), "{ws}");
+    assert!(!ws.contains("TUNNEL"), "{ws}");
+}
