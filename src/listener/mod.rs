@@ -306,7 +306,8 @@ pub fn run_worker(
                             continue;
                         }
                     };
-                    let info = ConnInfo::new(client, max_body, trusted.clone());
+                    let mut info = ConnInfo::new(client, max_body, trusted.clone());
+                    info.body_timeout = builder.header_timeout;
                     let conn = Conn {
                         shared: shared.clone(),
                         builder: builder.clone(),

@@ -13,7 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,6 +25,8 @@ pub enum ClientBodyError {
     TooLarge(u64),
     #[error("client request body error: {0}")]
     Broken(hyper::Error),
+    #[error("client request body stalled")]
+    Stalled,
 }
 
 /// What the proxy learns about a streamed request body while hyper sends it.
@@ -36,6 +39,51 @@ pub struct BodyStats {
 /// Values of [`BodyStats::failed`].
 pub const CLIENT_BODY_BROKEN: u8 = 1;
 pub const CLIENT_BODY_TOO_LARGE: u8 = 2;
+/// The client sent nothing of its body for the listener's `header_timeout`.
+pub const CLIENT_BODY_STALLED: u8 = 3;
+
+/// How long a client's body may go without a byte (NGINX's `client_body_timeout`, measured
+/// between two reads), armed only while the body waits on the client. Without it, a client that
+/// stops mid-body keeps the backend waiting until `timeouts.request`, and the 504 that follows
+/// is counted against a backend that did nothing wrong.
+pub struct BodyIdle {
+    limit: Duration,
+    last: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl BodyIdle {
+    pub fn new(limit: Duration) -> BodyIdle {
+        BodyIdle {
+            limit,
+            last: tokio::time::Instant::now(),
+            sleep: None,
+        }
+    }
+
+    /// Data arrived.
+    fn progress(&mut self) {
+        self.last = tokio::time::Instant::now();
+    }
+
+    /// Polled while the body is pending: ready once it has been idle for the limit. The timer
+    /// is moved only when it fires early (data came since it was set).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let due = self.last + self.limit;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if sleep.deadline() < due {
+                sleep.as_mut().reset(due);
+            }
+            ready!(sleep.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= self.last + self.limit {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
 
 pub enum ReqBody {
     Empty,
@@ -45,8 +93,9 @@ pub enum ReqBody {
         seen: u64,
         limit: u64,
         /// Shared with the proxy: whether the client's side failed (the proxy then answers
-        /// 400/413, not 502) and how many bytes went through, for the access log.
+        /// 400/408/413, not 502) and how many bytes went through, for the access log.
         stats: Arc<BodyStats>,
+        idle: BodyIdle,
     },
 }
 
@@ -66,8 +115,10 @@ impl Body for ReqBody {
                 seen,
                 limit,
                 stats,
+                idle,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
+                    idle.progress();
                     if let Some(d) = f.data_ref() {
                         *seen += d.len() as u64;
                         stats.bytes.store(*seen, Relaxed);
@@ -83,6 +134,11 @@ impl Body for ReqBody {
                 Poll::Ready(Some(Err(e))) => {
                     stats.failed.store(CLIENT_BODY_BROKEN, Relaxed);
                     Poll::Ready(Some(Err(Box::new(ClientBodyError::Broken(e)))))
+                }
+                Poll::Pending => {
+                    ready!(idle.poll_expired(cx));
+                    stats.failed.store(CLIENT_BODY_STALLED, Relaxed);
+                    Poll::Ready(Some(Err(Box::new(ClientBodyError::Stalled))))
                 }
                 other => other.map_err(|e| Box::new(e) as BoxError),
             },

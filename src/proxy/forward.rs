@@ -6,7 +6,8 @@
 //! jitter and the overall deadline keep retries from turning a failing fleet into a hammered one.
 
 use super::body::{
-    BackendBody, OnDone, ReqBody, RespBody, Until, CLIENT_BODY_BROKEN, CLIENT_BODY_TOO_LARGE,
+    BackendBody, OnDone, ReqBody, RespBody, Until, CLIENT_BODY_BROKEN, CLIENT_BODY_STALLED,
+    CLIENT_BODY_TOO_LARGE,
 };
 use super::pool::SendRequest;
 use super::{error_response, is_idempotent, pool, Trace};
@@ -277,6 +278,7 @@ pub(super) async fn forward(
         match trace.body.as_ref().map(|s| s.failed.load(Relaxed)) {
             Some(CLIENT_BODY_BROKEN) => return error_response(ProxyError::BadRequestBody),
             Some(CLIENT_BODY_TOO_LARGE) => return error_response(ProxyError::BodyTooLarge),
+            Some(CLIENT_BODY_STALLED) => return error_response(ProxyError::ClientTimeout),
             _ => {}
         }
         if err.is_backend_failure() {

@@ -26,7 +26,7 @@ use crate::observe::request::Observer;
 use crate::state::Shared;
 use crate::upstream::balancer::{hash_bytes, PickCtx};
 use crate::upstream::HashKey;
-use body::{BodyStats, ReqBody, RespBody};
+use body::{BodyIdle, BodyStats, ReqBody, RespBody};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -65,6 +65,8 @@ pub struct ConnInfo {
     pub https: bool,
     /// Largest request body accepted; `u64::MAX` for no limit.
     pub max_body: u64,
+    /// How long a request body may go without a byte: the listener's `header_timeout`.
+    pub body_timeout: Duration,
     /// Negotiated TLS version ("TLSv1.3"), when the connection is TLS.
     pub tls_version: Option<&'static str>,
     /// Verified client certificate subject (mTLS).
@@ -87,6 +89,7 @@ impl ConnInfo {
             client_ip: headers::client_ip(peer),
             https: false,
             max_body,
+            body_timeout: Duration::from_secs(30),
             tls_version: None,
             tls_client: None,
             peer_trusted: trusted.as_ref().is_some_and(|t| t.contains(peer.ip())),
@@ -359,28 +362,38 @@ async fn serve(
     let client_version = parts.version;
     parts.version = Version::HTTP_11;
 
+    let keep = (mirror.is_some() || (upstream.retry.attempts > 1 && is_idempotent(&parts.method)))
+        && declared_len.is_some_and(|n| n <= upstream.retry.max_replay_body);
     let body = if incoming.is_end_stream() && declared_len.unwrap_or(0) == 0 {
         ReqBody::Empty
-    } else if (mirror.is_some() || (upstream.retry.attempts > 1 && is_idempotent(&parts.method)))
-        && declared_len.is_some_and(|n| n <= upstream.retry.max_replay_body)
-    {
-        // Small enough to keep: read it whole so another backend (or the mirror) can get it.
-        match incoming.collect().await {
-            Ok(c) => {
-                let b = c.to_bytes();
-                trace.bytes_in = b.len() as u64;
-                ReqBody::Replay(Some(b))
-            }
-            Err(_) => return refuse(ProxyError::BadRequestBody, &parts.headers),
-        }
     } else {
         let stats = Arc::new(BodyStats::default());
-        trace.body = Some(stats.clone());
-        ReqBody::Stream {
+        let stream = ReqBody::Stream {
             inner: incoming,
             seen: 0,
             limit: conn.max_body,
-            stats,
+            stats: stats.clone(),
+            idle: BodyIdle::new(conn.body_timeout),
+        };
+        if keep {
+            // Small enough to keep: read it whole so another backend (or the mirror) can get it.
+            match stream.collect().await {
+                Ok(c) => {
+                    let b = c.to_bytes();
+                    trace.bytes_in = b.len() as u64;
+                    ReqBody::Replay(Some(b))
+                }
+                Err(_) => {
+                    let e = match stats.failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        body::CLIENT_BODY_STALLED => ProxyError::ClientTimeout,
+                        _ => ProxyError::BadRequestBody,
+                    };
+                    return refuse(e, &parts.headers);
+                }
+            }
+        } else {
+            trace.body = Some(stats);
+            stream
         }
     };
 
