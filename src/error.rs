@@ -38,11 +38,15 @@ pub enum ProxyError {
     ClientTimeout,
     /// The route's `ip_allow`/`ip_deny` refuses this client.
     ClientDenied,
+    /// The request head is over the 64 KiB limit.
+    HeadTooLarge,
+    /// The request line alone is over the head limit (NGINX's and HAProxy's 414).
+    UriTooLong,
 }
 
 impl ProxyError {
     /// Every variant, for metrics and lookups.
-    pub const ALL: [ProxyError; 15] = [
+    pub const ALL: [ProxyError; 17] = [
         ProxyError::NoRoute,
         ProxyError::NoBackend,
         ProxyError::Overloaded,
@@ -58,6 +62,8 @@ impl ProxyError {
         ProxyError::RateLimited,
         ProxyError::ClientTimeout,
         ProxyError::ClientDenied,
+        ProxyError::HeadTooLarge,
+        ProxyError::UriTooLong,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -76,6 +82,8 @@ impl ProxyError {
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientDenied => StatusCode::FORBIDDEN,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -97,6 +105,8 @@ impl ProxyError {
             ProxyError::RateLimited => "rate_limited",
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::ClientDenied => "client_denied",
+            ProxyError::HeadTooLarge => "request_header_too_large",
+            ProxyError::UriTooLong => "uri_too_long",
         }
     }
 

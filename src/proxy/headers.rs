@@ -91,6 +91,13 @@ pub fn add_forwarded(
     };
 }
 
+/// Whether a Host value is a host (RFC 3986 reg-name, IP literal) with an optional port: no
+/// space, `/`, `@`, `?`, `#` or quote that could make the router and the backend read it apart.
+pub fn is_host(h: &[u8]) -> bool {
+    h.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+}
+
 /// The client's IP as a header value, made once per connection for `X-Forwarded-For`.
 ///
 /// IPv4 is written by hand: `Ipv4Addr`'s `Display` (four `u8` formats through `fmt::write`

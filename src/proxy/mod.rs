@@ -227,6 +227,12 @@ async fn serve(
     {
         return refuse(ProxyError::BadRequest, &parts.headers);
     }
+    // One transfer coding, chunked, applied once (RFC 9112 §6.1): `chunked, chunked` or an
+    // `identity` line before `chunked` is refused, as NGINX and HAProxy do, rather than read one
+    // way here and maybe another by a proxy in front.
+    if !one_chunked_coding(&parts.headers) {
+        return refuse(ProxyError::BadRequest, &parts.headers);
+    }
     let declared_len = match parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -241,14 +247,26 @@ async fn serve(
     }
     // The request-target's authority (absolute-form, HTTP/2 `:authority`) wins over Host, which
     // is then replaced by it (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+    // Userinfo in it is refused (RFC 9110 §4.2.4), and so is a Host that is no host name: the
+    // router and the backend could otherwise each read a different host out of it.
+    if parts
+        .uri
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return refuse(ProxyError::BadRequest, &parts.headers);
+    }
     let host_value = parts
         .uri
         .authority()
-        .and_then(|a| {
-            let a = a.as_str();
-            HeaderValue::from_str(a.rsplit_once('@').map_or(a, |(_, h)| h)).ok()
-        })
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
+    if host_value
+        .as_ref()
+        .is_some_and(|h| !headers::is_host(h.as_bytes()))
+    {
+        return refuse(ProxyError::BadRequest, &parts.headers);
+    }
     let host = host_value
         .as_ref()
         .and_then(|h| h.to_str().ok())
@@ -397,6 +415,19 @@ async fn serve(
         }
     };
 
+    // A body of unknown length goes on chunked. hyper's client sends one on its own for most
+    // methods, but for GET and HEAD only if told: the body of a chunked GET would be dropped.
+    if declared_len.is_none()
+        && matches!(body, ReqBody::Stream { .. })
+        && upstream.protocol == crate::config::Protocol::Http1
+        && client_upgrade.is_none()
+    {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+
     if let Some((m, shadow, ctx)) = mirror {
         match &body {
             ReqBody::Empty => m.send(shadow, ctx, &parts, None, &upstream.name),
@@ -451,6 +482,20 @@ async fn serve(
     // HTTP/1 ignores the flag.
     id.set_sensitive(true);
     resp
+}
+
+/// Whether a request's `Transfer-Encoding` lines, if any, name exactly one coding: chunked.
+fn one_chunked_coding(h: &http::HeaderMap) -> bool {
+    let mut codings = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    match codings.next() {
+        None => true,
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+    }
 }
 
 /// What a pick from `up` needs of the request: its key's hash for `consistent_hash`, the backend

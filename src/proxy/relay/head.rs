@@ -86,6 +86,21 @@ pub struct Request {
     pub actions: Option<Arc<crate::proxy::rewrite::RouteActions>>,
 }
 
+/// Whether the head that starts `buf` ends (blank line) within its first `limit` bytes.
+pub fn ends_within(buf: &[u8], limit: usize) -> bool {
+    let within = &buf[..buf.len().min(limit + 4)];
+    within.windows(4).any(|w| w == b"\r\n\r\n") || within.windows(2).any(|w| w == b"\n\n")
+}
+
+/// What to answer a head over `limit` bytes: 414 when the request line alone is, else 431.
+pub fn too_large(buf: &[u8], limit: usize) -> crate::error::ProxyError {
+    if buf[..buf.len().min(limit)].contains(&b'\n') {
+        crate::error::ProxyError::HeadTooLarge
+    } else {
+        crate::error::ProxyError::UriTooLong
+    }
+}
+
 /// The request id: the client's own (a range of the head) or one made here.
 pub enum RequestId {
     Client(usize, usize),
@@ -300,7 +315,8 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     if body_len > conn.max_body {
         return Parsed::Handoff;
     }
-    let Some(host_str) = utf8(host) else {
+    // hyper's path refuses a Host that is no host name (400).
+    let Some(host_str) = utf8(host).filter(|_| crate::proxy::headers::is_host(host)) else {
         return Parsed::Handoff;
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);

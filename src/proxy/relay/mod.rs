@@ -45,6 +45,8 @@ use tokio::sync::watch;
 /// Largest request body the relay takes (read whole, so it can be replayed on a retry); larger
 /// bodies stream through hyper.
 pub const MAX_BODY: u64 = 64 * 1024;
+/// Largest request head, as on hyper's path.
+const MAX_HEAD: usize = crate::listener::MAX_HEADER_BYTES;
 /// Bodies up to this size are copied behind their head and written with it in one call.
 const COALESCE: usize = 16 * 1024;
 
@@ -98,9 +100,23 @@ pub async fn serve(
             if !buf.is_empty() {
                 // The configuration as of this request's arrival, not the connection's last one.
                 let snap = shared.snapshot.load();
+                // Over the head limit: answered here, as the limit is in bytes of the head,
+                // not of what one read brought (a reused buffer may hold more than the limit).
+                if buf.len() > MAX_HEAD && !head::ends_within(buf, MAX_HEAD) {
+                    refuse_and_close(io, shared, conn, head::too_large(buf, MAX_HEAD)).await;
+                    return End::Close;
+                }
                 match head::parse_request(buf, &snap, conn) {
+                    Parsed::Ready(r) if r.head_len > MAX_HEAD => {
+                        refuse_and_close(io, shared, conn, ProxyError::HeadTooLarge).await;
+                        return End::Close;
+                    }
                     Parsed::Ready(r) if r.body_len <= MAX_BODY => break r,
-                    Parsed::Partial if buf.len() < crate::listener::MAX_HEADER_BYTES => {}
+                    Parsed::Partial if buf.len() < MAX_HEAD => {}
+                    Parsed::Partial => {
+                        refuse_and_close(io, shared, conn, head::too_large(buf, MAX_HEAD)).await;
+                        return End::Close;
+                    }
                     _ => return End::Handoff,
                 }
             }
@@ -108,7 +124,7 @@ pub async fn serve(
                 // A request begun and not finished in time gets a 408 (an idle keep-alive
                 // connection is closed without one, as NGINX and HAProxy do).
                 if !buf.is_empty() && Instant::now() >= due {
-                    client_timed_out(io, shared, conn).await;
+                    refuse_and_close(io, shared, conn, ProxyError::ClientTimeout).await;
                 }
                 return End::Close;
             }
@@ -123,7 +139,7 @@ pub async fn serve(
             buf.reserve(head_len + body_len - buf.len());
             if !read_more(io, buf, stopped.as_mut(), &mut timer).await {
                 if Instant::now() >= due {
-                    client_timed_out(io, shared, conn).await;
+                    refuse_and_close(io, shared, conn, ProxyError::ClientTimeout).await;
                 }
                 return End::Close;
             }
@@ -307,12 +323,11 @@ async fn exchange(
 /// response went out whole, and when it ended if the client connection can go on.
 type Outcome = (u16, Option<&'static str>, u64, bool, Option<Instant>);
 
-/// Answers a client too slow to send its request head or body: 408 and close, access-logged
-/// (method and path are what arrived of them, if anything) and counted like every response
-/// Switchyard makes. The write gets a second, not the client's pace.
-async fn client_timed_out(io: &mut ClientStream, shared: &Shared, conn: &ConnInfo) {
+/// Answers a request that cannot be read and closes: one too slow to send its head or body
+/// (408), or whose head is over the limit (431, or 414 for the request line). Access-logged and
+/// counted like every response Switchyard makes. The write gets a second, not the client's pace.
+async fn refuse_and_close(io: &mut ClientStream, shared: &Shared, conn: &ConnInfo, e: ProxyError) {
     let id = crate::proxy::headers::new_request_id();
-    let e = ProxyError::ClientTimeout;
     let (out, body_len) = head::error_response(e, &id, false, true);
     let wrote = tokio::time::timeout(Duration::from_secs(1), io.write_all(&out)).await;
     crate::observe::metrics::downstream_response(e.status().as_u16());
