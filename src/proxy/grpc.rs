@@ -34,7 +34,7 @@ pub fn code(status: StatusCode) -> u32 {
         404 => UNIMPLEMENTED,
         403 => PERMISSION_DENIED,
         413 => RESOURCE_EXHAUSTED,
-        400 | 431 => INTERNAL,
+        400 | 414 | 431 => INTERNAL,
         _ => UNKNOWN,
     }
 }
@@ -74,5 +74,22 @@ mod tests {
         assert_eq!(r.headers()["grpc-message"], "upstream_timeout");
         let e = super::super::error_response(crate::error::ProxyError::NoBackend);
         assert_eq!(local_reply(e).headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn every_error_switchyard_makes_has_the_grpc_status_of_its_kind() {
+        use crate::error::ProxyError as E;
+        let want = [
+            (E::ClientDenied, PERMISSION_DENIED),
+            (E::RateLimited, UNAVAILABLE),
+            (E::BodyTooLarge, RESOURCE_EXHAUSTED),
+            (E::HeadTooLarge, INTERNAL),
+            (E::UriTooLong, INTERNAL),
+            (E::NoRoute, UNIMPLEMENTED),
+            (E::UpstreamTimeout, DEADLINE_EXCEEDED),
+        ];
+        for (e, code) in want {
+            assert_eq!(super::code(e.status()), code, "{e:?}");
+        }
     }
 }
