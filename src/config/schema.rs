@@ -104,6 +104,13 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// Only requests with one of these methods match (default: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Only requests carrying these headers match: a value to equal, or `"*"` for any value
+    /// (Envoy's route header matchers, Traefik's `Header` rule).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_headers: BTreeMap<String, String>,
     /// The upstream that serves the route; empty when `split` names several instead.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub upstream: String,

@@ -148,6 +148,35 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         route_target(cfg, r, &path, &mut p);
+        for (j, m) in r.methods.iter().enumerate() {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                p.push(Problem::new(
+                    format!("{path}.methods[{j}]"),
+                    format!("{m:?} is not a method (a token such as \"GET\")"),
+                ));
+            } else if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                // Methods are case-sensitive: "get" would never match a GET.
+                p.push(Problem::new(
+                    format!("{path}.methods[{j}]"),
+                    format!(
+                        "methods are case-sensitive: write {:?}",
+                        m.to_ascii_uppercase()
+                    ),
+                ));
+            }
+        }
+        for (name, value) in &r.match_headers {
+            let at = format!("{path}.match_headers.{name}");
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                p.push(Problem::new(at.clone(), "not a header name"));
+            }
+            if http::HeaderValue::from_str(value).is_err() || value.is_empty() {
+                p.push(Problem::new(
+                    at,
+                    "the value to equal (not empty, no control characters), or \"*\" for any value",
+                ));
+            }
+        }
         if let Some(m) = &r.mirror {
             if !cfg.upstreams.contains_key(&m.upstream) {
                 p.push(Problem::new(

@@ -271,7 +271,7 @@ async fn serve(
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let Some(matched) = snap.router.route(host, parts.uri.path()) else {
+    let Some(matched) = snap.router.route(host, parts.uri.path(), &parts) else {
         return refuse(ProxyError::NoRoute, &parts.headers);
     };
     let client = conn.client_of(|| forwarded_for(&parts.headers));
@@ -519,6 +519,19 @@ fn pick_ctx(
         )
     });
     PickCtx { hash, sticky }
+}
+
+impl router::RequestView for http::request::Parts {
+    fn method(&self) -> &[u8] {
+        self.method.as_str().as_bytes()
+    }
+    fn has_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        let mut lines = self.headers.get_all(name).iter();
+        match value {
+            None => lines.next().is_some(),
+            Some(v) => lines.any(|l| l.as_bytes() == v),
+        }
+    }
 }
 
 /// A request's `X-Forwarded-For` lines, in order.

@@ -41,8 +41,59 @@ impl HostPat {
 struct Rule {
     host: HostPat,
     prefix: String,
+    /// Methods and headers the request must have, if the route names any.
+    cond: Option<Arc<Cond>>,
     target: Target,
     actions: Option<Arc<RouteActions>>,
+}
+
+/// What a route asks of a request besides its host and path.
+#[derive(Debug, Clone, Default)]
+pub struct Cond {
+    /// Any of these methods (empty: any method).
+    methods: Vec<Box<[u8]>>,
+    /// Every one of these headers (lower-case names), with this value (`None`: any value).
+    headers: Vec<(String, Option<Box<[u8]>>)>,
+}
+
+impl Cond {
+    fn compile(r: &RouteConfig) -> Option<Cond> {
+        let c = Cond {
+            methods: r.methods.iter().map(|m| m.as_bytes().into()).collect(),
+            headers: r
+                .match_headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_ascii_lowercase(),
+                        (v != "*").then(|| v.as_bytes().into()),
+                    )
+                })
+                .collect(),
+        };
+        (!c.methods.is_empty() || !c.headers.is_empty()).then_some(c)
+    }
+
+    /// How many things it asks: more is more specific, and sorts first.
+    fn weight(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len()
+    }
+
+    fn matches(&self, req: &impl RequestView) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| **m == *req.method()))
+            && self
+                .headers
+                .iter()
+                .all(|(n, want)| req.has_header(n, want.as_deref()))
+    }
+}
+
+/// The request as routing sees it beyond host and path: its method, and its header lines by
+/// (lower-case) name. Only looked at for routes with conditions.
+pub trait RequestView {
+    fn method(&self) -> &[u8];
+    /// Whether a header line named `name` (lower-case) has the value `value`, or any value.
+    fn has_header(&self, name: &str, value: Option<&[u8]>) -> bool;
 }
 
 /// The route a request matched.
@@ -120,22 +171,29 @@ impl Router {
                     })
                     .collect()
             };
+            let cond = Cond::compile(r).map(Arc::new);
             rules.extend(hosts.into_iter().map(|host| Rule {
                 host,
                 prefix: prefix.clone(),
+                cond: cond.clone(),
                 target: target.clone(),
                 actions: actions.clone(),
             }));
         }
-        rules.sort_by_key(|r| std::cmp::Reverse((r.host.rank(), r.prefix.len())));
+        // Among routes of one host and prefix, the one asking more of the request comes first:
+        // `match_headers = { x-canary = "1" }` wins over the same route without it.
+        rules.sort_by_key(|r| {
+            let cond = r.cond.as_ref().map_or(0, |c| c.weight());
+            std::cmp::Reverse((r.host.rank(), r.prefix.len(), cond))
+        });
         Router {
             default: only.filter(|_| routes.is_empty()).map(Target::One),
             rules,
         }
     }
 
-    /// `host` without port, any case; `path` as received.
-    pub fn route(&self, host: &str, path: &str) -> Option<Matched<'_>> {
+    /// `host` without port, any case; `path` as received; `req` for routes with conditions.
+    pub fn route(&self, host: &str, path: &str, req: &impl RequestView) -> Option<Matched<'_>> {
         if self.rules.is_empty() {
             return self.default.as_ref().map(|target| Matched {
                 target,
@@ -156,7 +214,11 @@ impl Router {
         };
         self.rules
             .iter()
-            .find(|r| r.host.matches(host) && path.starts_with(r.prefix.as_str()))
+            .find(|r| {
+                r.host.matches(host)
+                    && path.starts_with(r.prefix.as_str())
+                    && r.cond.as_ref().is_none_or(|c| c.matches(req))
+            })
             .map(|r| Matched {
                 target: &r.target,
                 prefix_len: r.prefix.len(),
@@ -178,6 +240,16 @@ mod tests {
         }
     }
 
+    struct NoView;
+    impl RequestView for NoView {
+        fn method(&self) -> &[u8] {
+            b"GET"
+        }
+        fn has_header(&self, _: &str, _: Option<&[u8]>) -> bool {
+            false
+        }
+    }
+
     #[test]
     fn exact_beats_wildcard_and_longest_prefix_wins() {
         let names = ["a", "b", "c", "d"];
@@ -193,7 +265,7 @@ mod tests {
             None,
             |_| None,
         );
-        let up = |host, path| r.route(host, path).map(|m| m.upstream(|_| 0));
+        let up = |host, path| r.route(host, path, &NoView).map(|m| m.upstream(|_| 0));
         assert_eq!(up("api.example.com:8080", "/v2/x"), Some(3));
         assert_eq!(up("API.example.com", "/v1"), Some(2));
         assert_eq!(up("www.example.com", "/"), Some(1));

@@ -238,6 +238,78 @@ fn malformed_requests_get_4xx_and_are_never_forwarded() {
     assert!(out.contains("\"body_bytes\":5"), "{out}");
 }
 
+/// Routes may also match on the method and on headers (Envoy's header matchers, Traefik's
+/// `Method`/`Header` rules): among routes of one host and prefix the one asking more wins,
+/// wherever it is in the file, on the HTTP/1 relay and on HTTP/2 alike. A header matches on any
+/// of its lines; `"*"` asks only that it is there. Bad conditions are refused by field path.
+#[test]
+fn routes_match_on_method_and_headers() {
+    let be = backends(3);
+    let routes = |extra: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+             [[routes]]\nupstream = \"stable\"\n\
+             [[routes]]\nupstream = \"canary\"\nmatch_headers = {{ x-canary = \"yes\" }}\n\
+             [[routes]]\npath_prefix = \"/api/\"\nupstream = \"writer\"\nmethods = [\"POST\", \"PUT\"]\n\
+             match_headers = {{ authorization = \"*\" }}\n{extra}\n\
+             [upstreams.stable]\nbackends = [{{ address = \"{}\" }}]\n\
+             [upstreams.canary]\nbackends = [{{ address = \"{}\" }}]\n\
+             [upstreams.writer]\nbackends = [{{ address = \"{}\" }}]\n",
+            be.addrs[0], be.addrs[1], be.addrs[2]
+        )
+    };
+    let lb = start(&routes(""));
+    for c in [client(), h2c_client()] {
+        let served = |m: reqwest::Method, path: &str, h: &[(&str, &str)]| {
+            let mut r = c.request(m, lb.url(path));
+            for (n, v) in h {
+                r = r.header(*n, *v);
+            }
+            let r = r.body("x").send().unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-demo-backend"].to_str().unwrap().to_string()
+        };
+        use reqwest::Method as M;
+        assert_eq!(served(M::GET, "/", &[]), "b0");
+        assert_eq!(served(M::GET, "/", &[("x-canary", "yes")]), "b1");
+        assert_eq!(
+            served(M::GET, "/", &[("x-canary", "YES")]),
+            "b0",
+            "values are exact"
+        );
+        assert_eq!(
+            served(M::POST, "/api/x", &[("authorization", "Bearer t")]),
+            "b2"
+        );
+        assert_eq!(
+            served(M::PUT, "/api/x", &[("authorization", "")]),
+            "b2",
+            "present"
+        );
+        assert_eq!(
+            served(M::GET, "/api/x", &[("authorization", "t")]),
+            "b0",
+            "method"
+        );
+        assert_eq!(served(M::POST, "/api/x", &[]), "b0", "no header");
+        assert_eq!(
+            served(M::POST, "/other", &[("authorization", "t")]),
+            "b0",
+            "prefix"
+        );
+    }
+    let bad = routes("[[routes]]\nupstream = \"stable\"\nmethods = [\"get\", \"G T\"]\nmatch_headers = { \"bad name\" = \"v\", x-e = \"\" }\n");
+    let paths = refused_paths(&lb, &bad);
+    for p in [
+        "routes[3].methods[0]",
+        "routes[3].methods[1]",
+        "routes[3].match_headers.bad name",
+        "routes[3].match_headers.x-e",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} not named: {paths:?}");
+    }
+}
+
 /// A route may rewrite the path prefix (Envoy's `prefix_rewrite`; "/" strips it) and edit
 /// request and response headers, on HTTP/1.1 and HTTP/2 alike; other routes are untouched.
 #[test]

@@ -94,6 +94,8 @@ path_prefix = "/beta/"
 split = [{{ upstream = "web", weight = 90 }}, {{ upstream = "catalog", weight = 10 }}]
 split_by = "cookie:beta"
 mirror = {{ upstream = "catalog", percent = 5 }}
+methods = ["GET", "HEAD"]
+match_headers = {{ x-beta = "on" }}
 
 [upstreams.web]
 algorithm = "round_robin"

@@ -96,6 +96,7 @@ export function renderConfig(cfg) {
     body = h('ul', { class: 'plain-list' }, routes.map((r) => h('li', {},
       h('span', {}, (r.hosts && r.hosts.length ? r.hosts.join(', ') : 'any host')),
       h('code', {}, r.path_prefix || '/'),
+      ...routeConditions(r),
       h('span', { class: 'arrow', 'aria-label': 'to' }, '→'),
       ...routeTargets(r))));
   } else if (upstreams.length === 1) {
@@ -107,6 +108,16 @@ export function renderConfig(cfg) {
     body = h('p', { class: 'muted' }, 'No routes: requests get 404.');
   }
   fill($('#routes'), body);
+}
+
+// What a route asks of a request besides host and path: methods, headers.
+function routeConditions(r) {
+  const out = [];
+  if ((r.methods || []).length) out.push(h('span', { class: 'badge badge-neutral' }, r.methods.join(' ')));
+  for (const [name, value] of Object.entries(r.match_headers || {})) {
+    out.push(h('code', { class: 'small' }, value === '*' ? name : `${name}: ${value}`));
+  }
+  return out;
 }
 
 // A route's upstream, or its split: each side with its share of the weights; then its mirror.

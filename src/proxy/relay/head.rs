@@ -86,6 +86,30 @@ pub struct Request {
     pub actions: Option<Arc<crate::proxy::rewrite::RouteActions>>,
 }
 
+/// A request head in the client's buffer, as routing conditions see it.
+struct View<'a> {
+    method: &'a str,
+    buf: &'a [u8],
+    fields: &'a [Field],
+}
+
+impl crate::proxy::router::RequestView for View<'_> {
+    fn method(&self) -> &[u8] {
+        self.method.as_bytes()
+    }
+    fn has_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        let mut lines = self
+            .fields
+            .iter()
+            .filter(|f| f.name(self.buf).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| f.value(self.buf));
+        match value {
+            None => lines.next().is_some(),
+            Some(v) => lines.any(|l| l == v),
+        }
+    }
+}
+
 /// Whether the head that starts `buf` ends (blank line) within its first `limit` bytes.
 pub fn ends_within(buf: &[u8], limit: usize) -> bool {
     let within = &buf[..buf.len().min(limit + 4)];
@@ -320,7 +344,12 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         return Parsed::Handoff;
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let Some(matched) = snap.router.route(host_str, path) else {
+    let view = View {
+        method,
+        buf,
+        fields: head.fields,
+    };
+    let Some(matched) = snap.router.route(host_str, path, &view) else {
         return Parsed::Handoff;
     };
     let actions = matched.actions;
