@@ -142,10 +142,29 @@ pub struct RouteConfig {
     /// Clients in these blocks get 403, even if `ip_allow` names them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_deny: Vec<String>,
+    /// Answered by Switchyard itself instead of an upstream: a redirect, a maintenance page, a
+    /// path refused (NGINX's `return`, HAProxy's `http-request redirect`/`return`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<RespondConfig>,
     /// A copy of the route's requests (all, or `percent` of them) sent to another upstream,
     /// its answer dropped: Envoy's `request_mirror_policies`, NGINX's `mirror`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+}
+
+/// A response a route gives itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RespondConfig {
+    pub status: u16,
+    /// `Location`, with variables: `"https://new.example.com${request_uri}"`. Required for
+    /// redirects (301, 302, 303, 307, 308).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Default `text/plain; charset=utf-8` when there is a body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 /// Where a route's mirrored requests go, and which share of them.

@@ -453,10 +453,20 @@ fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>)
             p.push(Problem::new(field, format!("no upstream named {name:?}")));
         }
     };
+    if let Some(resp) = &r.respond {
+        if !r.upstream.is_empty() || !r.split.is_empty() || r.mirror.is_some() {
+            p.push(Problem::new(
+                format!("{path}.respond"),
+                "a route that responds itself names no `upstream`, `split` or `mirror`",
+            ));
+        }
+        respond(resp, &format!("{path}.respond"), p);
+        return;
+    }
     match (r.upstream.is_empty(), r.split.is_empty()) {
         (true, true) => p.push(Problem::new(
             format!("{path}.upstream"),
-            "required: the upstream that serves the route (or `split` across several)",
+            "required: the upstream that serves the route (or `split` across several, or `respond`)",
         )),
         (false, true) => known(&r.upstream, format!("{path}.upstream"), p),
         (no_upstream, false) => {
@@ -502,6 +512,51 @@ fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>)
             ))
         }
         _ => {}
+    }
+}
+
+/// Largest body a route's `respond` may give: a page, not a file server.
+const MAX_RESPOND_BODY: usize = 64 * 1024;
+
+/// A route's own response: a status that is a final answer, a `Location` for redirects.
+fn respond(r: &crate::config::RespondConfig, path: &str, p: &mut Vec<Problem>) {
+    if !(200..=599).contains(&r.status) {
+        p.push(Problem::new(
+            format!("{path}.status"),
+            "must be a final status, 200 to 599",
+        ));
+    }
+    let redirect = matches!(r.status, 301 | 302 | 303 | 307 | 308);
+    match &r.location {
+        None if redirect => p.push(Problem::new(
+            format!("{path}.location"),
+            format!("required: where status {} redirects to", r.status),
+        )),
+        Some(l) => {
+            if http::HeaderValue::from_str(l).is_err() || l.is_empty() {
+                p.push(Problem::new(
+                    format!("{path}.location"),
+                    "not a valid header value",
+                ));
+            } else if let Err(why) = crate::proxy::template::Template::parse(l) {
+                p.push(Problem::new(format!("{path}.location"), why));
+            }
+        }
+        None => {}
+    }
+    if r.body.as_ref().is_some_and(|b| b.len() > MAX_RESPOND_BODY) {
+        p.push(Problem::new(
+            format!("{path}.body"),
+            format!("at most {MAX_RESPOND_BODY} bytes"),
+        ));
+    }
+    if let Some(t) = &r.content_type {
+        if http::HeaderValue::from_str(t).is_err() {
+            p.push(Problem::new(
+                format!("{path}.content_type"),
+                "not a valid header value",
+            ));
+        }
     }
 }
 

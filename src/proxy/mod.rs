@@ -15,6 +15,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod real_ip;
 pub mod relay;
+pub mod respond;
 pub mod rewrite;
 pub mod router;
 pub mod split;
@@ -296,7 +297,30 @@ async fn serve(
             return r;
         }
     }
-    let upstream = snap.upstreams[matched.upstream(|k| hash_key(k, &parts, client))].clone();
+    if let Some(own) = matched.respond() {
+        let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let id = headers::client_request_id(&parts.headers)
+            .cloned()
+            .unwrap_or_else(headers::fresh_request_id);
+        let vars = template::Vars {
+            conn,
+            client,
+            host: host_value.as_ref().map_or(&b""[..], HeaderValue::as_bytes),
+            method: parts.method.as_str().as_bytes(),
+            request_uri: uri.as_bytes(),
+            request_id: id.as_bytes(),
+        };
+        let mut r = own.response(&vars);
+        r.headers_mut().insert(headers::X_REQUEST_ID, id);
+        if let Some(a) = matched.actions {
+            a.response.apply(r.headers_mut(), None);
+        }
+        return r;
+    }
+    let Some(up_index) = matched.upstream(|k| hash_key(k, &parts, client)) else {
+        return refuse(ProxyError::NoRoute, &parts.headers);
+    };
+    let upstream = snap.upstreams[up_index].clone();
     trace.upstream = Some(upstream.clone());
     // Upgrades are carried only to HTTP/1.1 backends. Sent to an h2/h2c one, an HTTP/1.1
     // Upgrade would go out as a plain GET, and an extended CONNECT as a GET with `:protocol`,

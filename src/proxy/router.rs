@@ -107,12 +107,21 @@ pub struct Matched<'a> {
 }
 
 impl Matched<'_> {
-    /// The upstream's index in the snapshot. For a split keyed by something of the request,
-    /// `key_hash` hashes it; it is not called otherwise.
-    pub fn upstream(&self, key_hash: impl FnOnce(&HashKey) -> u64) -> usize {
+    /// The upstream's index in the snapshot; `None` for a route that answers itself. For a
+    /// split keyed by something of the request, `key_hash` hashes it; it is not called otherwise.
+    pub fn upstream(&self, key_hash: impl FnOnce(&HashKey) -> u64) -> Option<usize> {
         match self.target {
-            Target::One(i) => *i,
-            Target::Split(s) => s.pick(key_hash),
+            Target::One(i) => Some(*i),
+            Target::Split(s) => Some(s.pick(key_hash)),
+            Target::Respond(_) => None,
+        }
+    }
+
+    /// The route's own response, when it answers itself.
+    pub fn respond(&self) -> Option<&super::respond::Respond> {
+        match self.target {
+            Target::Respond(r) => Some(r),
+            _ => None,
         }
     }
 }
@@ -135,7 +144,9 @@ impl Router {
     ) -> Router {
         let mut rules = Vec::new();
         for r in routes {
-            let target = if r.split.is_empty() {
+            let target = if let Some(resp) = &r.respond {
+                super::respond::Respond::compile(resp).map(|x| Target::Respond(Arc::new(x)))
+            } else if r.split.is_empty() {
                 index_of(&r.upstream).map(Target::One)
             } else {
                 // Validation made sure every arm exists and the split by-key parses.
@@ -265,7 +276,7 @@ mod tests {
             None,
             |_| None,
         );
-        let up = |host, path| r.route(host, path, &NoView).map(|m| m.upstream(|_| 0));
+        let up = |host, path| r.route(host, path, &NoView).and_then(|m| m.upstream(|_| 0));
         assert_eq!(up("api.example.com:8080", "/v2/x"), Some(3));
         assert_eq!(up("API.example.com", "/v1"), Some(2));
         assert_eq!(up("www.example.com", "/"), Some(1));

@@ -18,6 +18,8 @@ use crate::upstream::HashKey;
 pub enum Target {
     One(usize),
     Split(Box<Split>),
+    /// The route answers itself ([`super::respond`]).
+    Respond(std::sync::Arc<super::respond::Respond>),
 }
 
 #[derive(Debug, Clone)]

@@ -310,6 +310,78 @@ fn routes_match_on_method_and_headers() {
     }
 }
 
+/// Routes that answer themselves (`respond`, NGINX's `return`): a redirect to another domain
+/// keeping the path, a maintenance page with the route's response headers, a path refused;
+/// nothing reaches a backend, on the HTTP/1 relay (handed to hyper's path) and on HTTP/2. A
+/// `respond` that does not hold together is refused by field path.
+#[test]
+fn a_route_can_answer_itself_with_a_redirect_or_a_page() {
+    let be = backends(1);
+    let routes = |extra: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+             [[routes]]\nupstream = \"web\"\n\
+             [[routes]]\nhosts = [\"old.example\"]\n\
+             respond = {{ status = 301, location = \"https://new.example${{request_uri}}\" }}\n\
+             [[routes]]\npath_prefix = \"/shop/\"\n\
+             respond = {{ status = 503, body = \"back soon\\n\" }}\n\
+             response_headers = {{ set = {{ retry-after = \"120\" }} }}\n\
+             [[routes]]\npath_prefix = \"/.git/\"\nrespond = {{ status = 404 }}\n{extra}\n\
+             [upstreams.web]\nbackends = [{}]\n",
+            be.list()
+        )
+    };
+    let lb = start(&routes(""));
+    // `old.example` is the listener, for both clients.
+    let plain = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("old.example", lb.addr);
+    let h2 = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("old.example", lb.addr)
+        .http2_prior_knowledge();
+    let old = format!("http://old.example:{}/a/b?c=1", lb.addr.port());
+    for c in [plain.build().unwrap(), h2.build().unwrap()] {
+        let r = c.get(&old).send().unwrap();
+        assert_eq!(r.status(), 301);
+        assert_eq!(r.headers()["location"], "https://new.example/a/b?c=1");
+        assert!(r.headers().get("x-demo-backend").is_none());
+        assert!(r.headers().get("x-request-id").is_some());
+        let r = c.get(lb.url("/shop/cart")).send().unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "120");
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(r.text().unwrap(), "back soon\n");
+        let r = c.get(lb.url("/.git/config")).send().unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(
+            r.headers().get("x-switchyard-error").is_none(),
+            "the route's, not an error"
+        );
+        let r = c.get(lb.url("/other")).send().unwrap();
+        assert_eq!(r.headers()["x-demo-backend"], "b0");
+    }
+    assert_eq!(
+        first_backend(&lb, 0)["requests_total"],
+        2,
+        "only /other was forwarded"
+    );
+    let bad = routes(
+        "[[routes]]\npath_prefix = \"/x\"\nupstream = \"web\"\nrespond = { status = 99 }\n\
+         [[routes]]\npath_prefix = \"/y\"\nrespond = { status = 302, body = \"b\" }\n\
+         [[routes]]\npath_prefix = \"/z\"\nrespond = { status = 308, location = \"/${nope}\" }\n",
+    );
+    let paths = refused_paths(&lb, &bad);
+    for p in [
+        "routes[4].respond",
+        "routes[4].respond.status",
+        "routes[5].respond.location",
+        "routes[6].respond.location",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} not named: {paths:?}");
+    }
+}
+
 /// A route may rewrite the path prefix (Envoy's `prefix_rewrite`; "/" strips it) and edit
 /// request and response headers, on HTTP/1.1 and HTTP/2 alike; other routes are untouched.
 #[test]

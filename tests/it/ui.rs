@@ -97,6 +97,10 @@ mirror = {{ upstream = "catalog", percent = 5 }}
 methods = ["GET", "HEAD"]
 match_headers = {{ x-beta = "on" }}
 
+[[routes]]
+hosts = ["old.example"]
+respond = {{ status = 308, location = "https://new.example${{request_uri}}" }}
+
 [upstreams.web]
 algorithm = "round_robin"
 backends = [{list}]

@@ -199,7 +199,7 @@ try {
 
   step('the routes panel shows a split route with each side\'s share, and its mirror');
   const routesText = (await page.locator('#routes').textContent()).replace(/\s+/g, ' ');
-  for (const want of ['/beta/', '90%', '10%', 'split by cookie:beta', 'GET HEAD', 'x-beta: on']) {
+  for (const want of ['/beta/', '90%', '10%', 'split by cookie:beta', 'GET HEAD', 'x-beta: on', 'responds 308', 'https://new.example${request_uri}']) {
     if (!routesText.includes(want)) throw new Error(`the routes panel lacks "${want}": ${routesText}`);
   }
   // The mirror's words, link and badge are separate elements: compare without spaces.

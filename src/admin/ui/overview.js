@@ -134,6 +134,11 @@ function routeTargets(r) {
 const upstreamLink = (name) => h('a', { href: `#upstream-${name.replace(/[^a-zA-Z0-9_-]/g, '-')}`, class: 'strong' }, name);
 
 function routeServes(r) {
+  if (r.respond) {
+    const { status, location } = r.respond;
+    return [h('span', { class: 'badge badge-neutral' }, `responds ${status}`),
+      location ? h('code', { class: 'small' }, location) : null];
+  }
   const link = upstreamLink;
   const split = r.split || [];
   if (!split.length) return [link(r.upstream)];

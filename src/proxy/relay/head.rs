@@ -361,8 +361,11 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     if actions.is_some_and(|a| a.acl.as_ref().is_some_and(|acl| !acl.admits(client))) {
         return Parsed::Handoff;
     }
-    let upstream =
-        &snap.upstreams[matched.upstream(|k| hash_key(k, path, buf, head.fields, client))];
+    // A route that answers itself does so on hyper's path.
+    let Some(up_index) = matched.upstream(|k| hash_key(k, path, buf, head.fields, client)) else {
+        return Parsed::Handoff;
+    };
+    let upstream = &snap.upstreams[up_index];
     if upstream.connector.is_h2() || upstream.connector.is_tls() {
         return Parsed::Handoff;
     }
