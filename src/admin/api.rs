@@ -37,6 +37,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/config/versions", get(config_api::versions))
         .route("/api/v1/config/rollback", post(config_api::rollback))
         .route("/api/v1/upstreams", get(upstreams))
+        .route("/api/v1/routes/match", get(super::route_api::route_match))
         .route("/api/v1/upstreams/{name}/backends", post(add_backend))
         .route(
             "/api/v1/upstreams/{name}/backends/{address}",

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cluster_api;
 mod config_api;
 mod origin;
+mod route_api;
 pub mod ui;
 
 use crate::state::Shared;

@@ -43,6 +43,8 @@ struct Rule {
     prefix: String,
     /// Methods and headers the request must have, if the route names any.
     cond: Option<Arc<Cond>>,
+    /// The route's index in the configuration's `routes`.
+    index: usize,
     target: Target,
     actions: Option<Arc<RouteActions>>,
 }
@@ -104,6 +106,9 @@ pub struct Matched<'a> {
     pub prefix_len: usize,
     /// What the route does besides choosing the upstream, if anything.
     pub actions: Option<&'a Arc<RouteActions>>,
+    /// The route's index in the configuration's `routes`; `None` when there are no routes and
+    /// the only upstream takes everything.
+    pub route: Option<usize>,
 }
 
 impl Matched<'_> {
@@ -143,7 +148,7 @@ impl Router {
         mut limiter: impl FnMut(&RouteConfig) -> Option<Arc<RateLimiter>>,
     ) -> Router {
         let mut rules = Vec::new();
-        for r in routes {
+        for (index, r) in routes.iter().enumerate() {
             let target = if let Some(resp) = &r.respond {
                 super::respond::Respond::compile(resp).map(|x| Target::Respond(Arc::new(x)))
             } else if r.split.is_empty() {
@@ -187,6 +192,7 @@ impl Router {
                 host,
                 prefix: prefix.clone(),
                 cond: cond.clone(),
+                index,
                 target: target.clone(),
                 actions: actions.clone(),
             }));
@@ -210,6 +216,7 @@ impl Router {
                 target,
                 prefix_len: 0,
                 actions: None,
+                route: None,
             });
         }
         let host = host
@@ -234,6 +241,7 @@ impl Router {
                 target: &r.target,
                 prefix_len: r.prefix.len(),
                 actions: r.actions.as_ref(),
+                route: Some(r.index),
             })
     }
 }

@@ -1,7 +1,7 @@
 //! Proxy behaviour over real sockets: headers, errors Switchyard makes, malformed requests, h2c.
 
 use crate::support::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -298,6 +298,28 @@ fn routes_match_on_method_and_headers() {
             "prefix"
         );
     }
+    // The admin API tells which route a request would take, without sending one.
+    let which = |q: &str| -> (u16, Value) {
+        let r = client()
+            .get(lb.admin_url(&format!("/api/v1/routes/match?{q}")))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    };
+    let (s, v) = which("path=/api/x&method=POST&header=Authorization:Bearer%20t");
+    assert_eq!(
+        (s, &v["route"], &v["serves"]["upstream"]),
+        (200, &json!(2), &json!("writer")),
+        "{v}"
+    );
+    let (_, v) = which("header=x-canary:yes");
+    assert_eq!(v["serves"]["upstream"], "canary", "{v}");
+    assert_eq!(v["route_config"]["match_headers"]["x-canary"], "yes", "{v}");
+    let (_, v) = which("path=/api/x&method=GET");
+    assert_eq!(v["route"], 0, "{v}");
+    let (s, _) = which("header=nocolon");
+    assert_eq!(s, 400);
+
     let bad = routes("[[routes]]\nupstream = \"stable\"\nmethods = [\"get\", \"G T\"]\nmatch_headers = { \"bad name\" = \"v\", x-e = \"\" }\n");
     let paths = refused_paths(&lb, &bad);
     for p in [
@@ -366,6 +388,11 @@ fn a_route_can_answer_itself_with_a_redirect_or_a_page() {
         2,
         "only /other was forwarded"
     );
+    let v = get_json(
+        &client(),
+        &lb.admin_url("/api/v1/routes/match?host=old.example&path=/x"),
+    );
+    assert_eq!(v["serves"]["respond"]["status"], 301, "{v}");
     let bad = routes(
         "[[routes]]\npath_prefix = \"/x\"\nupstream = \"web\"\nrespond = { status = 99 }\n\
          [[routes]]\npath_prefix = \"/y\"\nrespond = { status = 302, body = \"b\" }\n\
