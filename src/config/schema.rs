@@ -142,6 +142,11 @@ pub struct RouteConfig {
     /// Clients in these blocks get 403, even if `ip_allow` names them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_deny: Vec<String>,
+    /// The whole exchange for this route's requests, in place of the upstream's
+    /// `timeouts.request` (Envoy's route `timeout`, NGINX's per-location `proxy_read_timeout`):
+    /// a long export or upload beside quick API calls on one upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
     /// Answered by Switchyard itself instead of an upstream: a redirect, a maintenance page, a
     /// path refused (NGINX's `return`, HAProxy's `http-request redirect`/`return`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -148,6 +148,12 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         route_target(cfg, r, &path, &mut p);
+        if r.timeout.is_some_and(|d| d.get().is_zero()) {
+            p.push(Problem::new(
+                format!("{path}.timeout"),
+                "must be greater than zero",
+            ));
+        }
         for (j, m) in r.methods.iter().enumerate() {
             if http::Method::from_bytes(m.as_bytes()).is_err() {
                 p.push(Problem::new(

@@ -146,12 +146,13 @@ pub(super) async fn forward(
     ctx: &PickCtx,
     parts: http::request::Parts,
     body: ReqBody,
+    timeout: Duration,
     trace: &mut Trace,
 ) -> Response<RespBody> {
     let policy = &up.retry;
     let replayable = !matches!(body, ReqBody::Stream { .. });
     let idempotent = is_idempotent(&parts.method);
-    let deadline = Instant::now() + up.request_timeout;
+    let deadline = Instant::now() + timeout;
     up.budget.on_request();
 
     // Attempts are at most 10 (validated), so the tried set lives on the stack.
@@ -213,7 +214,7 @@ pub(super) async fn forward(
             (id, std::time::SystemTime::now())
         });
 
-        let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
+        let per_try = policy.per_try_timeout.unwrap_or(timeout);
         let try_deadline = deadline.min(Instant::now() + per_try);
         let started = Instant::now();
         let result = send(up, backend, &mut req, try_deadline, trace).await;

@@ -97,9 +97,11 @@ impl Mirror {
         let (parts, ()) = req.into_parts();
         let body = body.map_or(ReqBody::Empty, |b| ReqBody::Replay(Some(b)));
         let in_flight = self.in_flight.clone();
+        let timeout = shadow.request_timeout;
         tokio::spawn(IN_MIRROR.scope((), async move {
             let resp =
-                super::forward::forward(&shadow, &ctx, parts, body, &mut Trace::default()).await;
+                super::forward::forward(&shadow, &ctx, parts, body, timeout, &mut Trace::default())
+                    .await;
             let made_here = resp.headers().contains_key(super::X_SWITCHYARD_ERROR);
             crate::observe::metrics::mirror(if made_here {
                 Outcome::Failed

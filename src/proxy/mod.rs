@@ -468,12 +468,13 @@ async fn serve(
         && !wants_trailers
         && trace.otel.is_none()
         && relay::from_hyper::eligible(&upstream, &parts, &body);
+    let timeout = rewrite::RouteActions::timeout_on(matched.actions.map(|a| &**a), &upstream);
     let mut resp = if direct {
-        relay::from_hyper::forward(&upstream, &ctx, &parts, body, &request_id, trace)
+        relay::from_hyper::forward(&upstream, &ctx, &parts, body, &request_id, timeout, trace)
             .await
             .unwrap_or_else(error_response)
     } else {
-        forward::forward(&upstream, &ctx, parts, body, trace).await
+        forward::forward(&upstream, &ctx, parts, body, timeout, trace).await
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A switch only to what the client asked for: any other 101 (none asked for, or another

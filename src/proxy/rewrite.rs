@@ -140,6 +140,8 @@ pub struct RouteActions {
     pub acl: Option<super::real_ip::Acl>,
     /// Where copies of the route's requests go.
     pub mirror: Option<super::mirror::Mirror>,
+    /// The route's `timeout`, in place of the upstream's `timeouts.request`.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl RouteActions {
@@ -157,13 +159,15 @@ impl RouteActions {
             limiter,
             acl: super::real_ip::Acl::new(&r.ip_allow, &r.ip_deny),
             mirror,
+            timeout: r.timeout.map(|d| d.get()),
         };
         (a.rewrite_prefix.is_some()
             || !a.request.is_empty()
             || !a.response.is_empty()
             || a.limiter.is_some()
             || a.acl.is_some()
-            || a.mirror.is_some())
+            || a.mirror.is_some()
+            || a.timeout.is_some())
         .then_some(a)
     }
 
@@ -183,6 +187,16 @@ impl RouteActions {
         !ADDED
             .iter()
             .any(|n| self.request.touches(n) || self.response.touches(n))
+    }
+
+    /// The whole exchange's time limit on `up` for this route's requests.
+    pub fn timeout_on(
+        actions: Option<&Self>,
+        up: &crate::upstream::Upstream,
+    ) -> std::time::Duration {
+        actions
+            .and_then(|a| a.timeout)
+            .unwrap_or(up.request_timeout)
     }
 
     /// The origin-form target sent upstream for `target` (path and query) whose first

@@ -76,6 +76,45 @@ fn slow_backend_gives_504_with_reason() {
     assert_eq!(r.headers()["x-switchyard-error"], "upstream_timeout");
 }
 
+/// A route's `timeout` replaces the upstream's `timeouts.request` for its requests, longer or
+/// shorter, on the HTTP/1 relay, the relay from HTTP/2, and hyper's client (a client asking for
+/// trailers).
+#[test]
+fn a_route_timeout_replaces_the_upstreams_for_its_requests() {
+    let be = backends(1);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [[routes]]\nupstream = \"web\"\n\
+         [[routes]]\npath_prefix = \"/delay/9\"\nupstream = \"web\"\ntimeout = \"3s\"\n\
+         [[routes]]\npath_prefix = \"/delay/2\"\nupstream = \"web\"\ntimeout = \"100ms\"\n\
+         [upstreams.web]\nbackends = [{}]\ntimeouts = {{ request = \"500ms\" }}\n",
+        be.list()
+    ));
+    for (c, te) in [
+        (client(), ""),
+        (h2c_client(), ""),
+        (h2c_client(), "trailers"),
+    ] {
+        let get = |path: &str| {
+            let mut r = c.get(lb.url(path));
+            if !te.is_empty() {
+                r = r.header("te", te);
+            }
+            r.send().unwrap().status().as_u16()
+        };
+        assert_eq!(get("/delay/900"), 200, "the route's 3 s (te: {te:?})");
+        assert_eq!(get("/delay/800"), 504, "the upstream's 500 ms (te: {te:?})");
+        assert_eq!(get("/delay/250"), 504, "the route's 100 ms (te: {te:?})");
+        assert_eq!(get("/delay/20"), 200);
+    }
+    let bad =
+        "[[listeners]]\nbind = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"web\"\ntimeout = \"0s\"\n\
+               [upstreams.web]\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    assert!(refused_paths(&lb, bad)
+        .iter()
+        .any(|p| p == "routes[0].timeout"));
+}
+
 #[test]
 fn no_route_is_404_and_h2c_is_served() {
     let be = backends(1);

@@ -52,6 +52,7 @@ pub async fn forward(
     parts: &http::request::Parts,
     body: ReqBody,
     request_id: &HeaderValue,
+    timeout: std::time::Duration,
     trace: &mut Trace,
 ) -> Result<Response<RespBody>, ProxyError> {
     let started = Instant::now();
@@ -78,12 +79,12 @@ pub async fn forward(
     };
     // The relay's connections keep one timer for all their waits; a request from hyper has
     // this one (armed only if the backend makes it wait).
-    let timer = tokio::time::sleep_until((started + up.request_timeout).into());
+    let timer = tokio::time::sleep_until((started + timeout).into());
     tokio::pin!(timer);
     let mut timer = super::Deadline::new(timer);
-    let on = (started, &mut timer);
+    let on = (started, timeout, &mut timer);
     let x = super::forward(up, &req, request_id.as_bytes(), false, on, trace).await?;
-    response(up, x, started + up.request_timeout)
+    response(up, x, started + timeout)
 }
 
 /// The HTTP/1.1 request head (and body) for the backend.

@@ -270,7 +270,8 @@ async fn exchange(
     req.upstream_head.extend_from_slice(body);
     let request_id = req.request_id.bytes(head);
     let up = req.upstream.clone();
-    let on = (started, &mut *timer);
+    let timeout = crate::proxy::rewrite::RouteActions::timeout_on(req.actions.as_deref(), &up);
+    let on = (started, timeout, &mut *timer);
     let result = forward(&up, &req, request_id, close, on, &mut trace).await;
     let outcome = match result {
         Err(e) => local_error(io, e, &req, request_id, close).await,
@@ -283,7 +284,7 @@ async fn exchange(
             if draining && x.resp.framing != head::Framing::UntilClose {
                 head::announce_close(&mut x.client_head);
             }
-            let limits = (up.idle_timeout, started + up.request_timeout);
+            let limits = (up.idle_timeout, started + timeout);
             let Some((sent, end)) = respond(io, &mut x, limits, nodelay, timer).await else {
                 // The body's first bytes were malformed and nothing went out yet.
                 let e = ProxyError::UpstreamReset;
@@ -404,12 +405,12 @@ async fn forward(
     req: &head::Request,
     request_id: &[u8],
     close: bool,
-    (now, timer): (Instant, &mut Deadline<'_>),
+    (now, timeout, timer): (Instant, Duration, &mut Deadline<'_>),
     trace: &mut Trace,
 ) -> Result<Exchange, ProxyError> {
     let policy = &up.retry;
     // One clock read serves the first attempt's deadlines and timings (they cost ~20 ns each).
-    let deadline = now + up.request_timeout;
+    let deadline = now + timeout;
     up.budget.on_request();
     let ctx = PickCtx {
         hash: req.hash,
@@ -445,7 +446,7 @@ async fn forward(
         trace.backend = Some(i);
         let backend = &up.backends[i];
         let inflight = Inflight::start(up, i);
-        let per_try = policy.per_try_timeout.unwrap_or(up.request_timeout);
+        let per_try = policy.per_try_timeout.unwrap_or(timeout);
         let started = if attempt == 0 { now } else { Instant::now() };
         let try_deadline = deadline.min(started + per_try);
         let on = (started, try_deadline, &mut *timer);
