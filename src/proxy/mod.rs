@@ -298,19 +298,16 @@ async fn serve(
         }
     }
     if let Some(own) = matched.respond() {
-        let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let id = headers::client_request_id(&parts.headers)
             .cloned()
             .unwrap_or_else(headers::fresh_request_id);
-        let vars = template::Vars {
+        let mut r = own.response(&vars_of(
             conn,
             client,
-            host: host_value.as_ref().map_or(&b""[..], HeaderValue::as_bytes),
-            method: parts.method.as_str().as_bytes(),
-            request_uri: uri.as_bytes(),
-            request_id: id.as_bytes(),
-        };
-        let mut r = own.response(&vars);
+            host_value.as_ref(),
+            (&parts.method, &parts.uri),
+            &id,
+        ));
         r.headers_mut().insert(headers::X_REQUEST_ID, id);
         if let Some(a) = matched.actions {
             a.response.apply(r.headers_mut(), None);
@@ -382,15 +379,8 @@ async fn serve(
         }
     }
     if let Some(a) = matched.actions {
-        let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let vars = template::Vars {
-            conn,
-            client,
-            host: host_value.as_ref().map_or(&b""[..], HeaderValue::as_bytes),
-            method: parts.method.as_str().as_bytes(),
-            request_uri: uri.as_bytes(),
-            request_id: request_id.as_bytes(),
-        };
+        let req = (&parts.method, &parts.uri);
+        let vars = vars_of(conn, client, host_value.as_ref(), req, &request_id);
         a.request.apply(&mut parts.headers, Some(&vars));
         let rewritten = parts
             .uri
@@ -507,6 +497,26 @@ async fn serve(
     // HTTP/1 ignores the flag.
     id.set_sensitive(true);
     resp
+}
+
+/// What a request's variables stand for ([`template`]).
+fn vars_of<'a>(
+    conn: &'a ConnInfo,
+    client: IpAddr,
+    host: Option<&'a HeaderValue>,
+    (method, uri): (&'a Method, &'a http::Uri),
+    request_id: &'a HeaderValue,
+) -> template::Vars<'a> {
+    template::Vars {
+        conn,
+        client,
+        host: host.map_or(&b""[..], HeaderValue::as_bytes),
+        method: method.as_str().as_bytes(),
+        request_uri: uri
+            .path_and_query()
+            .map_or(&b"/"[..], |pq| pq.as_str().as_bytes()),
+        request_id: request_id.as_bytes(),
+    }
 }
 
 /// Whether a request's `Transfer-Encoding` lines, if any, name exactly one coding: chunked.

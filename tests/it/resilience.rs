@@ -172,22 +172,8 @@ fn circuit_opens_on_failures_and_answers_503() {
     assert_eq!(backend_state(&lb, &addr)["circuit"], "closed");
     // This backend's only: the history is process-wide, and tests running alongside open and
     // close circuits of their own.
-    let circuit_events = || -> Vec<String> {
-        let ev: Value = c
-            .get(lb.admin_url("/api/v1/events/history"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        ev.as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "circuit" && e["backend"] == addr.as_str())
-            .map(|e| e["detail"].as_str().unwrap().to_string())
-            .collect()
-    };
     assert_eq!(
-        circuit_events(),
+        event_details(&lb, "circuit", &addr),
         ["circuit open", "circuit half_open", "circuit closed"]
     );
 }
