@@ -160,6 +160,11 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                     format!("{path}.methods[{j}]"),
                     format!("{m:?} is not a method (a token such as \"GET\")"),
                 ));
+            } else if m == "*" {
+                p.push(Problem::new(
+                    format!("{path}.methods[{j}]"),
+                    "leave `methods` out for any method",
+                ));
             } else if m.bytes().any(|b| b.is_ascii_lowercase()) {
                 // Methods are case-sensitive: "get" would never match a GET.
                 p.push(Problem::new(
@@ -176,6 +181,23 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 p.push(Problem::new(at.clone(), "not a header name"));
             }
+            if name.eq_ignore_ascii_case("host") {
+                // The routed host may come from an HTTP/2 `:authority` or an absolute-form
+                // target, in any case; `hosts` matches that one.
+                p.push(Problem::new(at.clone(), "match the host with `hosts`"));
+            }
+            if value.trim() != value {
+                p.push(Problem::new(
+                    at.clone(),
+                    "a value with spaces around never matches: they are not part of a header's value",
+                ));
+            }
+            if same_name_earlier(r.match_headers.keys(), name) {
+                p.push(Problem::new(
+                    at.clone(),
+                    "named twice (header names have no case)",
+                ));
+            }
             if http::HeaderValue::from_str(value).is_err() || value.is_empty() {
                 p.push(Problem::new(
                     at,
@@ -184,6 +206,13 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
             }
         }
         if let Some(m) = &r.mirror {
+            let own = m.upstream == r.upstream || r.split.iter().any(|a| a.upstream == m.upstream);
+            if own {
+                p.push(Problem::new(
+                    format!("{path}.mirror.upstream"),
+                    "the route's own upstream: each request would reach it twice",
+                ));
+            }
             if !cfg.upstreams.contains_key(&m.upstream) {
                 p.push(Problem::new(
                     format!("{path}.mirror.upstream"),
@@ -265,6 +294,14 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                     ));
                 } else if let Err(why) = crate::proxy::template::Template::parse(value) {
                     p.push(Problem::new(at, why));
+                }
+            }
+            for name in rules.set.keys() {
+                if same_name_earlier(rules.set.keys(), name) {
+                    p.push(Problem::new(
+                        format!("{path}.{key}.set.{name}"),
+                        "named twice (header names have no case)",
+                    ));
                 }
             }
             for (j, name) in rules.remove.iter().enumerate() {
@@ -466,6 +503,20 @@ fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>)
                 "a route that responds itself names no `upstream`, `split` or `mirror`",
             ));
         }
+        // Keys about forwarding would be silently inert on a route that forwards nothing.
+        for (key, given) in [
+            ("rewrite_prefix", r.rewrite_prefix.is_some()),
+            ("request_headers", r.request_headers.is_some()),
+            ("timeout", r.timeout.is_some()),
+            ("split_by", r.split_by.is_some()),
+        ] {
+            if given {
+                p.push(Problem::new(
+                    format!("{path}.{key}"),
+                    "has no effect on a route that responds itself (`respond`)",
+                ));
+            }
+        }
         respond(resp, &format!("{path}.respond"), p);
         return;
     }
@@ -521,6 +572,12 @@ fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>)
     }
 }
 
+/// Whether a key before `name` in `keys` (in order) names the same header in another case.
+fn same_name_earlier<'a>(keys: impl Iterator<Item = &'a String>, name: &str) -> bool {
+    keys.take_while(|k| k.as_str() != name)
+        .any(|k| k.eq_ignore_ascii_case(name))
+}
+
 /// Largest body a route's `respond` may give: a page, not a file server.
 const MAX_RESPOND_BODY: usize = 64 * 1024;
 
@@ -549,6 +606,18 @@ fn respond(r: &crate::config::RespondConfig, path: &str, p: &mut Vec<Problem>) {
             }
         }
         None => {}
+    }
+    if r.body.as_ref().is_some_and(|b| !b.is_empty()) && matches!(r.status, 204 | 304) {
+        p.push(Problem::new(
+            format!("{path}.body"),
+            format!("a {} response has no body", r.status),
+        ));
+    }
+    if r.body.as_ref().is_some_and(|b| b.contains("${")) {
+        p.push(Problem::new(
+            format!("{path}.body"),
+            "variables (`${...}`) are expanded in `location` and request_headers only",
+        ));
     }
     if r.body.as_ref().is_some_and(|b| b.len() > MAX_RESPOND_BODY) {
         p.push(Problem::new(

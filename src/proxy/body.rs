@@ -34,6 +34,8 @@ pub enum ClientBodyError {
 pub struct BodyStats {
     pub failed: AtomicU8,
     pub bytes: AtomicU64,
+    /// The body is waiting on the client: a deadline that passes now is the client's doing.
+    pub waiting: std::sync::atomic::AtomicBool,
 }
 
 /// Values of [`BodyStats::failed`].
@@ -119,6 +121,7 @@ impl Body for ReqBody {
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
                     idle.progress();
+                    stats.waiting.store(false, Relaxed);
                     if let Some(d) = f.data_ref() {
                         *seen += d.len() as u64;
                         stats.bytes.store(*seen, Relaxed);
@@ -136,11 +139,15 @@ impl Body for ReqBody {
                     Poll::Ready(Some(Err(Box::new(ClientBodyError::Broken(e)))))
                 }
                 Poll::Pending => {
+                    stats.waiting.store(true, Relaxed);
                     ready!(idle.poll_expired(cx));
                     stats.failed.store(CLIENT_BODY_STALLED, Relaxed);
                     Poll::Ready(Some(Err(Box::new(ClientBodyError::Stalled))))
                 }
-                other => other.map_err(|e| Box::new(e) as BoxError),
+                Poll::Ready(None) => {
+                    stats.waiting.store(false, Relaxed);
+                    Poll::Ready(None)
+                }
             },
         }
     }

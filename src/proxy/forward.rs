@@ -280,6 +280,13 @@ pub(super) async fn forward(
             Some(CLIENT_BODY_BROKEN) => return error_response(ProxyError::BadRequestBody),
             Some(CLIENT_BODY_TOO_LARGE) => return error_response(ProxyError::BodyTooLarge),
             Some(CLIENT_BODY_STALLED) => return error_response(ProxyError::ClientTimeout),
+            // The deadline passed while the body waited on the client (the header timeout
+            // between its reads not yet run out): the client's slowness, not the backend's.
+            _ if err == ProxyError::UpstreamTimeout
+                && trace.body.as_ref().is_some_and(|s| s.waiting.load(Relaxed)) =>
+            {
+                return error_response(ProxyError::ClientTimeout)
+            }
             _ => {}
         }
         if err.is_backend_failure() {

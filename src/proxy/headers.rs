@@ -91,6 +91,24 @@ pub fn add_forwarded(
     };
 }
 
+/// Joins several `cookie` lines into one, "; " between them.
+pub fn join_cookies(h: &mut HeaderMap) {
+    let mut lines = h.get_all(http::header::COOKIE).iter();
+    if lines.next().is_none() || lines.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, c) in h.get_all(http::header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(c.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(http::header::COOKIE, v);
+    }
+}
+
 /// Whether a Host value is a host (RFC 3986 reg-name, IP literal) with an optional port: no
 /// space, `/`, `@`, `?`, `#` or quote that could make the router and the backend read it apart.
 pub fn is_host(h: &[u8]) -> bool {

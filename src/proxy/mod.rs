@@ -164,6 +164,19 @@ fn refuse(e: ProxyError, h: &http::HeaderMap) -> Response<RespBody> {
     r
 }
 
+/// A request whose framing is refused (two Host lines, a bad Transfer-Encoding or
+/// Content-Length, a bad target or Host): answered, and the connection closed after, since
+/// where its body ends, and so where the next request begins, cannot be trusted.
+fn refuse_framing(parts: &http::request::Parts) -> Response<RespBody> {
+    let mut r = refuse(ProxyError::BadRequest, &parts.headers);
+    // HTTP/2 frames each stream itself, and has no Connection header.
+    if parts.version < Version::HTTP_2 {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
 pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -226,20 +239,20 @@ async fn serve(
         // HTTP/2 extended CONNECT is a WebSocket upgrade, taken above).
         || (parts.method == Method::CONNECT && !(parts.version == Version::HTTP_2 && upgrade.is_some()))
     {
-        return refuse(ProxyError::BadRequest, &parts.headers);
+        return refuse_framing(&parts);
     }
     // One transfer coding, chunked, applied once (RFC 9112 §6.1): `chunked, chunked` or an
     // `identity` line before `chunked` is refused, as NGINX and HAProxy do, rather than read one
     // way here and maybe another by a proxy in front.
     if !one_chunked_coding(&parts.headers) {
-        return refuse(ProxyError::BadRequest, &parts.headers);
+        return refuse_framing(&parts);
     }
     let declared_len = match parts
         .headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
     {
-        Some(None) => return refuse(ProxyError::BadRequest, &parts.headers),
+        Some(None) => return refuse_framing(&parts),
         Some(Some(n)) => Some(n),
         None => None,
     };
@@ -255,7 +268,7 @@ async fn serve(
         .authority()
         .is_some_and(|a| a.as_str().contains('@'))
     {
-        return refuse(ProxyError::BadRequest, &parts.headers);
+        return refuse_framing(&parts);
     }
     let host_value = parts
         .uri
@@ -266,7 +279,7 @@ async fn serve(
         .as_ref()
         .is_some_and(|h| !headers::is_host(h.as_bytes()))
     {
-        return refuse(ProxyError::BadRequest, &parts.headers);
+        return refuse_framing(&parts);
     }
     let host = host_value
         .as_ref()
@@ -301,13 +314,30 @@ async fn serve(
         let id = headers::client_request_id(&parts.headers)
             .cloned()
             .unwrap_or_else(headers::fresh_request_id);
-        let mut r = own.response(&vars_of(
+        // The body, if any, is read and dropped first (NGINX's `return` discards it too), so the
+        // connection can carry the next request; one too long or too slow closes it instead.
+        let drained = incoming.is_end_stream() || {
+            let body = ReqBody::Stream {
+                inner: incoming,
+                seen: 0,
+                limit: respond::MAX_DISCARD,
+                stats: Arc::default(),
+                idle: BodyIdle::new(conn.body_timeout),
+            };
+            declared_len.is_none_or(|n| n <= respond::MAX_DISCARD) && body.collect().await.is_ok()
+        };
+        let vars = vars_of(
             conn,
             client,
             host_value.as_ref(),
             (&parts.method, &parts.uri),
             &id,
-        ));
+        );
+        let mut r = own.response(&vars, parts.method == Method::HEAD);
+        if !drained && parts.version < Version::HTTP_2 {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         r.headers_mut().insert(headers::X_REQUEST_ID, id);
         if let Some(a) = matched.actions {
             a.response.apply(r.headers_mut(), None);
@@ -351,6 +381,9 @@ async fn serve(
     });
     // The request as it goes upstream: origin-form URI, HTTP/1.1, proxy headers.
     headers::strip_hop_by_hop(&mut parts.headers);
+    // HTTP/2 may split `cookie` into several fields (RFC 9113 §8.2.3), HTTP/1.1 clients send
+    // one: towards the backend (and a mirror) it is one line, joined by "; ".
+    headers::join_cookies(&mut parts.headers);
     if let Some(proto) = &upgrade {
         upgrade::restore_headers(&mut parts, proto);
     }

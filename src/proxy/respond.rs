@@ -9,6 +9,10 @@ use crate::config::RespondConfig;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+/// Largest request body read and dropped before a route's own answer; past it, the answer
+/// closes the connection instead of reading on.
+pub const MAX_DISCARD: u64 = 1 << 20;
+
 /// A route's response, compiled once per snapshot.
 #[derive(Debug)]
 pub struct Respond {
@@ -48,9 +52,15 @@ impl Respond {
         })
     }
 
-    /// The response to one request.
-    pub fn response(&self, vars: &Vars<'_>) -> Response<RespBody> {
-        let mut r = Response::new(RespBody::full(self.body.clone()));
+    /// The response to one request; `head`: to a HEAD request, which gets no body.
+    pub fn response(&self, vars: &Vars<'_>, head: bool) -> Response<RespBody> {
+        // 204 and 304 never have one either (validation refuses one), and no content type.
+        let bodiless = matches!(self.status.as_u16(), 204 | 304);
+        let mut r = Response::new(if head || bodiless {
+            RespBody::empty()
+        } else {
+            RespBody::full(self.body.clone())
+        });
         *r.status_mut() = self.status;
         let h = r.headers_mut();
         match &self.location {
@@ -67,8 +77,12 @@ impl Respond {
             }
             None => {}
         }
-        if let Some(t) = &self.content_type {
+        if let Some(t) = self.content_type.as_ref().filter(|_| !bodiless) {
             h.insert(header::CONTENT_TYPE, t.clone());
+        }
+        if head && !bodiless {
+            // What a GET would have carried (RFC 9110 §9.3.2).
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
         }
         r
     }

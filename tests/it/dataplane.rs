@@ -233,6 +233,15 @@ fn malformed_requests_get_4xx_and_are_never_forwarded() {
         !out.contains("/smuggled"),
         "smuggled request was forwarded: {out}"
     );
+    // A refused Transfer-Encoding closes the connection: what follows its body is not read as a
+    // request.
+    let out = raw_all(
+        lb.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "a second answer: {out}");
     let (status, _) = get_backend(&client(), &lb.url("/"));
     assert_eq!(status, 200, "still serving");
 
@@ -359,13 +368,17 @@ fn routes_match_on_method_and_headers() {
     let (s, _) = which("header=nocolon");
     assert_eq!(s, 400);
 
-    let bad = routes("[[routes]]\nupstream = \"stable\"\nmethods = [\"get\", \"G T\"]\nmatch_headers = { \"bad name\" = \"v\", x-e = \"\" }\n");
+    let bad = routes("[[routes]]\nupstream = \"stable\"\nmethods = [\"get\", \"G T\", \"*\"]\n\
+        match_headers = { \"bad name\" = \"v\", x-e = \"\", host = \"a\", X-E = \"1\", x-s = \" v\" }\n");
     let paths = refused_paths(&lb, &bad);
     for p in [
         "routes[3].methods[0]",
         "routes[3].methods[1]",
+        "routes[3].methods[2]",
         "routes[3].match_headers.bad name",
         "routes[3].match_headers.x-e",
+        "routes[3].match_headers.host",
+        "routes[3].match_headers.x-s",
     ] {
         assert!(paths.iter().any(|x| x == p), "{p} not named: {paths:?}");
     }
@@ -387,7 +400,8 @@ fn a_route_can_answer_itself_with_a_redirect_or_a_page() {
              [[routes]]\npath_prefix = \"/shop/\"\n\
              respond = {{ status = 503, body = \"back soon\\n\" }}\n\
              response_headers = {{ set = {{ retry-after = \"120\" }} }}\n\
-             [[routes]]\npath_prefix = \"/.git/\"\nrespond = {{ status = 404 }}\n{extra}\n\
+             [[routes]]\npath_prefix = \"/.git/\"\nrespond = {{ status = 404 }}\n\
+             [[routes]]\npath_prefix = \"/none/\"\nrespond = {{ status = 204 }}\n{extra}\n\
              [upstreams.web]\nbackends = [{}]\n",
             be.list()
         )
@@ -427,6 +441,28 @@ fn a_route_can_answer_itself_with_a_redirect_or_a_page() {
         2,
         "only /other was forwarded"
     );
+    // A body sent after the head is read and dropped, and the connection goes on.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(lb.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"POST /shop/x HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"payloadGET /shop/y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(out.matches("HTTP/1.1 503").count(), 2, "{out}");
+    // HEAD and 204 carry no body, on HTTP/2 too (a DATA frame there is a protocol error).
+    let h2 = h2c_client();
+    let r = h2.head(lb.url("/shop/z")).send().unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().unwrap()),
+        (503, String::new())
+    );
+    let r = h2.get(lb.url("/none/")).send().unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("content-type").is_none());
     let v = get_json(
         &client(),
         &lb.admin_url("/api/v1/routes/match?host=old.example&path=/x"),
@@ -435,14 +471,17 @@ fn a_route_can_answer_itself_with_a_redirect_or_a_page() {
     let bad = routes(
         "[[routes]]\npath_prefix = \"/x\"\nupstream = \"web\"\nrespond = { status = 99 }\n\
          [[routes]]\npath_prefix = \"/y\"\nrespond = { status = 302, body = \"b\" }\n\
-         [[routes]]\npath_prefix = \"/z\"\nrespond = { status = 308, location = \"/${nope}\" }\n",
+         [[routes]]\npath_prefix = \"/z\"\nrespond = { status = 308, location = \"/${nope}\" }\n\
+         [[routes]]\npath_prefix = \"/w\"\nrespond = { status = 204, body = \"${host}\" }\ntimeout = \"1s\"\n",
     );
     let paths = refused_paths(&lb, &bad);
     for p in [
-        "routes[4].respond",
-        "routes[4].respond.status",
-        "routes[5].respond.location",
+        "routes[5].respond",
+        "routes[5].respond.status",
         "routes[6].respond.location",
+        "routes[7].respond.location",
+        "routes[8].respond.body",
+        "routes[8].timeout",
     ] {
         assert!(paths.iter().any(|x| x == p), "{p} not named: {paths:?}");
     }
@@ -924,6 +963,27 @@ fn a_request_not_finished_within_the_header_timeout_gets_408() {
     let lines = access_lines(&log, 5);
     let timeouts = lines.iter().filter(|l| l["status"] == 408).count();
     assert_eq!(timeouts, 4, "{lines:?}");
+    let b = first_backend(&lb, 0);
+    assert_eq!(b["failures_total"], 0, "{b}");
+}
+
+/// A body stalled on the client past the upstream's `timeouts.request` (shorter here than the
+/// header timeout) is still the client's fault: 408, and nothing counted against the backend.
+#[test]
+fn a_deadline_that_passes_while_the_body_waits_on_the_client_is_a_408() {
+    let be = backends(1);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\nheader_timeout = \"10s\"\n\
+         [upstreams.web]\nbackends = [{}]\ntimeouts = {{ request = \"400ms\" }}\n",
+        be.list()
+    ));
+    for stalled in [
+        &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"[..],
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775807\r\n\r\nhello",
+    ] {
+        let out = raw(lb.addr, stalled);
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    }
     let b = first_backend(&lb, 0);
     assert_eq!(b["failures_total"], 0, "{b}");
 }

@@ -149,11 +149,21 @@ fn a_route_mirror_copies_each_request_to_the_shadow_and_the_client_never_waits_f
     assert_eq!(s.method, "POST");
     assert_eq!(&s.body[..], b"hello mirror");
 
-    // HTTP/2 too.
-    let r = h2c_client().put(lb.url("/h2")).body("x2").send().unwrap();
+    // HTTP/2 too, its cookie fields joined into one line, as the primary gets them.
+    let r = h2c_client()
+        .put(lb.url("/h2"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body("x2")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = r.json().unwrap();
+    assert_eq!(doc["headers"]["cookie"], "a=1; b=2");
     let s = next(&rx);
     assert_eq!((s.method.as_str(), &s.body[..]), ("PUT", &b"x2"[..]));
+    let cookies: Vec<_> = s.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
 
     // The shadow takes 3 s and answers 500: the client has the primary's 200 long before.
     let t = Instant::now();
@@ -208,6 +218,12 @@ fn a_route_mirror_copies_each_request_to_the_shadow_and_the_client_never_waits_f
     for p in ["routes[0].mirror.upstream", "routes[0].mirror.percent"] {
         assert!(paths.iter().any(|x| x == p), "{p} not named: {paths:?}");
     }
+    // Nor may a route mirror to its own upstream: every request would reach it twice.
+    let paths = refused_paths(&lb, &both("{ upstream = \"primary\" }"));
+    assert!(
+        paths.iter().any(|x| x == "routes[0].mirror.upstream"),
+        "{paths:?}"
+    );
     let r = c.get(lb.url("/")).send().unwrap();
     assert_eq!(r.status(), 200);
 }
