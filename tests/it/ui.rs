@@ -88,12 +88,12 @@ bind = "{listen}"
 [[routes]]
 path_prefix = "/"
 upstream = "web"
+mirror = {{ upstream = "catalog", percent = 5 }}
 
 [[routes]]
 path_prefix = "/beta/"
 split = [{{ upstream = "web", weight = 90 }}, {{ upstream = "catalog", weight = 10 }}]
 split_by = "cookie:beta"
-mirror = {{ upstream = "catalog", percent = 5 }}
 methods = ["GET", "HEAD"]
 match_headers = {{ x-beta = "on" }}
 
