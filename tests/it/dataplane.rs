@@ -278,6 +278,22 @@ fn malformed_requests_get_4xx_and_are_never_forwarded() {
         assert!(out.starts_with("HTTP/1.1 414"), "{kib} KiB: {out:.80}");
     }
 
+    // A head that arrives in two parts either side of the limit: 63.5 KiB, then the rest of
+    // 100 KiB 100 ms later.
+    let mut s = std::net::TcpStream::connect(lb.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let head = format!(
+        "GET /healthz?{} HTTP/1.1\r\nHost: a\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let (first, rest) = head.as_bytes().split_at(63 * 1024 + 512);
+    s.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = s.write_all(rest);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 414"), "{out:.80}");
+
     // A GET with a chunked body gets its body through, as NGINX passes it.
     let out = raw(
         lb.addr,
