@@ -95,22 +95,11 @@ fn request_head(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Cookie lines arrive joined into one already (`headers::join_cookies`, in `proxy::serve`).
     for (name, value) in &parts.headers {
-        if name != http::header::COOKIE && name != http::header::CONTENT_LENGTH {
+        if name != http::header::CONTENT_LENGTH {
             head::push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
-    }
-    // HTTP/2 may split `cookie` into several fields; towards HTTP/1.1 they are one, joined by
-    // "; " (RFC 9113 §8.2.3).
-    let mut cookies = parts.headers.get_all(http::header::COOKIE).iter();
-    if let Some(first) = cookies.next() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(first.as_bytes());
-        for c in cookies {
-            out.extend_from_slice(b"; ");
-            out.extend_from_slice(c.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
     }
     // HTTP/2 frames a body by its DATA frames and may repeat the field, so the length is the
     // body's, written once, whatever the client declared. As hyper's client does, an empty body
