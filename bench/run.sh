@@ -14,6 +14,9 @@
 #                  l  HTTP/1.1 keep-alive at one fixed rate for every proxy (h2load --h1 --rps, 64 conns;
 #                     RATE=req/s in the environment, default 40000): latency at equal load
 #                  p  criterion microbenchmark of every balancer's pick (cargo bench --bench balancers)
+#                  q  HTTP/1.1 keep-alive, 64 connections, each proxy held to QUOTA % of CPU 1 (cgroup v1
+#                     cpu.cfs_quota_us, 10 ms period; QUOTA in the environment, default 40): the proxy,
+#                     not the load side, is then the bottleneck, so req/s is the proxy's capacity
 #   -r ROUNDS    run the proxies of scenarios a-e ROUNDS times, interleaved (A B C A B C ...), and
 #                add a table of the per-proxy medians (default 1): steadier figures on a noisy host
 #   -w MINUTES   before each scenario, wait up to MINUTES for the machine to be quiet (other
@@ -98,8 +101,14 @@ tw() { ss -tan state time-wait 2>/dev/null | tail -n +2 | wc -l; }
 to_ms() { awk -v v="$1" 'BEGIN{ if (v=="") {print "-"; exit} n=v+0; u=v; sub(/^[0-9.]+/,"",u);
   if (u=="us") n/=1000; else if (u=="s") n*=1000; else if (u=="m") n*=60000; printf "%.3f", n }'; }
 
-# start NAME CPU CMD...: runs CMD pinned, logs to $W/NAME.log, sets PID
-start() { local name=$1 cpu=$2; shift 2; taskset -c "$cpu" "$@" >"$W/$name.log" 2>&1 & PID=$!; STARTED+=("$PID"); }
+# start NAME CPU CMD...: runs CMD pinned, logs to $W/NAME.log, sets PID. With CG set (scenario q),
+# the process joins that cgroup before it execs, so every thread and child it makes is inside it.
+CG=
+start() { local name=$1 cpu=$2; shift 2
+  if [ -n "$CG" ] && [ "$cpu" = 1 ]; then
+    taskset -c "$cpu" sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@" >"$W/$name.log" 2>&1 &
+  else taskset -c "$cpu" "$@" >"$W/$name.log" 2>&1 & fi
+  PID=$!; STARTED+=("$PID"); }
 
 # ---- set-up --------------------------------------------------------------------------------
 rm -rf "$W"; mkdir -p "$W/logs"
@@ -291,6 +300,27 @@ if has l; then
     for r in $(seq "$ROUNDS"); do for s in "${PROXIES[@]}"; do with_proxy "$s" fixed; done; done
     MEDIANS
   else echo "h2load not installed (apt-get install nghttp2-client)"; fi
+fi
+
+if has q; then
+  # The reference machine's load side (CPU 0) had room to spare, so its closed loop measured each
+  # proxy's capacity. Here CPU 0 saturates first (every proxy reaches about the same req/s, see
+  # the cpu0 columns of (a)), so (a) cannot show a throughput ratio. Holding every proxy to the
+  # same share of CPU 1 restores that regime: the proxy saturates, CPU 0 does not, and req/s is
+  # what that share of a core serves. throttled_% (periods in which the quota ran out) and
+  # cpu0_% say whether it held.
+  QUOTA=${QUOTA:-40}; CG=/sys/fs/cgroup/cpu/switchyard-bench
+  echo; echo "== (q) HTTP/1.1 keep-alive, 64 connections, each proxy held to ${QUOTA}% of CPU 1 (cpu.cfs_quota_us $((QUOTA * 100)) per 10000 us): wrk -t1 -c64 -d${D}s"
+  if mkdir -p "$CG" 2>/dev/null && echo 10000 >"$CG/cpu.cfs_period_us" && echo $((QUOTA * 100)) >"$CG/cpu.cfs_quota_us"; then
+    load; HDR; rm -f "$W/rows"
+    throttled() { awk '/^nr_periods/{p=$2} /^nr_throttled/{t=$2} END{print p, t}' "$CG/cpu.stat"; }
+    quota_row() { local a b; a=$(throttled); wrk_row "$1" "$2" 64; b=$(throttled)
+      awk -v a="$a" -v b="$b" -v n="$1" 'BEGIN{ split(a, x, " "); split(b, y, " "); p = y[1]-x[1];
+        printf "   %s: quota ran out in %.0f%% of %d periods\n", n, (p > 0 ? 100*(y[2]-x[2])/p : 0), p }'; }
+    for r in $(seq "$ROUNDS"); do for s in "${PROXIES[@]}"; do with_proxy "$s" quota_row; done; done
+    MEDIANS
+  else echo "no cgroup v1 cpu controller at /sys/fs/cgroup/cpu (or not root): (q) skipped"; fi
+  CG=
 fi
 
 if has e; then
