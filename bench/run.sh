@@ -14,6 +14,9 @@
 #                  l  HTTP/1.1 keep-alive at one fixed rate for every proxy (h2load --h1 --rps, 64 conns;
 #                     RATE=req/s in the environment, default 40000): latency at equal load
 #                  p  criterion microbenchmark of every balancer's pick (cargo bench --bench balancers)
+#                  z  gzip: a 10 KiB HTML page (the first 10 KiB of ARCHITECTURE.md) compressed by each
+#                     proxy (Switchyard `compress = {}`, NGINX `gzip_comp_level 1`, HAProxy's libslz),
+#                     wrk -c64 with Accept-Encoding: gzip
 #                  q  HTTP/1.1 keep-alive, 64 connections, each proxy held to QUOTA % of CPU 1 (cgroup v1
 #                     cpu.cfs_quota_us, 10 ms period; QUOTA in the environment, default 40): the proxy,
 #                     not the load side, is then the bottleneck, so req/s is the proxy's capacity
@@ -321,6 +324,39 @@ if has q; then
     MEDIANS
   else echo "no cgroup v1 cpu controller at /sys/fs/cgroup/cpu (or not root): (q) skipped"; fi
   CG=
+fi
+
+if has z; then
+  echo; echo "== (z) gzip at level 1 of a 10 KiB HTML page from one origin: wrk -t1 -c64 -d${D}s -H 'Accept-Encoding: gzip'"; load
+  in_use 9005 && { echo "port 9005 is already in use; (z) skipped" >&2; exit 1; }
+  head -c 10240 "$root/ARCHITECTURE.md" >"$W/page.html"
+  cat >"$W/origin-text.conf" <<EOF
+worker_processes 1; daemon off; pid origin-text.pid; error_log origin-text.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; default_type text/html;
+  server { listen 127.0.0.1:9005; root $W; location / { try_files /page.html =404; } } }
+EOF
+  start origin-text 0 nginx -c "$W/origin-text.conf" -p "$W/"; wait_port 9005 || { echo "origin-text failed"; exit 1; }
+  one='backends = [{ address = "127.0.0.1:9005" }]'
+  sed "s|^backends = .*|$one|" "$here/switchyard.toml" >"$W/switchyard-gzip.toml"
+  printf '\n[[routes]]\nupstream = "be"\ncompress = {}\n' >>"$W/switchyard-gzip.toml"
+  sed -e 's/server 127.0.0.1:9001; server 127.0.0.1:9002; server 127.0.0.1:9003;/server 127.0.0.1:9005;/' \
+      -e 's/^  access_log off;/  access_log off;\n  gzip on; gzip_comp_level 1; gzip_min_length 1024; gzip_proxied any; gzip_vary on;/' \
+      "$here/nginx-proxy.conf" >"$W/nginx-gzip.conf"
+  sed -e '/^  server b[23] /d' -e 's/^  server b1 .*/  server b1 127.0.0.1:9005\n  compression algo gzip\n  compression type text\/html/' \
+      "$here/haproxy.cfg" >"$W/haproxy-gzip.cfg"
+  GZ=("switchyard 8083 8083 $SY run --config $W/switchyard-gzip.toml")
+  command -v haproxy >/dev/null && GZ+=("haproxy 8081 8091 haproxy -f $W/haproxy-gzip.cfg -db")
+  GZ+=("nginx 8082 8092 nginx -c $W/nginx-gzip.conf -p $W/")
+  # Each proxy's answer, checked once: compressed, and what it weighs.
+  gz_check() { local out; out=$(curl -s -H 'Accept-Encoding: gzip' -D - -o "$W/gz-$1.body" "http://127.0.0.1:$2/")
+    printf "   %s: %s, %s bytes for %s\n" "$1" "$(tr -d '\r' <<<"$out" | awk -F': ' 'tolower($1)=="content-encoding"{print "content-encoding " $2}' | head -1)" \
+      "$(wc -c <"$W/gz-$1.body")" "$(wc -c <"$W/page.html")"; }
+  for s in "${GZ[@]}"; do with_proxy "$s" gz_check; done
+  HDR; rm -f "$W/rows"
+  EXTRA=(-H "Accept-Encoding: gzip")
+  for r in $(seq "$ROUNDS"); do for s in "${GZ[@]}"; do with_proxy "$s" h1 64; done; done
+  EXTRA=(); MEDIANS
 fi
 
 if has e; then

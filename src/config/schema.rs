@@ -155,6 +155,47 @@ pub struct RouteConfig {
     /// its answer dropped: Envoy's `request_mirror_policies`, NGINX's `mirror`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+    /// Responses gzip-compressed for clients that accept it (NGINX's `gzip`, Envoy's
+    /// compressor, Caddy's `encode`); `compress = {}` takes every default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressConfig>,
+}
+
+/// Which responses a route compresses, and how hard.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CompressConfig {
+    /// Responses declaring fewer bytes than this are sent as they are (default 1024).
+    #[serde(default = "compress_min_length")]
+    pub min_length: u64,
+    /// Media types compressed: `"text/html"`, or `"text/*"` for a whole type.
+    #[serde(default = "compress_types")]
+    pub content_types: Vec<String>,
+    /// zlib level, 1 (fastest) to 9 (smallest); default 1.
+    #[serde(default = "compress_level")]
+    pub level: u32,
+}
+
+fn compress_min_length() -> u64 {
+    1024
+}
+fn compress_level() -> u32 {
+    1
+}
+fn compress_types() -> Vec<String> {
+    [
+        "text/html",
+        "text/plain",
+        "text/css",
+        "text/javascript",
+        "text/xml",
+        "application/javascript",
+        "application/json",
+        "application/xml",
+        "application/xhtml+xml",
+        "image/svg+xml",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A response a route gives itself.

@@ -227,6 +227,9 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 ));
             }
         }
+        if let Some(c) = &r.compress {
+            compress(c, &format!("{path}.compress"), &mut p);
+        }
         check_blocks(&format!("{path}.ip_allow"), &r.ip_allow, &mut p);
         check_blocks(&format!("{path}.ip_deny"), &r.ip_deny, &mut p);
         for (j, h) in r.hosts.iter().enumerate() {
@@ -509,6 +512,7 @@ fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>)
             ("request_headers", r.request_headers.is_some()),
             ("timeout", r.timeout.is_some()),
             ("split_by", r.split_by.is_some()),
+            ("compress", r.compress.is_some()),
         ] {
             if given {
                 p.push(Problem::new(
@@ -576,6 +580,38 @@ fn route_target(cfg: &Config, r: &RouteConfig, path: &str, p: &mut Vec<Problem>)
 fn same_name_earlier<'a>(keys: impl Iterator<Item = &'a String>, name: &str) -> bool {
     keys.take_while(|k| k.as_str() != name)
         .any(|k| k.eq_ignore_ascii_case(name))
+}
+
+fn compress(c: &crate::config::CompressConfig, path: &str, p: &mut Vec<Problem>) {
+    if !(1..=9).contains(&c.level) {
+        p.push(Problem::new(
+            format!("{path}.level"),
+            "1 (fastest) to 9 (smallest)",
+        ));
+    }
+    if c.content_types.is_empty() {
+        p.push(Problem::new(
+            format!("{path}.content_types"),
+            "names no media type: nothing would be compressed",
+        ));
+    }
+    for (j, t) in c.content_types.iter().enumerate() {
+        // `type/subtype` or `type/*`, tokens only (RFC 9110 §8.3.1); no parameters.
+        let ok = t.split_once('/').is_some_and(|(ty, sub)| {
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            };
+            token(ty) && (sub == "*" || token(sub))
+        });
+        if !ok {
+            p.push(Problem::new(
+                format!("{path}.content_types[{j}]"),
+                format!("{t:?} is not a media type such as \"text/html\" or \"text/*\""),
+            ));
+        }
+    }
 }
 
 /// Largest body a route's `respond` may give: a page, not a file server.

@@ -212,6 +212,29 @@ pub fn render(shared: &Shared) -> String {
     );
     family(
         &mut o,
+        "switchyard_compressed_responses_total",
+        "counter",
+        "Responses gzip-compressed for routes with `compress`.",
+        one(&crate::proxy::compress::COMPRESSED),
+    );
+    family(
+        &mut o,
+        "switchyard_compression_bytes_total",
+        "counter",
+        "Bytes of compressed responses: `in` as the backends sent them, `out` as sent to clients.",
+        [
+            (
+                "stage=\"in\"".to_string(),
+                crate::proxy::compress::BYTES_IN.load(Relaxed),
+            ),
+            (
+                "stage=\"out\"".to_string(),
+                crate::proxy::compress::BYTES_OUT.load(Relaxed),
+            ),
+        ],
+    );
+    family(
+        &mut o,
         "switchyard_access_log_dropped_total",
         "counter",
         "Access log lines dropped because the writer fell behind.",

@@ -125,13 +125,14 @@ impl Observer {
         }
         self.trace = trace;
         let mut me = Box::new(self);
-        match resp.body_mut() {
-            RespBody::Stream { guard, .. } => {
+        // Bytes are counted as the backend sent them, before any compression.
+        match resp.body_mut().guard_slot() {
+            Ok(guard) => {
                 me.inner = guard.take();
                 *guard = Some(me);
             }
-            RespBody::Full(b) => {
-                me.sent = b.as_ref().map_or(0, |b| b.len() as u64);
+            Err(len) => {
+                me.sent = len;
                 me.done(true);
             }
         }

@@ -225,6 +225,8 @@ pub enum RespBody {
         /// None for an upgrade's 101, whose tunnel `timeouts.idle` governs instead.
         until: Option<Until>,
     },
+    /// A response compressed on its way ([`super::compress`]).
+    Gzip(Box<super::compress::Gzip>),
 }
 
 /// A backend's streaming response body: from hyper's client, or read by Switchyard from a relay
@@ -258,6 +260,16 @@ impl BackendBody {
 }
 
 impl RespBody {
+    /// Where the guard of a streamed body sits (under any compression); for a whole body,
+    /// its length instead.
+    pub fn guard_slot(&mut self) -> Result<&mut Option<Box<dyn OnDone>>, u64> {
+        match self {
+            RespBody::Stream { guard, .. } => Ok(guard),
+            RespBody::Full(b) => Err(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespBody::Gzip(g) => g.inner_mut().guard_slot(),
+        }
+    }
+
     pub fn full(b: impl Into<Bytes>) -> Self {
         RespBody::Full(Some(b.into()))
     }
@@ -276,6 +288,7 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Gzip(g) => g.poll_frame(cx),
             RespBody::Stream {
                 inner,
                 guard,
@@ -325,6 +338,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => b.is_none(),
             RespBody::Stream { inner, .. } => inner.is_end_stream(),
+            RespBody::Gzip(g) => g.is_end_stream(),
         }
     }
 
@@ -332,6 +346,8 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespBody::Stream { inner, .. } => inner.size_hint(),
+            // Known only once compressed.
+            RespBody::Gzip(_) => SizeHint::default(),
         }
     }
 }

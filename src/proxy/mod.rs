@@ -6,6 +6,7 @@
 //! half-way.
 
 pub mod body;
+pub mod compress;
 pub mod connector;
 mod forward;
 pub mod grpc;
@@ -373,6 +374,12 @@ async fn serve(
             (m, shadow, ctx)
         });
 
+    // Whether the response may be compressed: decided by the request, applied to the response.
+    let compress = matched.actions.and_then(|a| a.compress.as_ref()).map(|c| {
+        let accepted = parts.method != Method::HEAD && compress::accepts_gzip(&parts.headers);
+        (c, accepted)
+    });
+
     // `TE: trailers` is hop-by-hop, but whether the client takes trailers decides the path.
     let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
         v.as_bytes()
@@ -517,6 +524,11 @@ async fn serve(
     }
     if let Some(a) = matched.actions {
         a.response.apply(resp.headers_mut(), None);
+    }
+    if let Some((c, accepted)) = compress {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp = c.apply(accepted, resp);
+        }
     }
     if client_version == Version::HTTP_2 {
         resp.headers_mut().remove(header::CONNECTION);

@@ -142,6 +142,8 @@ pub struct RouteActions {
     pub mirror: Option<super::mirror::Mirror>,
     /// The route's `timeout`, in place of the upstream's `timeouts.request`.
     pub timeout: Option<std::time::Duration>,
+    /// How its responses are compressed.
+    pub compress: Option<super::compress::Compress>,
 }
 
 impl RouteActions {
@@ -160,6 +162,7 @@ impl RouteActions {
             acl: super::real_ip::Acl::new(&r.ip_allow, &r.ip_deny),
             mirror,
             timeout: r.timeout.map(|d| d.get()),
+            compress: r.compress.as_ref().map(super::compress::Compress::compile),
         };
         (a.rewrite_prefix.is_some()
             || !a.request.is_empty()
@@ -167,15 +170,17 @@ impl RouteActions {
             || a.limiter.is_some()
             || a.acl.is_some()
             || a.mirror.is_some()
-            || a.timeout.is_some())
+            || a.timeout.is_some()
+            || a.compress.is_some())
         .then_some(a)
     }
 
     /// Whether the relay can carry out these edits: not when they touch the headers it adds
     /// itself after copying the client's (`X-Forwarded-*`, `X-Request-Id`), whose order with
-    /// the edits only hyper's path keeps; nor a mirror, whose copy only hyper's path makes.
+    /// the edits only hyper's path keeps; nor a mirror, whose copy only hyper's path makes;
+    /// nor compression, which needs the body in frames, not passed through as bytes.
     pub fn relayable(&self) -> bool {
-        if self.mirror.is_some() {
+        if self.mirror.is_some() || self.compress.is_some() {
             return false;
         }
         const ADDED: [&[u8]; 4] = [

@@ -154,10 +154,7 @@ pub fn agree(client: ClientUpgrade, resp: &mut Response<RespBody>, idle: Duratio
 /// observer when logging is on) is kept until the tunnel ends, so the request stays active on
 /// its backend and is logged with the tunnel's bytes and duration.
 pub fn splice(agreed: Agreed, resp: &mut Response<RespBody>) {
-    let guard = match resp.body_mut() {
-        RespBody::Stream { guard, .. } => guard.take(),
-        RespBody::Full(_) => None,
-    };
+    let guard = resp.body_mut().guard_slot().ok().and_then(Option::take);
     let backend = hyper::upgrade::on(&mut *resp);
     if agreed.client.h2 {
         *resp.body_mut() = RespBody::empty();

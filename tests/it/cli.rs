@@ -246,9 +246,16 @@ fn a_refused_reload_is_logged_on_one_line() {
     // Two problems, so the log has a list to put on its line. The file watcher sees the change
     // (a signal could arrive before the handlers are in place, just after the port opens).
     let bad = good.replace("127.0.0.1:9", "nope") + "max_connections = 0\n";
-    std::fs::write(&path, bad).unwrap();
     let c = client();
-    assert!(eventually(Duration::from_secs(5), || {
+    // Written again each second until a refusal is counted: the watcher may start only after
+    // the port opened, and a busy machine (the whole suite at once) may be slow to start it.
+    let mut writes = 0u32;
+    let started = std::time::Instant::now();
+    assert!(eventually(Duration::from_secs(15), || {
+        if started.elapsed().as_secs() >= u64::from(writes) {
+            writes += 1;
+            std::fs::write(&path, format!("{bad}# write {writes}\n")).unwrap();
+        }
         c.get(format!("http://127.0.0.1:{admin}/metrics"))
             .send()
             .ok()

@@ -7,6 +7,7 @@ mod admin;
 mod balancing;
 mod cli;
 mod cluster;
+mod compress;
 mod dataplane;
 mod discovery;
 mod grpc;

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-type Seen = Arc<Mutex<Vec<String>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<String>>>;
 
 /// A backend that reads each request (head and `Content-Length` or chunked body, kept as text
 /// in `seen`) and writes what `answer` gives for it, pausing 100 ms at each NUL byte;
 /// `answer` returning `(bytes, true)` closes the connection after writing.
-fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen) {
+pub(crate) fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen) {
     let (addr, seen, _) = scripted_counted(answer);
     (addr, seen)
 }

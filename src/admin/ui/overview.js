@@ -120,7 +120,8 @@ function routeConditions(r) {
   return out;
 }
 
-// A route's upstream, or its split: each side with its share of the weights; then its mirror.
+// A route's upstream, or its split: each side with its share of the weights; then its mirror
+// and whether it compresses.
 function routeTargets(r) {
   const out = routeServes(r);
   const m = r.mirror;
@@ -128,6 +129,7 @@ function routeTargets(r) {
     out.push(h('span', { class: 'muted small' }, 'mirrored to'), upstreamLink(m.upstream),
       h('span', { class: 'badge badge-neutral' }, `${+(m.percent ?? 100).toFixed(1)}%`));
   }
+  if (r.compress) out.push(h('span', { class: 'badge badge-neutral', title: 'responses gzip-compressed for clients that accept it' }, 'gzip'));
   return out;
 }
 
