@@ -15,7 +15,8 @@
 #                     RATE=req/s in the environment, default 40000): latency at equal load
 #                  p  criterion microbenchmark of every balancer's pick (cargo bench --bench balancers)
 #                  z  gzip: a 10 KiB HTML page (the first 10 KiB of ARCHITECTURE.md) compressed by each
-#                     proxy (Switchyard `compress = {}`, NGINX `gzip_comp_level 1`, HAProxy's libslz),
+#                     proxy (Switchyard `compress = { level = LEVEL }`, NGINX `gzip_comp_level LEVEL`,
+#                     HAProxy's libslz, which has no levels; LEVEL in the environment, default 1),
 #                     wrk -c64 with Accept-Encoding: gzip
 #                  q  HTTP/1.1 keep-alive, 64 connections, each proxy held to QUOTA % of CPU 1 (cgroup v1
 #                     cpu.cfs_quota_us, 10 ms period; QUOTA in the environment, default 40): the proxy,
@@ -327,7 +328,8 @@ if has q; then
 fi
 
 if has z; then
-  echo; echo "== (z) gzip at level 1 of a 10 KiB HTML page from one origin: wrk -t1 -c64 -d${D}s -H 'Accept-Encoding: gzip'"; load
+  LEVEL=${LEVEL:-1}
+  echo; echo "== (z) gzip at level $LEVEL of a 10 KiB HTML page from one origin: wrk -t1 -c64 -d${D}s -H 'Accept-Encoding: gzip'"; load
   in_use 9005 && { echo "port 9005 is already in use; (z) skipped" >&2; exit 1; }
   head -c 10240 "$root/ARCHITECTURE.md" >"$W/page.html"
   cat >"$W/origin-text.conf" <<EOF
@@ -339,9 +341,9 @@ EOF
   start origin-text 0 nginx -c "$W/origin-text.conf" -p "$W/"; wait_port 9005 || { echo "origin-text failed"; exit 1; }
   one='backends = [{ address = "127.0.0.1:9005" }]'
   sed "s|^backends = .*|$one|" "$here/switchyard.toml" >"$W/switchyard-gzip.toml"
-  printf '\n[[routes]]\nupstream = "be"\ncompress = {}\n' >>"$W/switchyard-gzip.toml"
+  printf '\n[[routes]]\nupstream = "be"\ncompress = { level = %s }\n' "$LEVEL" >>"$W/switchyard-gzip.toml"
   sed -e 's/server 127.0.0.1:9001; server 127.0.0.1:9002; server 127.0.0.1:9003;/server 127.0.0.1:9005;/' \
-      -e 's/^  access_log off;/  access_log off;\n  gzip on; gzip_comp_level 1; gzip_min_length 1024; gzip_proxied any; gzip_vary on;/' \
+      -e "s/^  access_log off;/  access_log off;\\n  gzip on; gzip_comp_level $LEVEL; gzip_min_length 1024; gzip_proxied any; gzip_vary on;/" \
       "$here/nginx-proxy.conf" >"$W/nginx-gzip.conf"
   sed -e '/^  server b[23] /d' -e 's/^  server b1 .*/  server b1 127.0.0.1:9005\n  compression algo gzip\n  compression type text\/html/' \
       "$here/haproxy.cfg" >"$W/haproxy-gzip.cfg"

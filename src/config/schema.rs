@@ -170,7 +170,7 @@ pub struct CompressConfig {
     /// Media types compressed: `"text/html"`, or `"text/*"` for a whole type.
     #[serde(default = "compress_types")]
     pub content_types: Vec<String>,
-    /// zlib level, 1 (fastest) to 9 (smallest); default 1.
+    /// Deflate level, 1 (fastest: zlib-rs's quick mode) to 9 (smallest); default 1.
     #[serde(default = "compress_level")]
     pub level: u32,
 }
