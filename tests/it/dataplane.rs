@@ -275,11 +275,6 @@ fn malformed_requests_get_4xx_and_are_never_forwarded() {
     assert!(out.contains("\"body_bytes\":5"), "{out}");
 }
 
-/// Routes may also match on the method and on headers (Envoy's header matchers, Traefik's
-/// `Method`/`Header` rules): among routes of one host and prefix the one asking more wins,
-/// wherever it is in the file, on the HTTP/1 relay and on HTTP/2 alike. A header matches on any
-/// of its lines; `"*"` asks only that it is there. Bad conditions are refused by field path.
-
 /// The head limit is in bytes of the head, whatever buffer a connection reuses: a large head
 /// and a second request on one connection leave the pooled buffer grown, and a head over
 /// 64 KiB that then arrives whole in one read is refused all the same. One worker, so every
@@ -328,6 +323,10 @@ fn a_head_over_the_limit_is_refused_whatever_buffer_it_lands_in() {
         );
     }
 }
+/// Routes may also match on the method and on headers (Envoy's header matchers, Traefik's
+/// `Method`/`Header` rules): among routes of one host and prefix the one asking more wins,
+/// wherever it is in the file, on the HTTP/1 relay and on HTTP/2 alike. A header matches on any
+/// of its lines; `"*"` asks only that it is there. Bad conditions are refused by field path.
 #[test]
 fn routes_match_on_method_and_headers() {
     let be = backends(3);
