@@ -217,11 +217,26 @@ fn malformed_requests_get_4xx_and_are_never_forwarded() {
         ("Host with a space and @", b"GET / HTTP/1.1\r\nHost: a b@evil\r\n\r\n".to_vec(), "400"),
         ("Host with a path", b"GET / HTTP/1.1\r\nHost: local/host\r\n\r\n".to_vec(), "400"),
     ];
-    for (name, bytes, want) in cases {
-        let out = raw(lb.addr, &bytes);
+    for (name, bytes, want) in &cases {
+        let out = raw(lb.addr, bytes);
         let status = out.split(' ').nth(1).unwrap_or("");
-        assert_eq!(status, want, "{name}: got {out:?}");
+        assert_eq!(status, *want, "{name}: got {out:?}");
         assert!(!out.contains("x-demo-backend"), "{name}: was forwarded");
+    }
+    // The same against a backend that records what reaches it: the demo backend's server
+    // refuses some of these itself, and its refusal carries no x-demo-backend.
+    let (rec, seen) = crate::relay::scripted(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            false,
+        )
+    });
+    let recorded = start(&config(&format!("backends = [{{ address = \"{rec}\" }}]")));
+    for (name, bytes, want) in &cases {
+        let out = raw(recorded.addr, bytes);
+        assert_eq!(out.split(' ').nth(1), Some(*want), "{name}: got {out:.200}");
+        let got = seen.lock().unwrap();
+        assert!(got.is_empty(), "{name}: was forwarded: {:.200}", got[0]);
     }
     // Content-Length with Transfer-Encoding: never framed by the length (no smuggling), the
     // smuggled second request never reaches a backend as a request of its own.
