@@ -195,6 +195,11 @@ fn malformed_requests_get_4xx_and_are_never_forwarded() {
             "414",
         ),
         (
+            "a chunk size over 2^63 - 1",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n8000000000000000\r\nhello".to_vec(),
+            "400",
+        ),
+        (
             "chunked applied twice",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
             "400",

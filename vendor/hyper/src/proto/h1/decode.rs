@@ -460,6 +460,16 @@ impl ChunkedState {
         size: u64,
     ) -> Poll<Result<ChunkedState, io::Error>> {
         trace!("Chunk size is {:?}", size);
+        // Switchyard patch: a size past 2^63 - 1 is refused, as NGINX and HAProxy refuse it
+        // (their sizes are signed 64-bit): a proxy in front that reads it another way would
+        // see the body end elsewhere than this one does.
+        if size > i64::MAX as u64 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "invalid chunk size: over 2^63 - 1",
+            )));
+        }
+        // End of Switchyard patch.
         match byte!(rdr, cx) {
             b'\n' => {
                 if size == 0 {
