@@ -104,6 +104,10 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// The whole path, exactly (NGINX's `location =`, Envoy's `path`, Traefik's `Path`);
+    /// instead of `path_prefix`. Among a host's routes an exact path comes before any prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Only requests with one of these methods match (default: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,

@@ -241,13 +241,26 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 ));
             }
         }
-        if let Some(pp) = &r.path_prefix {
-            if !pp.starts_with('/') {
+        for (key, given) in [("path_prefix", &r.path_prefix), ("path", &r.path)] {
+            if given.as_ref().is_some_and(|pp| !pp.starts_with('/')) {
                 p.push(Problem::new(
-                    format!("{path}.path_prefix"),
+                    format!("{path}.{key}"),
                     "must start with \"/\"",
                 ));
             }
+        }
+        if r.path.as_ref().is_some_and(|x| x.contains(['?', '#'])) {
+            // The route matches the path alone; a query here could never match.
+            p.push(Problem::new(
+                format!("{path}.path"),
+                "a path without query or fragment",
+            ));
+        }
+        if r.path.is_some() && r.path_prefix.is_some() {
+            p.push(Problem::new(
+                format!("{path}.path"),
+                "either `path` (exact) or `path_prefix`, not both",
+            ));
         }
         if let Some(rw) = &r.rewrite_prefix {
             if !rw.starts_with('/')

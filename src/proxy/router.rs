@@ -1,8 +1,9 @@
 //! Routing: request host and path to an upstream.
 //!
 //! Routes are sorted once per snapshot by host specificity (exact, then wildcard by suffix length,
-//! then any host) and path-prefix length, keeping file order among equals; the first match wins.
-//! So within a host the longest prefix wins, and an exact host beats a wildcard. A route names
+//! then any host), an exact `path` before prefixes, and path-prefix length, keeping file order
+//! among equals; the first match wins. So within a host an exact path wins, then the longest
+//! prefix, and an exact host beats a wildcard. A route names
 //! one upstream or a weighted [`split`](super::split) across several.
 
 use super::ratelimit::RateLimiter;
@@ -40,7 +41,9 @@ impl HostPat {
 #[derive(Debug, Clone)]
 struct Rule {
     host: HostPat,
+    /// The path prefix, or with `exact` the whole path.
     prefix: String,
+    exact: bool,
     /// Methods and headers the request must have, if the route names any.
     cond: Option<Arc<Cond>>,
     /// The route's index in the configuration's `routes`.
@@ -165,7 +168,12 @@ impl Router {
             let Some(target) = target else {
                 continue;
             };
-            let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+            let exact = r.path.is_some();
+            let prefix = r
+                .path
+                .clone()
+                .or_else(|| r.path_prefix.clone())
+                .unwrap_or_else(|| "/".into());
             let mirror = r.mirror.as_ref().and_then(|m| {
                 Some(super::mirror::Mirror::new(
                     index_of(&m.upstream)?,
@@ -191,17 +199,19 @@ impl Router {
             rules.extend(hosts.into_iter().map(|host| Rule {
                 host,
                 prefix: prefix.clone(),
+                exact,
                 cond: cond.clone(),
                 index,
                 target: target.clone(),
                 actions: actions.clone(),
             }));
         }
-        // Among routes of one host and prefix, the one asking more of the request comes first:
-        // `match_headers = { x-canary = "1" }` wins over the same route without it.
+        // Within a host an exact path comes first (as NGINX's `location =`), then the longest
+        // prefix. Among routes of one host and path, the one asking more of the request comes
+        // first: `match_headers = { x-canary = "1" }` wins over the same route without it.
         rules.sort_by_key(|r| {
             let cond = r.cond.as_ref().map_or(0, |c| c.weight());
-            std::cmp::Reverse((r.host.rank(), r.prefix.len(), cond))
+            std::cmp::Reverse((r.host.rank(), r.exact, r.prefix.len(), cond))
         });
         Router {
             default: only.filter(|_| routes.is_empty()).map(Target::One),
@@ -234,7 +244,11 @@ impl Router {
             .iter()
             .find(|r| {
                 r.host.matches(host)
-                    && path.starts_with(r.prefix.as_str())
+                    && if r.exact {
+                        path == r.prefix
+                    } else {
+                        path.starts_with(r.prefix.as_str())
+                    }
                     && r.cond.as_ref().is_none_or(|c| c.matches(req))
             })
             .map(|r| Matched {
@@ -289,5 +303,31 @@ mod tests {
         assert_eq!(up("API.example.com", "/v1"), Some(2));
         assert_eq!(up("www.example.com", "/"), Some(1));
         assert_eq!(up("example.com", "/"), Some(0));
+    }
+
+    #[test]
+    fn an_exact_path_comes_before_any_prefix_of_its_host() {
+        let names = ["prefix", "exact", "other-host"];
+        let mut exact = route(&[], "/", "exact");
+        (exact.path, exact.path_prefix) = (Some("/api/health".into()), None);
+        let routes = vec![
+            route(&[], "/api/", "prefix"),
+            exact,
+            route(&["other.example"], "/", "other-host"),
+        ];
+        let r = Router::new(
+            &routes,
+            |n| names.iter().position(|x| *x == n),
+            None,
+            |_| None,
+        );
+        let up = |host, path| r.route(host, path, &NoView).and_then(|m| m.upstream(|_| 0));
+        assert_eq!(up("a", "/api/health"), Some(1));
+        assert_eq!(up("a", "/api/health/"), Some(0));
+        assert_eq!(up("a", "/api/healthz"), Some(0));
+        // A host's own routes come first: the exact path is not one of other.example's.
+        assert_eq!(up("other.example", "/api/health"), Some(2));
+        let m = r.route("a", "/api/health", &NoView).unwrap();
+        assert_eq!(m.prefix_len, "/api/health".len());
     }
 }

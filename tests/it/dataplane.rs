@@ -343,6 +343,54 @@ fn a_head_over_the_limit_is_refused_whatever_buffer_it_lands_in() {
         );
     }
 }
+
+/// A route's `path` is the whole path, exactly (NGINX's `location =`): it comes before every
+/// prefix of its host, even one equal to it and earlier in the file, on the HTTP/1 relay and on
+/// HTTP/2, and the route match API agrees.
+#[test]
+fn an_exact_path_route_comes_before_the_prefixes() {
+    let be = backends(2);
+    let cfg = |extra: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+             [[routes]]\npath_prefix = \"/api/status\"\nupstream = \"prefix\"\n\
+             [[routes]]\npath_prefix = \"/api/\"\nupstream = \"prefix\"\n\
+             [[routes]]\npath = \"/api/status\"\nupstream = \"exact\"\n{extra}\n\
+             [upstreams.prefix]\nbackends = [{{ address = \"{}\" }}]\n\
+             [upstreams.exact]\nbackends = [{{ address = \"{}\" }}]\n",
+            be.addrs[0], be.addrs[1]
+        )
+    };
+    let lb = start(&cfg(""));
+    for c in [client(), h2c_client()] {
+        for (path, want) in [
+            ("/api/status", "b1"),
+            ("/api/status?verbose=1", "b1"),
+            ("/api/status/", "b0"),
+            ("/api/statuses", "b0"),
+            ("/api/other", "b0"),
+        ] {
+            assert_eq!(
+                get_backend(&c, &lb.url(path)),
+                (200, want.to_string()),
+                "{path}"
+            );
+        }
+    }
+    let m = get_json(
+        &client(),
+        &lb.admin_url("/api/v1/routes/match?host=a&path=/api/status"),
+    );
+    assert_eq!(m["serves"]["upstream"], "exact", "{m}");
+    let paths = refused_paths(&lb, &cfg("path_prefix = \"/api/\""));
+    assert_eq!(paths, ["routes[2].path"]);
+    let paths = refused_paths(
+        &lb,
+        &cfg("[[routes]]\npath = \"status?x=1\"\nupstream = \"exact\""),
+    );
+    assert_eq!(paths, ["routes[3].path", "routes[3].path"]);
+}
+
 /// Routes may also match on the method and on headers (Envoy's header matchers, Traefik's
 /// `Method`/`Header` rules): among routes of one host and prefix the one asking more wins,
 /// wherever it is in the file, on the HTTP/1 relay and on HTTP/2 alike. A header matches on any

@@ -95,7 +95,7 @@ export function renderConfig(cfg) {
   if (routes.length) {
     body = h('ul', { class: 'plain-list' }, routes.map((r) => h('li', {},
       h('span', {}, (r.hosts && r.hosts.length ? r.hosts.join(', ') : 'any host')),
-      h('code', {}, r.path_prefix || '/'),
+      h('code', { title: r.path ? 'this path exactly' : 'paths starting with this' }, r.path ? `= ${r.path}` : (r.path_prefix || '/')),
       ...routeConditions(r),
       h('span', { class: 'arrow', 'aria-label': 'to' }, '→'),
       ...routeTargets(r))));
