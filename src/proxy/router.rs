@@ -273,6 +273,16 @@ mod tests {
         }
     }
 
+    /// A router over `routes`, upstream `names[i]` at index i.
+    fn router_of(routes: &[RouteConfig], names: &[&str]) -> Router {
+        Router::new(
+            routes,
+            |n| names.iter().position(|x| *x == n),
+            None,
+            |_| None,
+        )
+    }
+
     struct NoView;
     impl RequestView for NoView {
         fn method(&self) -> &[u8] {
@@ -292,12 +302,7 @@ mod tests {
             route(&["api.example.com"], "/", "c"),
             route(&["api.example.com"], "/v2", "d"),
         ];
-        let r = Router::new(
-            &routes,
-            |n| names.iter().position(|x| *x == n),
-            None,
-            |_| None,
-        );
+        let r = router_of(&routes, &names);
         let up = |host, path| r.route(host, path, &NoView).and_then(|m| m.upstream(|_| 0));
         assert_eq!(up("api.example.com:8080", "/v2/x"), Some(3));
         assert_eq!(up("API.example.com", "/v1"), Some(2));
@@ -315,12 +320,7 @@ mod tests {
             exact,
             route(&["other.example"], "/", "other-host"),
         ];
-        let r = Router::new(
-            &routes,
-            |n| names.iter().position(|x| *x == n),
-            None,
-            |_| None,
-        );
+        let r = router_of(&routes, &names);
         let up = |host, path| r.route(host, path, &NoView).and_then(|m| m.upstream(|_| 0));
         assert_eq!(up("a", "/api/health"), Some(1));
         assert_eq!(up("a", "/api/health/"), Some(0));
