@@ -3,7 +3,8 @@
 //!
 //! A response is compressed when the request's `Accept-Encoding` allows gzip and the response
 //! is of a listed media type, not already encoded, not `Cache-Control: no-transform`, not a
-//! range (206) or bodiless status, and not declared shorter than `min_length`. Its length is
+//! range (206) or bodiless status, and not declared shorter than `min_length`. A HEAD's answer
+//! gets the same headers and keeps its empty body. Its length is
 //! then unknown (chunked, or the end of an HTTP/2 stream), its strong `ETag` becomes weak (the
 //! bytes differ, the meaning does not) and `Accept-Ranges` goes. Every response of a listed
 //! type gets `Vary: Accept-Encoding`, compressed or not, so a cache keeps the two apart.
@@ -59,8 +60,14 @@ impl Compress {
     }
 
     /// Adds `Vary` to a response of a listed type and, when the client accepts gzip
-    /// (`accepted`, [`accepts_gzip`]), compresses it.
-    pub fn apply(&self, accepted: bool, resp: Response<RespBody>) -> Response<RespBody> {
+    /// (`accepted`, [`accepts_gzip`]), compresses it. The answer to a HEAD (`head`) gets the
+    /// headers a GET's compressed answer would have (RFC 9110 §9.3.2), and keeps its empty body.
+    pub fn apply(
+        &self,
+        accepted: bool,
+        head: bool,
+        resp: Response<RespBody>,
+    ) -> Response<RespBody> {
         if !self.listed(resp.headers()) {
             return resp;
         }
@@ -87,6 +94,9 @@ impl Compress {
             .headers
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         weaken_etag(&mut parts.headers);
+        if head {
+            return Response::from_parts(parts, body);
+        }
         COMPRESSED.fetch_add(1, Relaxed);
         let gz = Gzip {
             inner: body,

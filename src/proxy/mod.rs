@@ -376,8 +376,8 @@ async fn serve(
 
     // Whether the response may be compressed: decided by the request, applied to the response.
     let compress = matched.actions.and_then(|a| a.compress.as_ref()).map(|c| {
-        let accepted = parts.method != Method::HEAD && compress::accepts_gzip(&parts.headers);
-        (c, accepted)
+        let head = parts.method == Method::HEAD;
+        (c, compress::accepts_gzip(&parts.headers), head)
     });
 
     // `TE: trailers` is hop-by-hop, but whether the client takes trailers decides the path.
@@ -525,9 +525,9 @@ async fn serve(
     if let Some(a) = matched.actions {
         a.response.apply(resp.headers_mut(), None);
     }
-    if let Some((c, accepted)) = compress {
+    if let Some((c, accepted, head)) = compress {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            resp = c.apply(accepted, resp);
+            resp = c.apply(accepted, head, resp);
         }
     }
     if client_version == Version::HTTP_2 {
