@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# usage: bench/route_cost.sh [ROUNDS]
+# CPU per request of Switchyard on a plain route and on a route with `compress = {}`, for the
+# origins' tiny responses (below `min_length`, so none is compressed: only the path differs, the
+# HTTP/1 relay for the plain route, hyper's for the compressing one). As run.sh: origins and wrk
+# on CPU 0, Switchyard alone on CPU 1, wrk -t1 -c64, 2 s warm-up then 6 s measured, rounds
+# interleaved. Needs a release build (cargo build --release), nginx and wrk.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+SY="$here/../target/release/switchyard"
+ROUNDS=${1:-3}
+W=/tmp/switchyard-route-cost; rm -rf "$W"; mkdir -p "$W"
+cp "$here/switchyard.toml" "$W/plain.toml"
+printf '\n[[routes]]\nupstream = "be"\n' >>"$W/plain.toml"
+cp "$here/switchyard.toml" "$W/compress.toml"
+printf '\n[[routes]]\nupstream = "be"\ncompress = {}\n' >>"$W/compress.toml"
+taskset -c 0 nginx -c "$here/origins.nginx.conf" -p "$W/" & ORIGINS=$!
+trap 'kill $ORIGINS 2>/dev/null' EXIT
+sleep 1
+HZ=$(getconf CLK_TCK)
+for r in $(seq "$ROUNDS"); do
+  for c in plain compress; do
+    taskset -c 1 "$SY" run --config "$W/$c.toml" >"$W/$c.log" 2>&1 & P=$!
+    sleep 1
+    taskset -c 0 wrk -t1 -c64 -d2s http://127.0.0.1:8083/ >/dev/null
+    a=$(awk '{print $14+$15}' "/proc/$P/stat")
+    out=$(taskset -c 0 wrk -t1 -c64 -d6s http://127.0.0.1:8083/)
+    b=$(awk '{print $14+$15}' "/proc/$P/stat")
+    n=$(awk '/requests in/{print $1}' <<<"$out"); rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+    printf "%-9s round %s: %10s req/s %8s us/request\n" "$c" "$r" "$rps" \
+      "$(awk -v a="$a" -v b="$b" -v n="$n" -v hz="$HZ" 'BEGIN{printf "%.2f", (b-a)/hz*1e6/n}')"
+    kill "$P"; wait "$P" 2>/dev/null; sleep 0.5
+  done
+done
