@@ -614,7 +614,7 @@ fn compress(c: &crate::config::CompressConfig, path: &str, p: &mut Vec<Problem>)
             let token = |s: &str| {
                 !s.is_empty()
                     && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'-^_`.+|~".contains(&b))
             };
             token(ty) && (sub == "*" || token(sub))
         });

@@ -221,7 +221,7 @@ pub fn render(shared: &Shared) -> String {
         &mut o,
         "switchyard_compression_bytes_total",
         "counter",
-        "Bytes of compressed responses: `in` as the backends sent them, `out` as sent to clients.",
+        "Bytes of compressed responses: `in` as the backends sent them, `out` as compressed for clients.",
         [
             (
                 "stage=\"in\"".to_string(),

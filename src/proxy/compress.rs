@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 /// sending: a frame of about one TLS record's worth per write.
 const EMIT_AT: usize = 16 * 1024;
 
-/// Responses compressed, bytes taken from backends and bytes sent for them.
+/// Responses compressed, bytes taken from backends and the compressed bytes made of them.
 pub static COMPRESSED: AtomicU64 = AtomicU64::new(0);
 pub static BYTES_IN: AtomicU64 = AtomicU64::new(0);
 pub static BYTES_OUT: AtomicU64 = AtomicU64::new(0);
@@ -90,6 +90,10 @@ impl Compress {
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove(header::ACCEPT_RANGES);
+        // Digests of the bytes the backend sent, which the client no longer gets.
+        for digest in ["content-md5", "content-digest", "repr-digest"] {
+            parts.headers.remove(digest);
+        }
         parts
             .headers
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -106,6 +110,7 @@ impl Compress {
             )),
             unflushed: false,
             trailers: None,
+            inner_done: false,
         };
         Response::from_parts(parts, RespBody::Gzip(Box::new(gz)))
     }
@@ -209,6 +214,8 @@ pub struct Gzip {
     unflushed: bool,
     /// The backend's trailers, sent after the last compressed bytes.
     trailers: Option<HeaderMap>,
+    /// The backend's body has ended: its guard has settled the request as complete.
+    inner_done: bool,
 }
 
 impl Gzip {
@@ -218,6 +225,16 @@ impl Gzip {
     ) -> Poll<Option<Result<Frame<Bytes>, super::body::BoxError>>> {
         loop {
             let Some(enc) = self.enc.as_mut() else {
+                // After trailers the backend's body still has its end to give, which is what
+                // settles its guard (connection back to the pool, a complete access-log line).
+                // Taken before the trailers go on: hyper drops a body once it has its trailers.
+                if !self.inner_done {
+                    match Pin::new(&mut self.inner).poll_frame(cx) {
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                        Poll::Ready(_) => self.inner_done = true,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
                 return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
             };
             match Pin::new(&mut self.inner).poll_frame(cx) {
@@ -237,7 +254,10 @@ impl Gzip {
                     }
                 },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return self.finish(),
+                Poll::Ready(None) => {
+                    self.inner_done = true;
+                    return self.finish();
+                }
                 Poll::Pending => {
                     // The backend paused: what it sent so far goes out now, not with its next
                     // bytes, which may be a long way off (server-sent events, long polls).
@@ -274,7 +294,7 @@ impl Gzip {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        self.enc.is_none() && self.trailers.is_none()
+        self.enc.is_none() && self.trailers.is_none() && self.inner_done
     }
 
     pub fn inner_mut(&mut self) -> &mut RespBody {

@@ -526,7 +526,8 @@ async fn serve(
         a.response.apply(resp.headers_mut(), None);
     }
     if let Some((c, accepted, head)) = compress {
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Not a tunnel's answer: an HTTP/2 WebSocket's 101 has become a 200 by now.
+        if trace.upgrade.is_none() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp = c.apply(accepted, head, resp);
         }
     }

@@ -2,7 +2,7 @@
 //! the headers that change with it, streaming (a backend's pause flushes what it sent), HTTP/1
 //! and h2c clients, the metrics, and the config's refusals.
 
-use crate::relay::scripted;
+use crate::relay::{scripted, scripted_counted};
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -35,6 +35,10 @@ fn answer(req: &str) -> (Vec<u8>, bool) {
         "/png" => with("", "image/png", &page),
         "/encoded" => with("Content-Encoding: br\r\n", "text/html", &page),
         "/no-transform" => with("Cache-Control: public, no-transform\r\n", "text/html", &page),
+        "/trailers" => format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n{:x}\r\n{page}\r\n0\r\nx-checksum: 42\r\n\r\n",
+            page.len()
+        ),
         "/chunked" => format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{page}\r\n0\r\n\r\n",
             page.len()
@@ -170,6 +174,31 @@ fn a_route_compresses_what_the_client_accepts_and_leaves_the_rest() {
     );
     assert!(i >= 3 * page().len() as u64, "in {i}");
     assert!(o > 0 && o * 10 < i, "in {i}, out {o}");
+}
+
+/// A compressed body whose backend sends trailers still ends the exchange as complete: the
+/// backend connection goes back to the pool, so the next request reuses it.
+#[test]
+fn a_compressed_body_with_trailers_leaves_its_backend_connection_reusable() {
+    let (backend, _, accepted) = scripted_counted(answer);
+    let lb = lb_for(backend, "{}");
+    for _ in 0..3 {
+        // `TE: trailers` keeps hyper's client, which passes trailers on.
+        let out = raw_all(
+            lb.addr,
+            b"GET /trailers HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        );
+        assert!(out.starts_with("HTTP/1.1 200"), "{out:.200}");
+        assert!(
+            out.to_ascii_lowercase().contains("content-encoding: gzip"),
+            "{out:.300}"
+        );
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "backend connections"
+    );
 }
 
 /// A backend that sends the head and a first chunk, then waits for the test's word before

@@ -20,7 +20,9 @@ pub(crate) fn scripted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen
 }
 
 /// [`scripted`], also counting the connections it accepted.
-fn scripted_counted(answer: fn(&str) -> (Vec<u8>, bool)) -> (SocketAddr, Seen, Arc<AtomicUsize>) {
+pub(crate) fn scripted_counted(
+    answer: fn(&str) -> (Vec<u8>, bool),
+) -> (SocketAddr, Seen, Arc<AtomicUsize>) {
     let srv = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = srv.local_addr().unwrap();
     let seen: Seen = Arc::default();
