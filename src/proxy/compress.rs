@@ -11,6 +11,7 @@
 //!
 //! The body streams: what the backend sent is compressed as it comes, and flushed whenever the
 //! backend pauses, so a server-sent event or a long poll's answer reaches the client at once.
+//! A backend that fails mid-body makes the response end unfinished, as on any route.
 
 use super::body::RespBody;
 use crate::config::CompressConfig;

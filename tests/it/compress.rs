@@ -32,6 +32,11 @@ fn answer(req: &str) -> (Vec<u8>, bool) {
             &page,
         ),
         "/small" => with("", "text/plain", "small"),
+        // Declares the whole page, sends half, and closes: a backend dying mid-body.
+        "/cut" => {
+            let r = with("", "text/html", &page);
+            return (r.as_bytes()[..r.len() - page.len() / 2].to_vec(), true);
+        }
         "/png" => with("", "image/png", &page),
         "/encoded" => with("Content-Encoding: br\r\n", "text/html", &page),
         "/no-transform" => with("Cache-Control: public, no-transform\r\n", "text/html", &page),
@@ -144,6 +149,12 @@ fn a_route_compresses_what_the_client_accepts_and_leaves_the_rest() {
     assert!(lower.contains("etag: w/\"v1\""), "{out}");
     assert!(!lower.contains("content-length"), "{out}");
     assert!(out.ends_with("\r\n\r\n"), "a body after HEAD's head: {out}");
+
+    // A backend that dies mid-body: the client's response ends unfinished (no last chunk, no
+    // whole gzip stream), never looking complete.
+    let cut = get("/cut", Some("gzip"));
+    assert_eq!(cut.headers()["content-encoding"], "gzip");
+    assert!(cut.bytes().is_err(), "a cut body read as complete");
 
     // An HTTP/2 client is served the same way.
     let r = h2c_client()
