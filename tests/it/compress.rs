@@ -151,10 +151,17 @@ fn a_route_compresses_what_the_client_accepts_and_leaves_the_rest() {
     assert!(out.ends_with("\r\n\r\n"), "a body after HEAD's head: {out}");
 
     // A backend that dies mid-body: the client's response ends unfinished (no last chunk, no
-    // whole gzip stream), never looking complete.
-    let cut = get("/cut", Some("gzip"));
-    assert_eq!(cut.headers()["content-encoding"], "gzip");
-    assert!(cut.bytes().is_err(), "a cut body read as complete");
+    // whole gzip stream), never looking complete. When the failure comes before the first
+    // compressed bytes are out, not even the head is sent (hyper writes it with them).
+    let cut = c
+        .get(lb.url("/cut"))
+        .header("accept-encoding", "gzip")
+        .send();
+    let got = cut.map(|r| r.bytes());
+    assert!(
+        !matches!(got, Ok(Ok(_))),
+        "a cut body read as complete: {got:?}"
+    );
 
     // An HTTP/2 client is served the same way.
     let r = h2c_client()
