@@ -312,6 +312,13 @@ impl Body for RespBody {
                     Poll::Ready(Some(Ok(f))) => {
                         if let (Some(d), Some(g)) = (f.data_ref(), guard.as_mut()) {
                             g.on_data(d.len());
+                        } else if f.is_trailers() {
+                            // Trailers end a message, and hyper's server drops the body once it
+                            // has them, unpolled: settled here as complete (the connection goes
+                            // back to the pool, the access log has no error).
+                            if let Some(g) = guard.take() {
+                                g.done(true);
+                            }
                         }
                     }
                     Poll::Ready(None) => {

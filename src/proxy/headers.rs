@@ -12,21 +12,22 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one (RFC 2616 listed it; RFC 9110 §6.6.2 makes it end to end): hyper's
+/// HTTP/1 encoders send only the trailer fields it names, so dropping it dropped the trailers.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers. `Transfer-Encoding` is also removed: hyper re-frames the body.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Fast path: most messages carry none of these; one pass over the (few) header names is
-    // cheaper than nine hash lookups.
+    // cheaper than eight hash lookups.
     if !h.keys().any(is_hop_by_hop) {
         return;
     }

@@ -388,6 +388,13 @@ async fn serve(
     });
     // The request as it goes upstream: origin-form URI, HTTP/1.1, proxy headers.
     headers::strip_hop_by_hop(&mut parts.headers);
+    if wants_trailers {
+        // Passed on (as Envoy does): many servers send trailers only to a client that says it
+        // takes them, and this path hands them on to this one.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // HTTP/2 may split `cookie` into several fields (RFC 9113 §8.2.3), HTTP/1.1 clients send
     // one: towards the backend (and a mirror) it is one line, joined by "; ".
     headers::join_cookies(&mut parts.headers);

@@ -211,6 +211,11 @@ fn a_compressed_body_with_trailers_leaves_its_backend_connection_reusable() {
             out.to_ascii_lowercase().contains("content-encoding: gzip"),
             "{out:.300}"
         );
+        // After the last compressed bytes, the backend's trailer.
+        assert!(
+            out.ends_with("\r\n0\r\nx-checksum: 42\r\n\r\n"),
+            "{out:.300}"
+        );
     }
     assert_eq!(
         accepted.load(std::sync::atomic::Ordering::SeqCst),

@@ -73,8 +73,20 @@ fn request_len(b: &[u8]) -> Option<usize> {
     let head = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let text = String::from_utf8_lossy(&b[..head]).to_ascii_lowercase();
     if text.contains("transfer-encoding: chunked") {
-        let end = b[head..].windows(5).position(|w| w == b"0\r\n\r\n")?;
-        return Some(head + end + 5);
+        // The last chunk, then the trailer section (maybe empty) up to its blank line.
+        let body = &b[head..];
+        let last = if body.starts_with(b"0\r\n") {
+            0
+        } else {
+            body.windows(5).position(|w| w == b"\r\n0\r\n")? + 2
+        };
+        let rest = &body[last + 3..];
+        let end = if rest.starts_with(b"\r\n") {
+            2
+        } else {
+            rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4
+        };
+        return Some(head + last + 3 + end);
     }
     let len = text
         .lines()
@@ -110,6 +122,7 @@ fn answer(req: &str) -> (Vec<u8>, bool) {
         "/interim" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         "/named-length" => b"HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 3\r\n\r\nxyz",
         "/slow" => b"\0\0HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "/trailers" => b"HTTP/1.1 200 OK\r\nTrailer: x-checksum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\r\n",
         "/eof" => return (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end".to_vec(), true),
         "/echo" => {
             let body = req.split("\r\n\r\n").nth(1).unwrap_or("");
@@ -751,5 +764,73 @@ fn a_response_that_breaks_off_mid_body_counts_against_the_backend() {
     let lines = access_lines(&log, 2);
     for l in &lines {
         assert_eq!(l["error"], "upstream_reset", "{l}");
+    }
+}
+
+/// Trailers, and the `Trailer` field that announces them, reach an HTTP/1 client on both paths
+/// (the relay, and hyper's, which sends only the trailer fields `Trailer` names); a client's
+/// `TE: trailers` reaches the backend, and a request's own trailers reach it too.
+#[test]
+fn trailers_and_their_announcement_pass_both_ways_on_both_paths() {
+    let (backend, seen, accepted) = scripted_counted(answer);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+        config(&format!("backends = [{{ address = \"{backend}\" }}]")),
+        log.display().to_string()
+    ));
+    let exchange = |req: &[u8]| {
+        let mut c = TcpStream::connect(lb.addr).unwrap();
+        c.write_all(req).unwrap();
+        let out = read_until(&mut c, |_| false);
+        let sent = seen
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the backend saw the request");
+        (out, sent.to_ascii_lowercase())
+    };
+    // The relay: a GET with no body.
+    let (out, sent) =
+        exchange(b"GET /trailers HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("\r\ntrailer: x-checksum\r\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("0\r\nx-checksum: 42\r\n\r\n"), "{out}");
+    assert!(sent.contains("\r\nte: trailers\r\n"), "{sent}");
+    let relay_connections = accepted.load(SeqCst);
+    // hyper's path: a chunked request, with trailers of its own.
+    let (out, sent) = exchange(
+        b"POST /trailers HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nTrailer: x-req-sum\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nx-req-sum: 7\r\n\r\n",
+    );
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("\r\ntrailer: x-checksum\r\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("0\r\nx-checksum: 42\r\n\r\n"), "{out}");
+    assert!(sent.contains("\r\nte: trailers\r\n"), "{sent}");
+    assert!(sent.contains("\r\ntrailer: x-req-sum\r\n"), "{sent}");
+    assert!(sent.ends_with("\r\nx-req-sum: 7\r\n\r\n"), "{sent}");
+    // A client that does not take trailers is not said to, and hyper's path sends it none.
+    let (out, sent) = exchange(
+        b"POST /trailers HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(!out.contains("x-checksum: 42"), "{out}");
+    assert!(!sent.contains("\r\nte:"), "{sent}");
+    // A body that ended in trailers was complete: its backend connection took the next request.
+    assert_eq!(
+        accepted.load(SeqCst) - relay_connections,
+        1,
+        "backend connections"
+    );
+    for l in access_lines(&log, 3) {
+        assert_eq!(l["status"], 200, "{l}");
+        assert!(l.get("error").is_none(), "{l}");
     }
 }

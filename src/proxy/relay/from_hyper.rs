@@ -191,9 +191,11 @@ fn header_map<'a>(
     let mut headers = HeaderMap::with_capacity(n);
     for (name, value) in lines {
         // Connection-specific fields do not exist in HTTP/2 (RFC 9113 §8.2.2); the relay keeps
-        // Transfer-Encoding (its client is HTTP/1), but the body is decoded here.
+        // Transfer-Encoding (its client is HTTP/1), but the body is decoded here. This path
+        // drops trailers, so it does not announce them either.
         if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"connection")
+            || name.eq_ignore_ascii_case(b"trailer")
         {
             continue;
         }

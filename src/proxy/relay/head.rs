@@ -39,8 +39,9 @@ const REQUEST_DROPPED: [&str; 9] = [
     "x-forwarded-host",
 ];
 /// Response headers dropped on the way to the client. `Transfer-Encoding` stays: the body is
-/// relayed as it came, chunked or not.
-const RESPONSE_DROPPED: [&str; 8] = [
+/// relayed as it came, chunked or not; so does `Trailer`, which announces the trailers that
+/// come with it (end to end, RFC 9110 §6.6.2).
+const RESPONSE_DROPPED: [&str; 7] = [
     "upgrade",
     "connection",
     "keep-alive",
@@ -48,7 +49,6 @@ const RESPONSE_DROPPED: [&str; 8] = [
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
 ];
 
 /// Fields that frame or route a message: a `Connection` header naming one of them never removes
@@ -278,6 +278,8 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     let mut request_id: Option<&[u8]> = None;
     let mut named: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
     let mut named_len = 0;
+    // The client takes trailers (`TE` is hop-by-hop; only this part of it is passed on).
+    let mut te_trailers = false;
     // Header lines (by index) not passed on, classified in this one pass as in parse_response;
     // `ids`: the X-Request-Id lines, dropped unless the client's id is kept.
     let (mut dropped, mut ids) = (0u128, 0u128);
@@ -324,6 +326,10 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
             12 if is_name(n, "x-request-id") => {
                 ids |= bit;
                 request_id.get_or_insert(v);
+            }
+            2 if is_name(n, "te") => {
+                dropped |= bit;
+                te_trailers |= tokens(v).any(|t| is_token(t, "trailers"));
             }
             2 | 7 | 10 | 16 | 17 | 18 | 19 if REQUEST_DROPPED.iter().any(|d| is_name(n, d)) => {
                 dropped |= bit;
@@ -416,6 +422,10 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         copy.keep(&mut out, buf, f);
     }
     copy.flush(&mut out, buf);
+    if te_trailers {
+        // As on hyper's path: servers that send trailers only when asked are asked.
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
     // Made before the edits, whose values may name it.
     let made_id = (!own_id).then(crate::proxy::headers::new_request_id);
     if let Some(e) = edits {
@@ -902,8 +912,8 @@ mod tests {
         );
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
-             X-Request-Id: from-backend\r\nX-Kept: 2\r\nAge: 3\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nTrailer: x-t\r\nTransfer-Encoding: chunked\r\n\
+             Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Request-Id: from-backend\r\nX-Kept: 2\r\nAge: 3\r\n\r\n"
         );
         assert_eq!(r.framing, Framing::Chunked);
         assert!(!r.backend_close);
