@@ -163,6 +163,27 @@ pub struct RouteConfig {
     /// compressor, Caddy's `encode`); `compress = {}` takes every default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<CompressConfig>,
+    /// Each request is first put to another upstream, which allows it (2xx) or answers the
+    /// client itself: NGINX's `auth_request`, Traefik's `forwardAuth`, Envoy's `ext_authz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+}
+
+/// A route's external authorization: where each request is asked about first.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AuthConfig {
+    /// The upstream that decides: an ordinary upstream, with its own balancing, health checks,
+    /// breakers and timeouts.
+    pub upstream: String,
+    /// The path (and query) asked, by `GET`: `"/verify"`, `"/oauth2/auth"`.
+    pub path: String,
+    /// The client's headers sent with the question; default: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<Vec<String>>,
+    /// Headers of an allowing answer put on the request sent upstream (`x-user-id`); lines the
+    /// client sent under these names are removed first, so a client cannot pose as a user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<String>,
 }
 
 /// Which responses a route compresses, and how hard.

@@ -230,6 +230,9 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
         if let Some(c) = &r.compress {
             compress(c, &format!("{path}.compress"), &mut p);
         }
+        if let Some(a) = &r.auth {
+            auth(cfg, a, &format!("{path}.auth"), &mut p);
+        }
         check_blocks(&format!("{path}.ip_allow"), &r.ip_allow, &mut p);
         check_blocks(&format!("{path}.ip_deny"), &r.ip_deny, &mut p);
         for (j, h) in r.hosts.iter().enumerate() {
@@ -623,6 +626,38 @@ fn compress(c: &crate::config::CompressConfig, path: &str, p: &mut Vec<Problem>)
                 format!("{path}.content_types[{j}]"),
                 format!("{t:?} is not a media type such as \"text/html\" or \"text/*\""),
             ));
+        }
+    }
+}
+
+/// A route's `auth`: an upstream that exists, a path to ask, header names.
+fn auth(cfg: &Config, a: &crate::config::AuthConfig, path: &str, p: &mut Vec<Problem>) {
+    if !cfg.upstreams.contains_key(&a.upstream) {
+        p.push(Problem::new(
+            format!("{path}.upstream"),
+            format!("no upstream named {:?}", a.upstream),
+        ));
+    }
+    let uri_ok = a.path.starts_with('/')
+        && !a.path.contains('#')
+        && http::uri::PathAndQuery::try_from(a.path.as_str()).is_ok();
+    if !uri_ok {
+        p.push(Problem::new(
+            format!("{path}.path"),
+            format!("{:?} is not a path (and query) such as \"/verify\"", a.path),
+        ));
+    }
+    for (j, n) in a.request_headers.iter().flatten().enumerate() {
+        if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+            p.push(Problem::new(
+                format!("{path}.request_headers[{j}]"),
+                format!("{n:?} is not a header name"),
+            ));
+        }
+    }
+    for (j, n) in a.response_headers.iter().enumerate() {
+        if let Some(why) = header_name_problem(n) {
+            p.push(Problem::new(format!("{path}.response_headers[{j}]"), why));
         }
     }
 }

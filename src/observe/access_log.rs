@@ -55,6 +55,9 @@ pub struct Entry {
     pub tls_version: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client: Option<String>,
+    /// What the route's auth upstream said: `allowed`, `denied` or `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<&'static str>,
     /// The `x-switchyard-error` reason when Switchyard made the response itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,

@@ -277,6 +277,16 @@ pub fn render(shared: &Shared) -> String {
             .zip(&MIRRORED)
             .map(|(r, n)| (format!("result=\"{r}\""), n.load(Relaxed))),
     );
+    family(
+        &mut o,
+        "switchyard_auth_requests_total",
+        "counter",
+        "Questions to routes' auth upstreams, by result (denied: a non-2xx answer went to the client; error: no answer, Switchyard's own error did).",
+        ["allowed", "denied", "error"]
+            .iter()
+            .zip(&crate::proxy::auth::OUTCOMES)
+            .map(|(r, n)| (format!("result=\"{r}\""), n.load(Relaxed))),
+    );
     let made = ProxyError::ALL.iter().zip(MADE.iter()).map(|(e, n)| {
         (
             format!("reason=\"{}\",code=\"{}\"", e.reason(), e.status().as_u16()),

@@ -114,6 +114,7 @@ impl Observer {
             .get(X_SWITCHYARD_ERROR)
             .and_then(|v| crate::error::reason_from_header(v.as_bytes()));
         e.attempts = trace.attempts;
+        e.auth = trace.auth.map(crate::proxy::auth::Outcome::as_str);
         e.upstream_connect_ms = trace.connect.map(access_log::ms);
         e.upstream_first_byte_ms = trace.first_byte.map(access_log::ms);
         if let Some(up) = &trace.upstream {

@@ -5,6 +5,7 @@
 //! configuration snapshot once and uses that view to the end, so a reload never changes a request
 //! half-way.
 
+pub mod auth;
 pub mod body;
 pub mod compress;
 pub mod connector;
@@ -56,6 +57,8 @@ pub struct Trace {
     )>,
     /// A protocol upgrade the backend agreed to: its tunnel starts once the response is observed.
     pub upgrade: Option<upgrade::Agreed>,
+    /// What the route's auth upstream said of the request, when it has one.
+    pub auth: Option<auth::Outcome>,
 }
 
 /// What the listener knows about the client connection.
@@ -309,6 +312,33 @@ async fn serve(
                 a.response.apply(r.headers_mut(), None);
             }
             return r;
+        }
+    }
+    if let Some(a) = matched.actions.and_then(|a| a.auth.as_ref()) {
+        let up = &snap.upstreams[a.upstream];
+        let request_id = headers::ensure_request_id(&mut parts.headers);
+        let q = auth::Question {
+            parts: &parts,
+            host: host_value.as_ref(),
+            client_ip: &conn.client_ip,
+            https: conn.https,
+            request_id: &request_id,
+        };
+        match a.ask(up, &pick_ctx(up, &parts, client), &q).await {
+            auth::Verdict::Allow(set) => {
+                trace.auth = Some(auth::Outcome::Allowed);
+                a.admit(&mut parts.headers, set);
+            }
+            auth::Verdict::Deny(mut r, outcome) => {
+                trace.auth = Some(outcome);
+                // The client's body is not read: an HTTP/1 connection with one left unread
+                // closes after this answer (hyper's server does that by itself).
+                r.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+                if let Some(actions) = matched.actions {
+                    actions.response.apply(r.headers_mut(), None);
+                }
+                return r;
+            }
         }
     }
     if let Some(own) = matched.respond() {

@@ -144,15 +144,18 @@ pub struct RouteActions {
     pub timeout: Option<std::time::Duration>,
     /// How its responses are compressed.
     pub compress: Option<super::compress::Compress>,
+    /// Who is asked about each request first.
+    pub auth: Option<super::auth::Auth>,
 }
 
 impl RouteActions {
     /// `limiter`: the route's rate limiter (kept across changes by the registry), if it has one;
-    /// `mirror`: its mirror, with the shadow upstream resolved.
+    /// `mirror`: its mirror, with the shadow upstream resolved; `auth` likewise.
     pub fn compile(
         r: &RouteConfig,
         limiter: Option<Arc<RateLimiter>>,
         mirror: Option<super::mirror::Mirror>,
+        auth: Option<super::auth::Auth>,
     ) -> Option<RouteActions> {
         let a = RouteActions {
             rewrite_prefix: r.rewrite_prefix.clone(),
@@ -163,6 +166,7 @@ impl RouteActions {
             mirror,
             timeout: r.timeout.map(|d| d.get()),
             compress: r.compress.as_ref().map(super::compress::Compress::compile),
+            auth,
         };
         (a.rewrite_prefix.is_some()
             || !a.request.is_empty()
@@ -171,16 +175,18 @@ impl RouteActions {
             || a.acl.is_some()
             || a.mirror.is_some()
             || a.timeout.is_some()
-            || a.compress.is_some())
+            || a.compress.is_some()
+            || a.auth.is_some())
         .then_some(a)
     }
 
     /// Whether the relay can carry out these edits: not when they touch the headers it adds
     /// itself after copying the client's (`X-Forwarded-*`, `X-Request-Id`), whose order with
     /// the edits only hyper's path keeps; nor a mirror, whose copy only hyper's path makes;
-    /// nor compression, which needs the body in frames, not passed through as bytes.
+    /// nor compression, which needs the body in frames, not passed through as bytes; nor an
+    /// `auth` question, which is a request of its own before this one.
     pub fn relayable(&self) -> bool {
-        if self.mirror.is_some() || self.compress.is_some() {
+        if self.mirror.is_some() || self.compress.is_some() || self.auth.is_some() {
             return false;
         }
         const ADDED: [&[u8]; 4] = [
@@ -236,7 +242,10 @@ mod tests {
             upstream: "u".into(),
             ..RouteConfig::default()
         };
-        (RouteActions::compile(&r, None, None).unwrap(), prefix.len())
+        (
+            RouteActions::compile(&r, None, None, None).unwrap(),
+            prefix.len(),
+        )
     }
 
     #[test]
@@ -284,6 +293,6 @@ mod tests {
             request_headers: Some(HeaderRules::default()),
             ..RouteConfig::default()
         };
-        assert!(RouteActions::compile(&r, None, None).is_none());
+        assert!(RouteActions::compile(&r, None, None, None).is_none());
     }
 }

@@ -121,9 +121,14 @@ function routeConditions(r) {
 }
 
 // A route's upstream, or its split: each side with its share of the weights; then its mirror
-// and whether it compresses.
+// and whether it compresses. An auth upstream, asked first, comes before them all.
 function routeTargets(r) {
-  const out = routeServes(r);
+  const out = [];
+  if (r.auth) {
+    out.push(h('span', { class: 'muted small', title: `each request is first asked about at ${r.auth.path}` }, 'authorized by'),
+      upstreamLink(r.auth.upstream), h('span', { class: 'muted small' }, '→'));
+  }
+  out.push(...routeServes(r));
   const m = r.mirror;
   if (m) {
     out.push(h('span', { class: 'muted small' }, 'mirrored to'), upstreamLink(m.upstream),

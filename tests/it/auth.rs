@@ -1,0 +1,235 @@
+//! A route's `auth`: each request is put to an auth upstream first (NGINX's `auth_request`,
+//! Traefik's `forwardAuth`). The auth service and the application are scripted over raw sockets
+//! so every header each of them is sent is known.
+
+use crate::relay::{scripted, Seen};
+use crate::support::*;
+use std::net::SocketAddr;
+
+/// The auth service: a good bearer token is allowed (naming its user), a "login" token is sent
+/// to a login page, anything else is refused.
+fn verdict(req: &str) -> (Vec<u8>, bool) {
+    let lower = req.to_ascii_lowercase();
+    let r = if lower.contains("\r\nauthorization: bearer good\r\n") {
+        "HTTP/1.1 200 OK\r\nX-User-Id: alice\r\nX-Auth-Internal: 1\r\nContent-Length: 2\r\n\r\nok"
+    } else if lower.contains("\r\nauthorization: bearer login\r\n") {
+        "HTTP/1.1 302 Found\r\nLocation: https://login.example/?rd=x\r\nSet-Cookie: flow=1; HttpOnly\r\nContent-Length: 0\r\n\r\n"
+    } else {
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"app\"\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nlogin required"
+    };
+    (r.as_bytes().to_vec(), false)
+}
+
+/// The application: echoes the request body.
+fn app(req: &str) -> (Vec<u8>, bool) {
+    let body = req.split("\r\n\r\n").nth(1).unwrap_or("");
+    let r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    (r.into_bytes(), false)
+}
+
+fn config_for(authz: SocketAddr, app: SocketAddr, log: &std::path::Path) -> String {
+    let dead = free_port();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [log]\naccess = \"json\"\naccess_file = {:?}\n\
+         [upstreams.app]\nbackends = [{{ address = \"{app}\" }}]\n\
+         [upstreams.authz]\nbackends = [{{ address = \"{authz}\" }}]\n\
+         [upstreams.gone]\nbackends = [{{ address = \"127.0.0.1:{dead}\" }}]\n\
+         [[routes]]\npath_prefix = \"/strict/\"\nupstream = \"app\"\n\
+         auth = {{ upstream = \"authz\", path = \"/verify?from=strict\", request_headers = [\"authorization\"] }}\n\
+         [[routes]]\npath_prefix = \"/down/\"\nupstream = \"app\"\nauth = {{ upstream = \"gone\", path = \"/verify\" }}\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         auth = {{ upstream = \"authz\", path = \"/verify\", response_headers = [\"x-user-id\"] }}\n",
+        log.display().to_string()
+    )
+}
+
+fn last(seen: &Seen) -> Option<String> {
+    seen.lock().unwrap().last().map(|r| r.to_ascii_lowercase())
+}
+
+#[test]
+fn a_route_asks_its_auth_upstream_first_and_only_allowed_requests_reach_the_backend() {
+    let (authz, asked) = scripted(verdict);
+    let (backend, served) = scripted(app);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&config_for(authz, backend, &log));
+    let c = client();
+
+    // Allowed: the body reaches the backend with the auth service's user, never the client's.
+    let r = c
+        .post(lb.url("/api/orders?page=2"))
+        .header("authorization", "Bearer good")
+        .header("x-user-id", "mallory")
+        .header("cookie", "session=abc")
+        .header("x-request-id", "req-1")
+        .body("order=7")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "order=7");
+    let q = last(&asked).expect("the auth service was asked");
+    assert!(q.starts_with("get /verify http/1.1\r\n"), "{q}");
+    for line in [
+        "authorization: bearer good",
+        "cookie: session=abc",
+        "x-forwarded-method: post",
+        "x-forwarded-uri: /api/orders?page=2",
+        "x-forwarded-proto: http",
+        "x-forwarded-for: 127.0.0.1",
+        "x-request-id: req-1",
+    ] {
+        assert!(q.contains(&format!("\r\n{line}\r\n")), "{line} in {q}");
+    }
+    assert!(q.contains("\r\nx-forwarded-host: 127.0.0.1:"), "{q}");
+    // The question has no body.
+    assert!(
+        !q.contains("content-length: 7") && !q.contains("order=7"),
+        "{q}"
+    );
+    let s = last(&served).expect("the backend got the request");
+    assert!(s.starts_with("post /api/orders?page=2 "), "{s}");
+    assert!(s.contains("\r\nx-user-id: alice\r\n"), "{s}");
+    assert!(
+        !s.contains("mallory") && !s.contains("x-auth-internal"),
+        "{s}"
+    );
+    assert!(s.contains("\r\nx-request-id: req-1\r\n"), "{s}");
+
+    // Refused: the auth service's answer is the client's, hop-by-hop fields dropped, and the
+    // backend never sees the request.
+    let before = served.lock().unwrap().len();
+    let r = c.get(lb.url("/api/orders")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"app\"");
+    assert!(r.headers().get("x-hop").is_none());
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(r.text().unwrap(), "login required");
+    assert_eq!(served.lock().unwrap().len(), before, "a refused request reached the backend");
+    // A refused request's unread body is never taken for the next request on its connection.
+    let out = raw_all(
+        lb.addr,
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /api/y HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer good\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 401 "), "{out}");
+    // hyper's server reads the body past, and the next request is the one after it.
+    assert!(out.contains("login requiredHTTP/1.1 200 OK\r\n"), "{out}");
+    let s = last(&served).unwrap();
+    assert!(s.starts_with("get /api/y "), "{s}");
+    assert!(!served
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.contains("smuggled")));
+    let before = served.lock().unwrap().len();
+    // A redirect to log in, with its cookie.
+    let r = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(lb.url("/api/orders"))
+        .header("authorization", "Bearer login")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "https://login.example/?rd=x");
+    assert_eq!(r.headers()["set-cookie"], "flow=1; HttpOnly");
+    assert_eq!(
+        served.lock().unwrap().len(),
+        before,
+        "refused requests reached the backend"
+    );
+
+    // HTTP/2 clients are asked about the same way.
+    let r = h2c_client()
+        .get(lb.url("/h2"))
+        .header("authorization", "Bearer good")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(last(&asked)
+        .unwrap()
+        .contains("\r\nx-forwarded-uri: /h2\r\n"));
+    assert_eq!(served.lock().unwrap().len(), before + 1);
+
+    // Only the listed headers go with the question, and to its own path.
+    c.get(lb.url("/strict/x"))
+        .header("authorization", "Bearer good")
+        .header("cookie", "session=abc")
+        .send()
+        .unwrap();
+    let q = last(&asked).unwrap();
+    assert!(q.starts_with("get /verify?from=strict "), "{q}");
+    assert!(
+        q.contains("\r\nauthorization: bearer good\r\n") && !q.contains("cookie"),
+        "{q}"
+    );
+
+    // An auth service that cannot answer lets nothing through: Switchyard's own 5xx.
+    let before = served.lock().unwrap().len();
+    let r = c
+        .get(lb.url("/down/x"))
+        .header("authorization", "Bearer good")
+        .send()
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert!(r.headers().contains_key("x-switchyard-error"));
+    assert_eq!(served.lock().unwrap().len(), before);
+
+    let metrics = c
+        .get(lb.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    // At least: the counters are the process's, and other tests run beside this one.
+    for (result, n) in [("allowed", 4), ("denied", 3), ("error", 1)] {
+        let name = format!("switchyard_auth_requests_total{{result=\"{result}\"}} ");
+        let got: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .unwrap_or_else(|| panic!("{name} in metrics"))
+            .parse()
+            .unwrap();
+        assert!(got >= n, "{name}{got}");
+    }
+    let lines = access_lines(&log, 8);
+    let said: Vec<_> = lines.iter().map(|l| l["auth"].as_str().unwrap()).collect();
+    assert_eq!(
+        said,
+        ["allowed", "denied", "denied", "allowed", "denied", "allowed", "allowed", "error"]
+    );
+    assert_eq!(lines[1]["status"], 401);
+    assert!(lines[1].get("upstream").is_none(), "{}", lines[1]);
+}
+
+#[test]
+fn a_bad_auth_is_refused_by_field_path_and_nothing_is_applied() {
+    let (authz, _) = scripted(verdict);
+    let (backend, _) = scripted(app);
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_for(authz, backend, &dir.path().join("a.log"));
+    let lb = start(&good);
+    let bad = good.replace(
+        "auth = { upstream = \"authz\", path = \"/verify\", response_headers = [\"x-user-id\"] }",
+        "auth = { upstream = \"nobody\", path = \"verify\", request_headers = [\"bad name\"], response_headers = [\"content-length\", \"x-user-id\"] }",
+    );
+    assert_ne!(bad, good);
+    let paths = refused_paths(&lb, &bad);
+    assert_eq!(
+        paths,
+        [
+            "routes[2].auth.upstream",
+            "routes[2].auth.path",
+            "routes[2].auth.request_headers[0]",
+            "routes[2].auth.response_headers[0]",
+        ]
+    );
+    // Still asking the auth service.
+    assert_eq!(client().get(lb.url("/x")).send().unwrap().status(), 401);
+}
