@@ -33,6 +33,29 @@ const MAX_DRAIN: usize = 64 * 1024;
 
 pub const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 pub const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+
+/// Fields that tell an auth service what the request is or who sent it. They are Switchyard's
+/// to say: the client's are dropped from the question (Authelia, for one, judges by
+/// `X-Original-URL` first and by the leftmost `X-Forwarded-For`), and the request's own values
+/// are set.
+const STEERING: [HeaderName; 14] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-method"),
+];
 
 /// Questions by [`Outcome`]: allowed, denied, error.
 pub static OUTCOMES: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
@@ -60,19 +83,23 @@ impl Outcome {
 /// A route's `auth`, compiled per snapshot.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    /// The auth upstream's index in the snapshot.
-    pub upstream: usize,
+    /// The auth upstream's index in the snapshot; `None` only for a configuration validation
+    /// would have refused, whose requests are then refused too (never let through unasked).
+    pub upstream: Option<usize>,
     uri: http::Uri,
     /// `None`: every header the client sent.
     request_headers: Option<Vec<HeaderName>>,
-    response_headers: Vec<HeaderName>,
+    /// Also kept out of the request's trailers, which could otherwise carry them past.
+    pub response_headers: Arc<[HeaderName]>,
 }
 
 /// The request being asked about, as the client sent it.
 pub struct Question<'a> {
     pub parts: &'a http::request::Parts,
     pub host: Option<&'a HeaderValue>,
-    pub client_ip: &'a HeaderValue,
+    /// The client as rate limits and the access log judge it (behind `trusted_proxies`, the
+    /// address `X-Forwarded-For` names).
+    pub client: std::net::IpAddr,
     pub https: bool,
     pub request_id: &'a HeaderValue,
 }
@@ -84,23 +111,22 @@ pub enum Verdict {
 }
 
 impl Auth {
-    /// `upstream`: the auth upstream's index. None if `cfg` does not compile (validation
-    /// refuses such a configuration before it gets here).
-    pub fn compile(cfg: &crate::config::AuthConfig, upstream: usize) -> Option<Auth> {
-        let names = |v: &[String]| -> Option<Vec<HeaderName>> {
+    /// `upstream`: the auth upstream's index. Never fails: what validation would refuse (an
+    /// unknown upstream, a bad path or name) compiles to an `Auth` that refuses every request
+    /// or asks at `/`, so a route with `auth` is never served without it.
+    pub fn compile(cfg: &crate::config::AuthConfig, upstream: Option<usize>) -> Auth {
+        let names = |v: &[String]| -> Vec<HeaderName> {
             v.iter()
-                .map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                 .collect()
         };
-        Some(Auth {
+        Auth {
             upstream,
-            uri: http::Uri::try_from(cfg.path.as_str()).ok()?,
-            request_headers: match &cfg.request_headers {
-                Some(v) => Some(names(v)?),
-                None => None,
-            },
-            response_headers: names(&cfg.response_headers)?,
-        })
+            uri: http::Uri::try_from(cfg.path.as_str())
+                .unwrap_or_else(|_| http::Uri::from_static("/")),
+            request_headers: cfg.request_headers.as_deref().map(names),
+            response_headers: names(&cfg.response_headers).into(),
+        }
     }
 
     /// Asks `up` (the auth upstream) about `q`.
@@ -124,6 +150,9 @@ impl Auth {
         for n in [header::CONTENT_LENGTH, header::EXPECT, header::TRAILER] {
             h.remove(n);
         }
+        for n in &STEERING {
+            h.remove(n);
+        }
         headers::join_cookies(h);
         // The client's host, as the routed request carries it (an HTTP/1.0 request without
         // one: the upstream's name, as there).
@@ -134,11 +163,27 @@ impl Auth {
         if let Some(host) = host {
             h.insert(header::HOST, host);
         }
-        headers::add_forwarded(h, q.client_ip, q.https, q.host);
-        h.insert(X_FORWARDED_METHOD, method_value(&q.parts.method));
+        // The client alone (its X-Forwarded-For lines were dropped above), not a chain it could
+        // have begun itself.
+        let client = headers::client_ip(std::net::SocketAddr::new(q.client, 0));
+        headers::add_forwarded(h, &client, q.https, q.host);
+        // An HTTP/2 WebSocket (extended CONNECT) reaches the backend as an HTTP/1.1 GET.
+        let method = match q.parts.method {
+            Method::CONNECT => Method::GET,
+            ref m => m.clone(),
+        };
+        let method =
+            HeaderValue::from_str(method.as_str()).unwrap_or(HeaderValue::from_static("GET"));
+        h.insert(X_FORWARDED_METHOD, method.clone());
+        h.insert(X_ORIGINAL_METHOD, method);
         let uri = q.parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         if let Ok(v) = HeaderValue::from_str(uri) {
             h.insert(X_FORWARDED_URI, v);
+        }
+        let scheme = if q.https { "https" } else { "http" };
+        let host = q.host.and_then(|h| h.to_str().ok()).unwrap_or(&up.name);
+        if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{uri}")) {
+            h.insert(X_ORIGINAL_URL, v);
         }
         h.insert(headers::X_REQUEST_ID, q.request_id.clone());
         let (parts, ()) = req.into_parts();
@@ -152,7 +197,9 @@ impl Auth {
             &mut Trace::default(),
         )
         .await;
-        let outcome = if resp.headers().contains_key(X_SWITCHYARD_ERROR) {
+        let outcome = if resp.headers().contains_key(X_SWITCHYARD_ERROR)
+            || resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
             Outcome::Error
         } else if resp.status().is_success() {
             Outcome::Allowed
@@ -161,30 +208,22 @@ impl Auth {
         };
         OUTCOMES[outcome as usize].fetch_add(1, Relaxed);
         if outcome != Outcome::Allowed {
-            return Verdict::Deny(denial(resp), outcome);
+            return Verdict::Deny(denial(resp, q.parts.method == Method::HEAD).await, outcome);
         }
         let mut set = Vec::new();
-        for n in &self.response_headers {
+        for n in self.response_headers.iter() {
             for v in resp.headers().get_all(n) {
                 set.push((n.clone(), v.clone()));
             }
         }
-        // Read to its end so the connection goes back to the pool.
-        let mut body = resp.into_body();
-        let mut read = 0;
-        while read <= MAX_DRAIN {
-            match body.frame().await {
-                Some(Ok(f)) => read += f.data_ref().map_or(0, Bytes::len),
-                _ => break,
-            }
-        }
+        drain(resp.into_body()).await;
         Verdict::Allow(set)
     }
 
     /// Puts an allowing answer's headers on the request, removing the client's lines of
     /// those names first.
     pub fn admit(&self, h: &mut HeaderMap, set: Vec<(HeaderName, HeaderValue)>) {
-        for n in &self.response_headers {
+        for n in self.response_headers.iter() {
             h.remove(n);
         }
         for (n, v) in set {
@@ -193,16 +232,40 @@ impl Auth {
     }
 }
 
+/// Reads an answer's body to its end (at most [`MAX_DRAIN`]) so its connection goes back to
+/// the pool.
+async fn drain(mut body: RespBody) {
+    let mut read = 0;
+    while read <= MAX_DRAIN {
+        match body.frame().await {
+            Some(Ok(f)) => read += f.data_ref().map_or(0, Bytes::len),
+            _ => break,
+        }
+    }
+}
+
 /// The auth upstream's refusal as the client gets it: its hop-by-hop fields dropped. A 101
-/// (an auth service switching protocols on a plain GET) is no answer.
-fn denial(mut resp: Response<RespBody>) -> Response<RespBody> {
+/// (an auth service switching protocols on a plain GET) is no answer. To a HEAD the headers
+/// go, not the body (the question was a GET), which is read here: hyper would drop it unread.
+async fn denial(resp: Response<RespBody>, head: bool) -> Response<RespBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return super::error_response(crate::error::ProxyError::UpstreamReset);
     }
-    headers::strip_hop_by_hop(resp.headers_mut());
-    resp
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let body = if head {
+        drain(body).await;
+        RespBody::Full(None)
+    } else {
+        body
+    };
+    Response::from_parts(parts, body)
 }
 
-fn method_value(m: &Method) -> HeaderValue {
-    HeaderValue::from_str(m.as_str()).unwrap_or(HeaderValue::from_static("GET"))
+/// Removes from a request's trailers the fields an allowing answer sets: sent as trailers,
+/// they would reach the backend past the check on its headers.
+pub fn scrub_trailers(t: &mut HeaderMap, names: &[HeaderName]) {
+    for n in names {
+        t.remove(n);
+    }
 }

@@ -98,6 +98,9 @@ pub enum ReqBody {
         /// 400/408/413, not 502) and how many bytes went through, for the access log.
         stats: Arc<BodyStats>,
         idle: BodyIdle,
+        /// Fields removed from the request's trailers: on a route with `auth`, those an
+        /// allowing answer sets, which trailers would otherwise carry past its check.
+        scrub: Option<Arc<[http::HeaderName]>>,
     },
 }
 
@@ -118,9 +121,13 @@ impl Body for ReqBody {
                 limit,
                 stats,
                 idle,
+                scrub,
             } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => {
+                Poll::Ready(Some(Ok(mut f))) => {
                     idle.progress();
+                    if let (Some(names), Some(t)) = (scrub.as_deref(), f.trailers_mut()) {
+                        super::auth::scrub_trailers(t, names);
+                    }
                     stats.waiting.store(false, Relaxed);
                     if let Some(d) = f.data_ref() {
                         *seen += d.len() as u64;

@@ -314,26 +314,33 @@ async fn serve(
             return r;
         }
     }
+    // What an allowing answer puts on the request: set after the hop-by-hop strip below, so a
+    // client's `Connection` naming one of them cannot remove it again.
+    let mut admitted = None;
     if let Some(a) = matched.actions.and_then(|a| a.auth.as_ref()) {
-        let up = &snap.upstreams[a.upstream];
+        let Some(up) = a.upstream.and_then(|i| snap.upstreams.get(i)) else {
+            return refuse(ProxyError::NoBackend, &parts.headers);
+        };
         let request_id = headers::ensure_request_id(&mut parts.headers);
         let q = auth::Question {
             parts: &parts,
             host: host_value.as_ref(),
-            client_ip: &conn.client_ip,
+            client,
             https: conn.https,
             request_id: &request_id,
         };
         match a.ask(up, &pick_ctx(up, &parts, client), &q).await {
             auth::Verdict::Allow(set) => {
                 trace.auth = Some(auth::Outcome::Allowed);
-                a.admit(&mut parts.headers, set);
+                admitted = Some((a, set));
             }
             auth::Verdict::Deny(mut r, outcome) => {
                 trace.auth = Some(outcome);
                 // The client's body is not read: an HTTP/1 connection with one left unread
                 // closes after this answer (hyper's server does that by itself).
-                r.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+                let mut id = request_id;
+                id.set_sensitive(true);
+                r.headers_mut().insert(headers::X_REQUEST_ID, id);
                 if let Some(actions) = matched.actions {
                     actions.response.apply(r.headers_mut(), None);
                 }
@@ -354,6 +361,7 @@ async fn serve(
                 limit: respond::MAX_DISCARD,
                 stats: Arc::default(),
                 idle: BodyIdle::new(conn.body_timeout),
+                scrub: None,
             };
             declared_len.is_none_or(|n| n <= respond::MAX_DISCARD) && body.collect().await.is_ok()
         };
@@ -413,11 +421,14 @@ async fn serve(
     // `TE: trailers` is hop-by-hop, but whether the client takes trailers decides the path.
     let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
         v.as_bytes()
-            .windows(8)
-            .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
     });
     // The request as it goes upstream: origin-form URI, HTTP/1.1, proxy headers.
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some((a, set)) = admitted {
+        a.admit(&mut parts.headers, set);
+    }
     if wants_trailers {
         // Passed on (as Envoy does): many servers send trailers only to a client that says it
         // takes them, and this path hands them on to this one.
@@ -483,6 +494,11 @@ async fn serve(
             limit: conn.max_body,
             stats: stats.clone(),
             idle: BodyIdle::new(conn.body_timeout),
+            scrub: matched
+                .actions
+                .and_then(|a| a.auth.as_ref())
+                .filter(|a| !a.response_headers.is_empty())
+                .map(|a| a.response_headers.clone()),
         };
         if keep {
             // Small enough to keep: read it whole so another backend (or the mirror) can get it.

@@ -183,7 +183,7 @@ impl Router {
             let auth = r
                 .auth
                 .as_ref()
-                .and_then(|a| super::auth::Auth::compile(a, index_of(&a.upstream)?));
+                .map(|a| super::auth::Auth::compile(a, index_of(&a.upstream)));
             let actions = RouteActions::compile(r, limiter(r), mirror, auth).map(Arc::new);
             let hosts: Vec<HostPat> = if r.hosts.is_empty() {
                 vec![HostPat::Any]

@@ -109,7 +109,11 @@ fn a_route_asks_its_auth_upstream_first_and_only_allowed_requests_reach_the_back
     assert!(r.headers().get("x-hop").is_none());
     assert!(r.headers().contains_key("x-request-id"));
     assert_eq!(r.text().unwrap(), "login required");
-    assert_eq!(served.lock().unwrap().len(), before, "a refused request reached the backend");
+    assert_eq!(
+        served.lock().unwrap().len(),
+        before,
+        "a refused request reached the backend"
+    );
     // A refused request's unread body is never taken for the next request on its connection.
     let out = raw_all(
         lb.addr,
@@ -232,4 +236,73 @@ fn a_bad_auth_is_refused_by_field_path_and_nothing_is_applied() {
     );
     // Still asking the auth service.
     assert_eq!(client().get(lb.url("/x")).send().unwrap().status(), 401);
+}
+
+/// What the auth service judges by, and what its allowing answer sets, are Switchyard's to
+/// say: a client cannot point the question at another URL or address, nor forge or remove the
+/// identity header, by header, `Connection` or trailer.
+#[test]
+fn a_client_can_neither_steer_the_question_nor_forge_the_answer() {
+    let (authz, asked) = scripted(verdict);
+    let (backend, served) = scripted(app);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&config_for(authz, backend, &log));
+
+    // Headers an auth service reads to learn the request and its client: replaced.
+    let out = raw_all(
+        lb.addr,
+        b"GET /api/admin?x=1 HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer good\r\n\
+          X-Original-URL: https://public.example/\r\nX-Original-Method: GET\r\n\
+          X-Forwarded-For: 10.0.0.1\r\nX-Real-IP: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\n\
+          X-Forwarded-Prefix: /public\r\nConnection: x-user-id\r\nX-User-Id: mallory\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let q = last(&asked).unwrap();
+    for line in [
+        "x-original-url: http://app.test/api/admin?x=1",
+        "x-original-method: get",
+        "x-forwarded-for: 127.0.0.1",
+    ] {
+        assert!(q.contains(&format!("\r\n{line}\r\n")), "{line} in {q}");
+    }
+    for gone in ["public", "10.0.0.1", "forwarded:", "x-real-ip"] {
+        assert!(!q.contains(gone), "{gone} in {q}");
+    }
+    // The client's `Connection: x-user-id` did not take away the user the answer named.
+    let s = last(&served).unwrap();
+    assert!(
+        s.contains("\r\nx-user-id: alice\r\n") && !s.contains("mallory"),
+        "{s}"
+    );
+
+    // A trailer under the name the answer sets is dropped; the body and other trailers pass.
+    let out = raw_all(
+        lb.addr,
+        b"POST /api/upload HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer good\r\n\
+          Transfer-Encoding: chunked\r\nTrailer: x-user-id, x-sum\r\nConnection: close\r\n\r\n\
+          4\r\ndata\r\n0\r\nx-user-id: admin\r\nx-sum: 9\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let s = last(&served).unwrap();
+    assert!(s.contains("\r\n\r\n4\r\ndata\r\n0\r\n"), "{s}");
+    assert!(
+        s.contains("\r\nx-sum: 9\r\n") && !s.contains("admin"),
+        "{s}"
+    );
+
+    // A HEAD refused gets the refusal's head, and its line in the log has no error.
+    let out = raw_all(
+        lb.addr,
+        b"HEAD /api/admin HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        out.ends_with("\r\n\r\n"),
+        "no body after a HEAD's head: {out}"
+    );
+    let lines = access_lines(&log, 3);
+    assert_eq!(lines[2]["auth"], "denied", "{}", lines[2]);
+    assert!(lines[2].get("error").is_none(), "{}", lines[2]);
 }
