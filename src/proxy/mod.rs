@@ -13,6 +13,7 @@ mod forward;
 pub mod grpc;
 pub mod headers;
 pub mod mirror;
+pub mod normalize;
 pub mod pool;
 pub mod ratelimit;
 pub mod real_ip;
@@ -289,6 +290,13 @@ async fn serve(
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
+    // Routed, and sent upstream, in the one form the backend will act on ([`normalize`]).
+    if normalize::needed(parts.uri.path().as_bytes()) {
+        let Some(uri) = normalized_uri(&parts.uri) else {
+            return refuse(ProxyError::BadRequest, &parts.headers);
+        };
+        parts.uri = uri;
+    }
     let Some(matched) = snap.router.route(host, parts.uri.path(), &parts) else {
         return refuse(ProxyError::NoRoute, &parts.headers);
     };
@@ -596,6 +604,18 @@ async fn serve(
     // HTTP/1 ignores the flag.
     id.set_sensitive(true);
     resp
+}
+
+/// `uri` with its path normalized ([`normalize`]); None when the path climbs above the root.
+fn normalized_uri(uri: &http::Uri) -> Option<http::Uri> {
+    let path = normalize::normalize(uri.path()).ok()?;
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// What a request's variables stand for ([`template`]).

@@ -306,3 +306,49 @@ fn a_client_can_neither_steer_the_question_nor_forge_the_answer() {
     assert_eq!(lines[2]["auth"], "denied", "{}", lines[2]);
     assert!(lines[2].get("error").is_none(), "{}", lines[2]);
 }
+
+/// A guarded prefix spelled another way (dot segments, escaped letters) is still the guarded
+/// prefix: routes judge the normalized path, and the backend gets that same path.
+#[test]
+fn a_guarded_prefix_cannot_be_reached_by_spelling_its_path_another_way() {
+    let (authz, asked) = scripted(verdict);
+    let (backend, served) = scripted(app);
+    let lb = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nbackends = [{{ address = \"{backend}\" }}]\n\
+         [upstreams.authz]\nbackends = [{{ address = \"{authz}\" }}]\n\
+         [[routes]]\npath_prefix = \"/admin/\"\nupstream = \"app\"\nauth = {{ upstream = \"authz\", path = \"/verify\" }}\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
+    ));
+    let get = |target: &str| {
+        let out = raw_all(
+            lb.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        out.split(' ').nth(1).unwrap_or("").to_string()
+    };
+    for sneaky in [
+        "/x/../admin/panel",
+        "/%61dmin/panel",
+        "/./admin/panel",
+        "/admin/x/../panel",
+    ] {
+        assert_eq!(get(sneaky), "401", "{sneaky}");
+        assert!(last(&asked)
+            .unwrap()
+            .contains("\r\nx-forwarded-uri: /admin/panel\r\n"));
+    }
+    assert!(
+        served.lock().unwrap().is_empty(),
+        "a guarded path reached the backend"
+    );
+    // Out of the guarded prefix: the open route, and the backend gets the path it was judged by.
+    assert_eq!(get("/admin/../public/./a?x=../y"), "200");
+    assert!(last(&served).unwrap().starts_with("get /public/a?x=../y "));
+    assert_eq!(get("/%7Euser/%2F"), "200");
+    assert!(last(&served).unwrap().starts_with("get /~user/%2f "));
+    // Above the root: refused, as NGINX does.
+    assert_eq!(get("/../etc/passwd"), "400");
+    assert_eq!(get("/a/%2e%2e/%2e%2e/etc"), "400");
+    assert_eq!(served.lock().unwrap().len(), 2);
+}

@@ -350,6 +350,10 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
         return Parsed::Handoff;
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
+    // A path to normalize is routed, and rewritten, on hyper's path.
+    if crate::proxy::normalize::needed(path.as_bytes()) {
+        return Parsed::Handoff;
+    }
     let view = View {
         method,
         buf,

@@ -1,0 +1,113 @@
+//! Request paths put in one form before they are routed (RFC 3986 §6.2.2): percent-encoded
+//! unreserved characters decoded (`%61dmin` is `admin`), dot segments resolved (`/x/../admin/`
+//! is `/admin/`). Routes, `ip_allow` and `auth` then judge the path the backend will act on,
+//! and the backend gets the same form (Envoy's `normalize_path`): otherwise a request for a
+//! guarded prefix, spelled another way, would take an unguarded route and still be served the
+//! guarded path by a backend that resolves it. A path that climbs above the root is refused
+//! (400), as NGINX does.
+//!
+//! Left as they are: empty segments (`//`, which RFC 3986 does not merge and some APIs use),
+//! encoded reserved characters (`%2F` is not `/`), case in other escapes, and the query.
+
+/// Whether `path` has anything [`normalize`] would change: one scan, no allocation; most
+/// paths have neither a `%` nor a segment of dots.
+pub fn needed(path: &[u8]) -> bool {
+    let mut i = 0;
+    let mut seg_start = 0;
+    while i < path.len() {
+        match path[i] {
+            b'%' if decoded_unreserved(path, i).is_some() => return true,
+            b'/' => {
+                if is_dots(&path[seg_start..i]) {
+                    return true;
+                }
+                seg_start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    is_dots(&path[seg_start..])
+}
+
+/// The normalized form of `path` (which starts with `/`). Err: it climbs above the root.
+pub fn normalize(path: &str) -> Result<String, ()> {
+    let b = path.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let Some(c) = decoded_unreserved(b, i) {
+                decoded.push(c);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(b[i]);
+        i += 1;
+    }
+    // Decoding only turned `%XX` escapes into ASCII: still UTF-8 if the input was.
+    let decoded = String::from_utf8(decoded).map_err(|_| ())?;
+    let rest = decoded.strip_prefix('/').unwrap_or(&decoded);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (k, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {}
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(());
+                }
+            }
+            s => out.push(s),
+        }
+        // `/a/b/..` is `/a/`: a dot segment at the end leaves a directory.
+        if k == last && (*seg == "." || *seg == "..") {
+            out.push("");
+        }
+    }
+    Ok(format!("/{}", out.join("/")))
+}
+
+fn is_dots(seg: &[u8]) -> bool {
+    seg == b"." || seg == b".."
+}
+
+/// The character `%XX` at `at` encodes, if it is an unreserved one (RFC 3986 §2.3).
+fn decoded_unreserved(b: &[u8], at: usize) -> Option<u8> {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let (h, l) = (hex(*b.get(at + 1)?)?, hex(*b.get(at + 2)?)?);
+    let c = (h * 16 + l) as u8;
+    (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')).then_some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_and_unreserved_escapes_are_resolved_and_nothing_else_is_touched() {
+        for (path, want) in [
+            ("/x/../admin/", "/admin/"),
+            ("/./admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/%61dmin/", "/admin/"),
+            ("/x/%2e%2E/admin", "/admin"),
+            ("/a/%2F/b", "/a/%2F/b"),
+            ("/a//b", "/a//b"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a/..b/", "/a/..b/"),
+        ] {
+            assert_eq!(needed(path.as_bytes()), path != want, "needed({path:?})");
+            assert_eq!(normalize(path).as_deref(), Ok(want), "{path:?}");
+        }
+        for above in ["/..", "/../etc/passwd", "/a/../../b", "/%2e%2e/x"] {
+            assert!(needed(above.as_bytes()), "{above}");
+            assert_eq!(normalize(above), Err(()), "{above}");
+        }
+        assert!(!needed(b"/") && !needed(b"/api/v1/users"));
+    }
+}
