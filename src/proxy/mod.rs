@@ -608,7 +608,7 @@ async fn serve(
 
 /// `uri` with its path normalized ([`normalize`]); None when the path climbs above the root.
 fn normalized_uri(uri: &http::Uri) -> Option<http::Uri> {
-    let path = normalize::normalize(uri.path()).ok()?;
+    let path = normalize::normalize(uri.path())?;
     let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,

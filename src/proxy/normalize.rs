@@ -30,8 +30,8 @@ pub fn needed(path: &[u8]) -> bool {
     is_dots(&path[seg_start..])
 }
 
-/// The normalized form of `path` (which starts with `/`). Err: it climbs above the root.
-pub fn normalize(path: &str) -> Result<String, ()> {
+/// The normalized form of `path` (which starts with `/`). None: it climbs above the root.
+pub fn normalize(path: &str) -> Option<String> {
     let b = path.as_bytes();
     let mut decoded = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -47,7 +47,7 @@ pub fn normalize(path: &str) -> Result<String, ()> {
         i += 1;
     }
     // Decoding only turned `%XX` escapes into ASCII: still UTF-8 if the input was.
-    let decoded = String::from_utf8(decoded).map_err(|_| ())?;
+    let decoded = String::from_utf8(decoded).ok()?;
     let rest = decoded.strip_prefix('/').unwrap_or(&decoded);
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = rest.split('/').collect();
@@ -56,9 +56,7 @@ pub fn normalize(path: &str) -> Result<String, ()> {
         match *seg {
             "." => {}
             ".." => {
-                if out.pop().is_none() {
-                    return Err(());
-                }
+                out.pop()?;
             }
             s => out.push(s),
         }
@@ -67,7 +65,7 @@ pub fn normalize(path: &str) -> Result<String, ()> {
             out.push("");
         }
     }
-    Ok(format!("/{}", out.join("/")))
+    Some(format!("/{}", out.join("/")))
 }
 
 fn is_dots(seg: &[u8]) -> bool {
@@ -102,11 +100,11 @@ mod tests {
             ("/a/..b/", "/a/..b/"),
         ] {
             assert_eq!(needed(path.as_bytes()), path != want, "needed({path:?})");
-            assert_eq!(normalize(path).as_deref(), Ok(want), "{path:?}");
+            assert_eq!(normalize(path).as_deref(), Some(want), "{path:?}");
         }
         for above in ["/..", "/../etc/passwd", "/a/../../b", "/%2e%2e/x"] {
             assert!(needed(above.as_bytes()), "{above}");
-            assert_eq!(normalize(above), Err(()), "{above}");
+            assert_eq!(normalize(above), None, "{above}");
         }
         assert!(!needed(b"/") && !needed(b"/api/v1/users"));
     }
