@@ -184,6 +184,11 @@ pub struct AuthConfig {
     /// client sent under these names are removed first, so a client cannot pose as a user.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_headers: Vec<String>,
+    /// Headers of an allowing answer added to the response the client gets (`set-cookie`, for
+    /// a service that refreshes its session): Traefik's `addAuthCookiesToResponse`, NGINX's
+    /// `auth_request_set` with `add_header`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_headers: Vec<String>,
 }
 
 /// Which responses a route compresses, and how hard.

@@ -655,9 +655,14 @@ fn auth(cfg: &Config, a: &crate::config::AuthConfig, path: &str, p: &mut Vec<Pro
             ));
         }
     }
-    for (j, n) in a.response_headers.iter().enumerate() {
-        if let Some(why) = header_name_problem(n) {
-            p.push(Problem::new(format!("{path}.response_headers[{j}]"), why));
+    for (key, list) in [
+        ("response_headers", &a.response_headers),
+        ("client_headers", &a.client_headers),
+    ] {
+        for (j, n) in list.iter().enumerate() {
+            if let Some(why) = header_name_problem(n) {
+                p.push(Problem::new(format!("{path}.{key}[{j}]"), why));
+            }
         }
     }
 }

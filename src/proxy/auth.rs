@@ -91,6 +91,7 @@ pub struct Auth {
     request_headers: Option<Vec<HeaderName>>,
     /// Also kept out of the request's trailers, which could otherwise carry them past.
     pub response_headers: Arc<[HeaderName]>,
+    client_headers: Vec<HeaderName>,
 }
 
 /// The request being asked about, as the client sent it.
@@ -106,8 +107,14 @@ pub struct Question<'a> {
 
 /// The answer: headers to put on the request, or the response the client gets instead.
 pub enum Verdict {
-    Allow(Vec<(HeaderName, HeaderValue)>),
+    Allow(Allowed),
     Deny(Response<RespBody>, Outcome),
+}
+
+/// What an allowing answer gives: header lines for the request, and for the client's response.
+pub struct Allowed {
+    request: Vec<(HeaderName, HeaderValue)>,
+    pub client: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Auth {
@@ -126,6 +133,7 @@ impl Auth {
                 .unwrap_or_else(|_| http::Uri::from_static("/")),
             request_headers: cfg.request_headers.as_deref().map(names),
             response_headers: names(&cfg.response_headers).into(),
+            client_headers: names(&cfg.client_headers),
         }
     }
 
@@ -210,14 +218,12 @@ impl Auth {
         if outcome != Outcome::Allowed {
             return Verdict::Deny(denial(resp, q.parts.method == Method::HEAD).await, outcome);
         }
-        let mut set = Vec::new();
-        for n in self.response_headers.iter() {
-            for v in resp.headers().get_all(n) {
-                set.push((n.clone(), v.clone()));
-            }
-        }
+        let allowed = Allowed {
+            request: lines(resp.headers(), &self.response_headers),
+            client: lines(resp.headers(), &self.client_headers),
+        };
         drain(resp.into_body()).await;
-        Verdict::Allow(set)
+        Verdict::Allow(allowed)
     }
 
     /// Puts an allowing answer's headers on the request, removing the client's lines of
@@ -230,6 +236,21 @@ impl Auth {
             h.append(n, v);
         }
     }
+}
+
+impl Allowed {
+    /// Splits off the lines for the request, leaving those for the client's response.
+    pub fn take_request(&mut self) -> Vec<(HeaderName, HeaderValue)> {
+        std::mem::take(&mut self.request)
+    }
+}
+
+/// Every line of `h` under one of `names`.
+fn lines(h: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, HeaderValue)> {
+    names
+        .iter()
+        .flat_map(|n| h.get_all(n).iter().map(|v| (n.clone(), v.clone())))
+        .collect()
 }
 
 /// Reads an answer's body to its end (at most [`MAX_DRAIN`]) so its connection goes back to

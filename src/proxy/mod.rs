@@ -338,9 +338,9 @@ async fn serve(
             request_id: &request_id,
         };
         match a.ask(up, &pick_ctx(up, &parts, client), &q).await {
-            auth::Verdict::Allow(set) => {
+            auth::Verdict::Allow(allowed) => {
                 trace.auth = Some(auth::Outcome::Allowed);
-                admitted = Some((a, set));
+                admitted = Some((a, allowed));
             }
             auth::Verdict::Deny(mut r, outcome) => {
                 trace.auth = Some(outcome);
@@ -434,8 +434,8 @@ async fn serve(
     });
     // The request as it goes upstream: origin-form URI, HTTP/1.1, proxy headers.
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some((a, set)) = admitted {
-        a.admit(&mut parts.headers, set);
+    if let Some((a, allowed)) = admitted.as_mut() {
+        a.admit(&mut parts.headers, allowed.take_request());
     }
     if wants_trailers {
         // Passed on (as Envoy does): many servers send trailers only to a client that says it
@@ -582,6 +582,13 @@ async fn serve(
     }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(resp.headers_mut());
+    }
+    if let Some((_, allowed)) = admitted {
+        // Added to what the backend sent (a refreshed session cookie beside the app's own);
+        // the route's own edits, next, have the last word.
+        for (n, v) in allowed.client {
+            resp.headers_mut().append(n, v);
+        }
     }
     if let Some(a) = matched.actions {
         a.response.apply(resp.headers_mut(), None);

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 fn verdict(req: &str) -> (Vec<u8>, bool) {
     let lower = req.to_ascii_lowercase();
     let r = if lower.contains("\r\nauthorization: bearer good\r\n") {
-        "HTTP/1.1 200 OK\r\nX-User-Id: alice\r\nX-Auth-Internal: 1\r\nContent-Length: 2\r\n\r\nok"
+        "HTTP/1.1 200 OK\r\nX-User-Id: alice\r\nX-Auth-Internal: 1\r\nSet-Cookie: _auth=fresh\r\nContent-Length: 2\r\n\r\nok"
     } else if lower.contains("\r\nauthorization: bearer login\r\n") {
         "HTTP/1.1 302 Found\r\nLocation: https://login.example/?rd=x\r\nSet-Cookie: flow=1; HttpOnly\r\nContent-Length: 0\r\n\r\n"
     } else {
@@ -42,7 +42,7 @@ fn config_for(authz: SocketAddr, app: SocketAddr, log: &std::path::Path) -> Stri
          auth = {{ upstream = \"authz\", path = \"/verify?from=strict\", request_headers = [\"authorization\"] }}\n\
          [[routes]]\npath_prefix = \"/down/\"\nupstream = \"app\"\nauth = {{ upstream = \"gone\", path = \"/verify\" }}\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n\
-         auth = {{ upstream = \"authz\", path = \"/verify\", response_headers = [\"x-user-id\"] }}\n",
+         auth = {{ upstream = \"authz\", path = \"/verify\", response_headers = [\"x-user-id\"], client_headers = [\"set-cookie\"] }}\n",
         log.display().to_string()
     )
 }
@@ -71,6 +71,9 @@ fn a_route_asks_its_auth_upstream_first_and_only_allowed_requests_reach_the_back
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The allowing answer's cookie reaches the client; its other headers do not.
+    assert_eq!(r.headers()["set-cookie"], "_auth=fresh");
+    assert!(r.headers().get("x-auth-internal").is_none());
     assert_eq!(r.text().unwrap(), "order=7");
     let q = last(&asked).expect("the auth service was asked");
     assert!(q.starts_with("get /verify http/1.1\r\n"), "{q}");
@@ -220,8 +223,8 @@ fn a_bad_auth_is_refused_by_field_path_and_nothing_is_applied() {
     let good = config_for(authz, backend, &dir.path().join("a.log"));
     let lb = start(&good);
     let bad = good.replace(
-        "auth = { upstream = \"authz\", path = \"/verify\", response_headers = [\"x-user-id\"] }",
-        "auth = { upstream = \"nobody\", path = \"verify\", request_headers = [\"bad name\"], response_headers = [\"content-length\", \"x-user-id\"] }",
+        "auth = { upstream = \"authz\", path = \"/verify\", response_headers = [\"x-user-id\"], client_headers = [\"set-cookie\"] }",
+        "auth = { upstream = \"nobody\", path = \"verify\", request_headers = [\"bad name\"], response_headers = [\"content-length\", \"x-user-id\"], client_headers = [\"set-cookie\", \"connection\"] }",
     );
     assert_ne!(bad, good);
     let paths = refused_paths(&lb, &bad);
@@ -232,6 +235,7 @@ fn a_bad_auth_is_refused_by_field_path_and_nothing_is_applied() {
             "routes[2].auth.path",
             "routes[2].auth.request_headers[0]",
             "routes[2].auth.response_headers[0]",
+            "routes[2].auth.client_headers[1]",
         ]
     );
     // Still asking the auth service.
