@@ -775,9 +775,12 @@ fn trailers_and_their_announcement_pass_both_ways_on_both_paths() {
     let (backend, seen, accepted) = scripted_counted(answer);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
+    // One worker: backend connections are pooled per worker, and the client's connections
+    // would otherwise land on either.
     let lb = start(&format!(
         "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
-        config(&format!("backends = [{{ address = \"{backend}\" }}]")),
+        config(&format!("backends = [{{ address = \"{backend}\" }}]"))
+            .replace("workers = 2", "workers = 1"),
         log.display().to_string()
     ));
     let exchange = |req: &[u8]| {
