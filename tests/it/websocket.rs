@@ -408,3 +408,38 @@ fn an_upgrade_to_h2c_or_a_101_to_another_protocol_opens_no_tunnel() {
     assert!(ws.starts_with("HTTP/1.1 502"), "{ws}");
     assert!(!ws.contains("TUNNEL"), "{ws}");
 }
+
+/// A WebSocket on a route with `auth` opens only when the auth service allows it; refused,
+/// the client gets the refusal and no tunnel.
+#[test]
+fn a_websocket_on_a_route_with_auth_opens_only_when_allowed() {
+    let be = backends(1);
+    let lb = start(&format!(
+        "{}\n[upstreams.authz]\nbackends = [{}]\n\
+         [[routes]]\npath_prefix = \"/\"\nmatch_headers = {{ x-deny = \"1\" }}\nupstream = \"web\"\n\
+         auth = {{ upstream = \"authz\", path = \"/status/403\" }}\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\nauth = {{ upstream = \"authz\", path = \"/status/204\" }}\n",
+        config(&format!("backends = [{}]", be.list())),
+        be.list()
+    ));
+    be.rt.block_on(async {
+        let mut ws = ws_h1(lb.addr).await;
+        exchange(&mut ws).await;
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{}/ws", lb.addr),
+            )
+            .unwrap();
+        req.headers_mut().insert("x-deny", "1".parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        match tokio_tungstenite::client_async(req, tcp).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403)
+            }
+            other => panic!(
+                "refused WebSocket opened: {:?}",
+                other.map(|(_, r)| r.status())
+            ),
+        }
+    });
+}
