@@ -42,11 +42,13 @@ pub enum ProxyError {
     HeadTooLarge,
     /// The request line alone is over the head limit (NGINX's and HAProxy's 414).
     UriTooLong,
+    /// A CORS preflight from an origin the route's `cors` does not allow.
+    CorsDenied,
 }
 
 impl ProxyError {
     /// Every variant, for metrics and lookups.
-    pub const ALL: [ProxyError; 17] = [
+    pub const ALL: [ProxyError; 18] = [
         ProxyError::NoRoute,
         ProxyError::NoBackend,
         ProxyError::Overloaded,
@@ -64,6 +66,7 @@ impl ProxyError {
         ProxyError::ClientDenied,
         ProxyError::HeadTooLarge,
         ProxyError::UriTooLong,
+        ProxyError::CorsDenied,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -81,7 +84,7 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::ClientDenied => StatusCode::FORBIDDEN,
+            ProxyError::ClientDenied | ProxyError::CorsDenied => StatusCode::FORBIDDEN,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
         }
@@ -107,6 +110,7 @@ impl ProxyError {
             ProxyError::ClientDenied => "client_denied",
             ProxyError::HeadTooLarge => "request_header_too_large",
             ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::CorsDenied => "cors_origin_denied",
         }
     }
 

@@ -167,6 +167,33 @@ pub struct RouteConfig {
     /// client itself: NGINX's `auth_request`, Traefik's `forwardAuth`, Envoy's `ext_authz`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// Cross-origin requests from browsers (Envoy's CORS filter, Traefik's
+    /// `accessControlAllow*` headers): preflights answered here, responses given the
+    /// `Access-Control-*` headers for the origins allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
+}
+
+/// Which origins may use a route from a browser, and with what.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct CorsConfig {
+    /// `"https://app.example.com"`, `"https://*.example.com"` (any subdomain), or `"*"`.
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for; default: the one it asks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for; default: those it asks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read beyond the safelisted ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Whether requests may carry cookies and `Authorization` (never with `"*"`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may reuse a preflight's answer; default: the browser's (5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Dur>,
 }
 
 /// A route's external authorization: where each request is asked about first.

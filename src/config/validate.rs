@@ -233,6 +233,9 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
         if let Some(a) = &r.auth {
             auth(cfg, a, &format!("{path}.auth"), &mut p);
         }
+        if let Some(c) = &r.cors {
+            cors(c, &format!("{path}.cors"), &mut p);
+        }
         check_blocks(&format!("{path}.ip_allow"), &r.ip_allow, &mut p);
         check_blocks(&format!("{path}.ip_deny"), &r.ip_deny, &mut p);
         for (j, h) in r.hosts.iter().enumerate() {
@@ -662,6 +665,67 @@ fn auth(cfg: &Config, a: &crate::config::AuthConfig, path: &str, p: &mut Vec<Pro
         for (j, n) in list.iter().enumerate() {
             if let Some(why) = header_name_problem(n) {
                 p.push(Problem::new(format!("{path}.{key}[{j}]"), why));
+            }
+        }
+    }
+}
+
+/// A route's `cors`: origins a browser sends (`scheme://host[:port]`, a `*.` wildcard host, or
+/// `*`), methods and header names.
+fn cors(c: &crate::config::CorsConfig, path: &str, p: &mut Vec<Problem>) {
+    if c.allow_origins.is_empty() {
+        p.push(Problem::new(
+            format!("{path}.allow_origins"),
+            "names no origin: every cross-origin request would be refused",
+        ));
+    }
+    for (j, o) in c.allow_origins.iter().enumerate() {
+        let at = format!("{path}.allow_origins[{j}]");
+        if o == "*" {
+            if c.allow_credentials {
+                p.push(Problem::new(
+                    at,
+                    "`*` with allow_credentials would let any site read answers made with its visitors' cookies: list the origins",
+                ));
+            }
+            continue;
+        }
+        let ok = o.split_once("://").is_some_and(|(scheme, host)| {
+            let host = host.strip_prefix("*.").unwrap_or(host);
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                && !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+        if !ok {
+            p.push(Problem::new(
+                at,
+                format!("{o:?} is not an origin such as \"https://app.example.com\", \"https://*.example.com\" or \"*\" (no path, no trailing slash)"),
+            ));
+        }
+    }
+    for (j, m) in c.allow_methods.iter().enumerate() {
+        if http::Method::from_bytes(m.as_bytes()).is_err() {
+            p.push(Problem::new(
+                format!("{path}.allow_methods[{j}]"),
+                format!("{m:?} is not a method"),
+            ));
+        }
+    }
+    for (key, list) in [
+        ("allow_headers", &c.allow_headers),
+        ("expose_headers", &c.expose_headers),
+    ] {
+        for (j, n) in list.iter().enumerate() {
+            if n != "*" && http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                p.push(Problem::new(
+                    format!("{path}.{key}[{j}]"),
+                    format!("{n:?} is not a header name"),
+                ));
             }
         }
     }

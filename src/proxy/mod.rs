@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod compress;
 pub mod connector;
+pub mod cors;
 mod forward;
 pub mod grpc;
 pub mod headers;
@@ -300,11 +301,40 @@ async fn serve(
     let Some(matched) = snap.router.route(host, parts.uri.path(), &parts) else {
         return refuse(ProxyError::NoRoute, &parts.headers);
     };
+    // The route's CORS: a preflight is answered at once (before ACL, rate limit and auth, as
+    // Envoy's CORS filter comes first); any other request's step goes to its response,
+    // whichever answers it.
+    let mut cors = None;
+    if let Some(c) = matched.actions.and_then(|a| a.cors.as_ref()) {
+        match c.step(&parts.method, &parts.headers) {
+            Err(r) => {
+                let mut r = *r;
+                let id = headers::client_request_id(&parts.headers)
+                    .cloned()
+                    .unwrap_or_else(headers::fresh_request_id);
+                r.headers_mut().insert(headers::X_REQUEST_ID, id);
+                if let Some(a) = matched.actions {
+                    a.response.apply(r.headers_mut(), None);
+                }
+                return r;
+            }
+            Ok(step) => cors = Some((c, step)),
+        }
+    }
+    // What every answer to the request gets last: its CORS grant, then the route's edits.
+    let finish = |r: &mut Response<RespBody>| {
+        if let Some((c, step)) = &cors {
+            c.decorate(r.headers_mut(), step);
+        }
+        if let Some(a) = matched.actions {
+            a.response.apply(r.headers_mut(), None);
+        }
+    };
     let client = conn.client_of(|| forwarded_for(&parts.headers));
     if let Some(a) = matched.actions {
         if a.acl.as_ref().is_some_and(|acl| !acl.admits(client)) {
             let mut r = refuse(ProxyError::ClientDenied, &parts.headers);
-            a.response.apply(r.headers_mut(), None);
+            finish(&mut r);
             return r;
         }
     }
@@ -316,9 +346,7 @@ async fn serve(
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             // The route's response edits apply to Switchyard's own answers too (as documented).
-            if let Some(a) = matched.actions {
-                a.response.apply(r.headers_mut(), None);
-            }
+            finish(&mut r);
             return r;
         }
     }
@@ -349,9 +377,7 @@ async fn serve(
                 let mut id = request_id;
                 id.set_sensitive(true);
                 r.headers_mut().insert(headers::X_REQUEST_ID, id);
-                if let Some(actions) = matched.actions {
-                    actions.response.apply(r.headers_mut(), None);
-                }
+                finish(&mut r);
                 return r;
             }
         }
@@ -386,9 +412,7 @@ async fn serve(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r.headers_mut().insert(headers::X_REQUEST_ID, id);
-        if let Some(a) = matched.actions {
-            a.response.apply(r.headers_mut(), None);
-        }
+        finish(&mut r);
         return r;
     }
     let Some(up_index) = matched.upstream(|k| hash_key(k, &parts, client)) else {
@@ -401,9 +425,7 @@ async fn serve(
     // which the backend answers by closing the connection every other request shares.
     if upgrade.is_some() && upstream.protocol != crate::config::Protocol::Http1 {
         let mut r = refuse(ProxyError::UpgradeUnsupported, &parts.headers);
-        if let Some(a) = matched.actions {
-            a.response.apply(r.headers_mut(), None);
-        }
+        finish(&mut r);
         return r;
     }
 
@@ -590,9 +612,7 @@ async fn serve(
             resp.headers_mut().append(n, v);
         }
     }
-    if let Some(a) = matched.actions {
-        a.response.apply(resp.headers_mut(), None);
-    }
+    finish(&mut resp);
     if let Some((c, accepted, head)) = compress {
         // Not a tunnel's answer: an HTTP/2 WebSocket's 101 has become a 200 by now.
         if trace.upgrade.is_none() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {

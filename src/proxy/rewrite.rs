@@ -146,6 +146,8 @@ pub struct RouteActions {
     pub compress: Option<super::compress::Compress>,
     /// Who is asked about each request first.
     pub auth: Option<super::auth::Auth>,
+    /// Which browser origins may use the route.
+    pub cors: Option<super::cors::Cors>,
 }
 
 impl RouteActions {
@@ -167,6 +169,7 @@ impl RouteActions {
             timeout: r.timeout.map(|d| d.get()),
             compress: r.compress.as_ref().map(super::compress::Compress::compile),
             auth,
+            cors: r.cors.as_ref().map(super::cors::Cors::compile),
         };
         (a.rewrite_prefix.is_some()
             || !a.request.is_empty()
@@ -176,7 +179,8 @@ impl RouteActions {
             || a.mirror.is_some()
             || a.timeout.is_some()
             || a.compress.is_some()
-            || a.auth.is_some())
+            || a.auth.is_some()
+            || a.cors.is_some())
         .then_some(a)
     }
 
@@ -184,9 +188,14 @@ impl RouteActions {
     /// itself after copying the client's (`X-Forwarded-*`, `X-Request-Id`), whose order with
     /// the edits only hyper's path keeps; nor a mirror, whose copy only hyper's path makes;
     /// nor compression, which needs the body in frames, not passed through as bytes; nor an
-    /// `auth` question, which is a request of its own before this one.
+    /// `auth` question, which is a request of its own before this one; nor CORS, whose
+    /// response headers depend on the request's origin.
     pub fn relayable(&self) -> bool {
-        if self.mirror.is_some() || self.compress.is_some() || self.auth.is_some() {
+        if self.mirror.is_some()
+            || self.compress.is_some()
+            || self.auth.is_some()
+            || self.cors.is_some()
+        {
             return false;
         }
         const ADDED: [&[u8]; 4] = [

@@ -9,6 +9,7 @@ mod balancing;
 mod cli;
 mod cluster;
 mod compress;
+mod cors;
 mod dataplane;
 mod discovery;
 mod grpc;

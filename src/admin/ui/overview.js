@@ -135,6 +135,7 @@ function routeTargets(r) {
       h('span', { class: 'badge badge-neutral' }, `${+(m.percent ?? 100).toFixed(1)}%`));
   }
   if (r.compress) out.push(h('span', { class: 'badge badge-neutral', title: 'responses gzip-compressed for clients that accept it' }, 'gzip'));
+  if (r.cors) out.push(h('span', { class: 'badge badge-neutral', title: `browsers may call it from ${(r.cors.allow_origins || []).join(', ')}` }, 'CORS'));
   return out;
 }
 
