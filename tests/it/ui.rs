@@ -7,6 +7,9 @@
 //! discovery state, and has this test stop the balancer and start it again to watch the page
 //! turn stale and recover; it writes the screenshots to docs/.
 //!
+//! A second test has Chromium judge a route's `cors`: a page on one origin calling another
+//! (`tests/ui/cors_test.mjs`).
+//!
 //! Needs `/usr/bin/chromium` and `tests/ui/node_modules` (`scripts/test.sh` installs both); without
 //! them this test fails and says so, rather than passing without having looked at anything.
 
@@ -193,4 +196,63 @@ fn steer(control: &Path, lb: &mut Option<Lb>, text: &str, admin_port: u16) {
         *lb = Some(start(text));
         std::fs::write(control.join("started"), "").expect("control file");
     }
+}
+
+/// CORS as a browser enforces it: a page on `http://localhost:PORT` (a `respond` route) calls
+/// `http://127.0.0.1:PORT`, where one route allows that origin and another does not. The
+/// allowed GET and the PUT with a custom header (which needs a preflight) reach the page; the
+/// refused one is kept from it by the browser, although the backend answered it.
+#[test]
+fn a_page_in_chromium_reads_only_the_routes_whose_cors_allows_its_origin() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ui = root.join("tests/ui");
+    require_tools(&ui);
+    let b = backends(1);
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let page = format!(
+        r#"<!doctype html><title>cors</title><p id="result"></p><script>
+const out = [];
+const call = (name, url, init) => fetch(url, init)
+  .then(r => out.push(name + ':' + r.status))
+  .catch(e => out.push(name + ':' + e.name));
+(async () => {{
+  await call('get', '{api}/api/data');
+  await call('put', '{api}/api/data', {{ method: 'PUT', headers: {{ 'x-token': 't' }}, body: 'x' }});
+  await call('closed', '{api}/closed/data');
+  const r = document.getElementById('result');
+  r.textContent = out.join(' ');
+  r.dataset.done = 'true';
+}})();
+</script>"#
+    );
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"off\"\n\
+         [[listeners]]\nbind = \"127.0.0.1:{port}\"\n\
+         [upstreams.web]\nbackends = [{}]\n\
+         [[routes]]\nhosts = [\"localhost\"]\npath = \"/page\"\n\
+         respond = {{ status = 200, content_type = \"text/html\", body = '''{page}''' }}\n\
+         [[routes]]\npath_prefix = \"/api/\"\nupstream = \"web\"\n\
+         cors = {{ allow_origins = [\"http://localhost:{port}\"], allow_methods = [\"GET\", \"PUT\"] }}\n\
+         [[routes]]\npath_prefix = \"/closed/\"\nupstream = \"web\"\n\
+         cors = {{ allow_origins = [\"https://elsewhere.example\"] }}\n",
+        b.list()
+    );
+    let _lb = start(&text);
+    let out = Command::new("node")
+        .arg(ui.join("cors_test.mjs"))
+        .arg(format!("http://localhost:{port}/page"))
+        .current_dir(&ui)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("RESULT get:200 put:200 closed:TypeError"),
+        "{stdout}"
+    );
 }
