@@ -709,7 +709,7 @@ fn cors(c: &crate::config::CorsConfig, path: &str, p: &mut Vec<Problem>) {
         }
     }
     for (j, m) in c.allow_methods.iter().enumerate() {
-        if http::Method::from_bytes(m.as_bytes()).is_err() {
+        if m != "*" && http::Method::from_bytes(m.as_bytes()).is_err() {
             p.push(Problem::new(
                 format!("{path}.allow_methods[{j}]"),
                 format!("{m:?} is not a method"),
@@ -717,10 +717,21 @@ fn cors(c: &crate::config::CorsConfig, path: &str, p: &mut Vec<Problem>) {
         }
     }
     for (key, list) in [
+        ("allow_methods", &c.allow_methods),
         ("allow_headers", &c.allow_headers),
         ("expose_headers", &c.expose_headers),
     ] {
         for (j, n) in list.iter().enumerate() {
+            if n == "*" && c.allow_credentials {
+                // The Fetch standard takes `*` literally on a request with credentials.
+                p.push(Problem::new(
+                    format!("{path}.{key}[{j}]"),
+                    "`*` means \"any\" only without credentials; with allow_credentials, list the names (or leave the list out to grant what is asked)",
+                ));
+            }
+            if key == "allow_methods" {
+                continue;
+            }
             if n != "*" && http::HeaderName::from_bytes(n.as_bytes()).is_err() {
                 p.push(Problem::new(
                     format!("{path}.{key}[{j}]"),

@@ -73,7 +73,7 @@ impl Compress {
             return resp;
         }
         let (mut parts, body) = resp.into_parts();
-        add_vary(&mut parts.headers);
+        super::headers::add_vary(&mut parts.headers, "Accept-Encoding");
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -177,19 +177,6 @@ fn no_transform(h: &HeaderMap) -> bool {
             .split(|b| *b == b',')
             .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
     })
-}
-
-/// `Vary: Accept-Encoding`, unless the response varies by it (or by everything) already.
-fn add_vary(h: &mut HeaderMap) {
-    let present = h.get_all(header::VARY).iter().any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|t| {
-            let t = t.trim_ascii();
-            t == b"*" || t.eq_ignore_ascii_case(b"accept-encoding")
-        })
-    });
-    if !present {
-        h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
 }
 
 /// A strong validator names exact bytes, which compression changes: `"x"` becomes `W/"x"`.

@@ -163,29 +163,29 @@ impl Cors {
 
     fn vary(&self, h: &mut HeaderMap) {
         if !self.star() {
-            h.append(header::VARY, HeaderValue::from_static("Origin"));
+            super::headers::add_vary(h, "Origin");
         }
     }
 
     /// Puts the response's side of the protocol on `h` (a backend's or Switchyard's answer).
     pub fn decorate(&self, h: &mut HeaderMap, step: &Step) {
+        // The route's policy is the only one: whatever a backend said of CORS goes, also from
+        // an answer to a request without `Origin`, which a cache could later give to one.
+        for n in [
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        ] {
+            h.remove(n);
+        }
         match step {
             Step::Decorate(origin) => {
-                // The route's word replaces what a backend may have said itself.
-                h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
-                h.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
                 self.grant(h, origin);
                 if let Some(e) = &self.expose {
                     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
                 }
             }
-            // The route's policy is the only one: a backend's own grant goes, also from an
-            // answer to a request without `Origin`, which a cache could later give to one.
-            Step::None | Step::Refused => {
-                h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
-                h.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
-                self.vary(h);
-            }
+            Step::None | Step::Refused => self.vary(h),
         }
     }
 }

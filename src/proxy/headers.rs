@@ -53,6 +53,19 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
     *n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(n)
 }
 
+/// Adds `field` to a response's `Vary`, unless it varies by it (or by everything) already.
+pub fn add_vary(h: &mut HeaderMap, field: &'static str) {
+    let present = h.get_all(header::VARY).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let t = t.trim_ascii();
+            t == b"*" || t.eq_ignore_ascii_case(field.as_bytes())
+        })
+    });
+    if !present {
+        h.append(header::VARY, HeaderValue::from_static(field));
+    }
+}
+
 /// Appends the client to `X-Forwarded-For` and sets proto and host.
 pub fn add_forwarded(
     h: &mut HeaderMap,

@@ -291,12 +291,14 @@ async fn serve(
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    // Routed, and sent upstream, in the one form the backend will act on ([`normalize`]).
+    // Routed, and sent upstream, in the one form the backend will act on ([`normalize`]);
+    // `${request_uri}` keeps the client's spelling.
+    let mut client_uri = None;
     if normalize::needed(parts.uri.path().as_bytes()) {
         let Some(uri) = normalized_uri(&parts.uri) else {
             return refuse(ProxyError::BadRequest, &parts.headers);
         };
-        parts.uri = uri;
+        client_uri = Some(std::mem::replace(&mut parts.uri, uri));
     }
     let Some(matched) = snap.router.route(host, parts.uri.path(), &parts) else {
         return refuse(ProxyError::NoRoute, &parts.headers);
@@ -355,7 +357,9 @@ async fn serve(
     let mut admitted = None;
     if let Some(a) = matched.actions.and_then(|a| a.auth.as_ref()) {
         let Some(up) = a.upstream.and_then(|i| snap.upstreams.get(i)) else {
-            return refuse(ProxyError::NoBackend, &parts.headers);
+            let mut r = refuse(ProxyError::NoBackend, &parts.headers);
+            finish(&mut r);
+            return r;
         };
         let request_id = headers::ensure_request_id(&mut parts.headers);
         let q = auth::Question {
@@ -403,7 +407,7 @@ async fn serve(
             conn,
             client,
             host_value.as_ref(),
-            (&parts.method, &parts.uri),
+            (&parts.method, client_uri.as_ref().unwrap_or(&parts.uri)),
             &id,
         );
         let mut r = own.response(&vars, parts.method == Method::HEAD);
@@ -416,7 +420,9 @@ async fn serve(
         return r;
     }
     let Some(up_index) = matched.upstream(|k| hash_key(k, &parts, client)) else {
-        return refuse(ProxyError::NoRoute, &parts.headers);
+        let mut r = refuse(ProxyError::NoRoute, &parts.headers);
+        finish(&mut r);
+        return r;
     };
     let upstream = snap.upstreams[up_index].clone();
     trace.upstream = Some(upstream.clone());
@@ -497,7 +503,7 @@ async fn serve(
         }
     }
     if let Some(a) = matched.actions {
-        let req = (&parts.method, &parts.uri);
+        let req = (&parts.method, client_uri.as_ref().unwrap_or(&parts.uri));
         let vars = vars_of(conn, client, host_value.as_ref(), req, &request_id);
         a.request.apply(&mut parts.headers, Some(&vars));
         let rewritten = parts
@@ -543,7 +549,9 @@ async fn serve(
                         body::CLIENT_BODY_STALLED => ProxyError::ClientTimeout,
                         _ => ProxyError::BadRequestBody,
                     };
-                    return refuse(e, &parts.headers);
+                    let mut r = refuse(e, &parts.headers);
+                    finish(&mut r);
+                    return r;
                 }
             }
         } else {

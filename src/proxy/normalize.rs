@@ -4,7 +4,7 @@
 //! and the backend gets the same form (Envoy's `normalize_path`): otherwise a request for a
 //! guarded prefix, spelled another way, would take an unguarded route and still be served the
 //! guarded path by a backend that resolves it. A path that climbs above the root is refused
-//! (400), as NGINX does.
+//! (400), as NGINX does, and so is a `%` that escapes nothing.
 //!
 //! Left as they are: empty segments (`//`, which RFC 3986 does not merge and some APIs use),
 //! encoded reserved characters (`%2F` is not `/`), case in other escapes, and the query.
@@ -16,7 +16,8 @@ pub fn needed(path: &[u8]) -> bool {
     let mut seg_start = 0;
     while i < path.len() {
         match path[i] {
-            b'%' if decoded_unreserved(path, i).is_some() => return true,
+            // An escape to decode, or a `%` that escapes nothing (refused by `normalize`).
+            b'%' if decoded_unreserved(path, i).is_some() || !escapes(path, i) => return true,
             b'/' => {
                 if is_dots(&path[seg_start..i]) {
                     return true;
@@ -42,6 +43,11 @@ pub fn normalize(path: &str) -> Option<String> {
                 i += 3;
                 continue;
             }
+            // A lone `%` (`%zz`, `%2%65`) is refused, as NGINX does: kept, it could be joined
+            // with what decoding leaves after it into an escape a backend decodes again.
+            if !escapes(b, i) {
+                return None;
+            }
         }
         decoded.push(b[i]);
         i += 1;
@@ -66,6 +72,12 @@ pub fn normalize(path: &str) -> Option<String> {
         }
     }
     Some(format!("/{}", out.join("/")))
+}
+
+/// Whether the `%` at `at` starts an escape: two hex digits follow.
+fn escapes(b: &[u8], at: usize) -> bool {
+    b.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
+        && b.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
 }
 
 fn is_dots(seg: &[u8]) -> bool {
@@ -102,10 +114,24 @@ mod tests {
             assert_eq!(needed(path.as_bytes()), path != want, "needed({path:?})");
             assert_eq!(normalize(path).as_deref(), Some(want), "{path:?}");
         }
-        for above in ["/..", "/../etc/passwd", "/a/../../b", "/%2e%2e/x"] {
+        for above in [
+            "/..",
+            "/../etc/passwd",
+            "/a/../../b",
+            "/%2e%2e/x",
+            "/x/%2%65%2%65/a",
+            "/%zz",
+            "/a%",
+            "/a%4",
+        ] {
             assert!(needed(above.as_bytes()), "{above}");
             assert_eq!(normalize(above), None, "{above}");
         }
         assert!(!needed(b"/") && !needed(b"/api/v1/users"));
+        // Normalized once is normalized: nothing a second pass would change.
+        for p in ["/x/%2e%2E/admin", "/%2561dmin", "/a/%2F/../b"] {
+            let once = normalize(p).unwrap();
+            assert!(!needed(once.as_bytes()), "{p} -> {once}");
+        }
     }
 }

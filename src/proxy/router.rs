@@ -59,6 +59,8 @@ pub struct Cond {
     methods: Vec<Box<[u8]>>,
     /// Every one of these headers (lower-case names), with this value (`None`: any value).
     headers: Vec<(String, Option<Box<[u8]>>)>,
+    /// The route has `cors`: a preflight for a request the route would take matches it too.
+    cors: bool,
 }
 
 impl Cond {
@@ -75,6 +77,7 @@ impl Cond {
                     )
                 })
                 .collect(),
+            cors: r.cors.is_some(),
         };
         (!c.methods.is_empty() || !c.headers.is_empty()).then_some(c)
     }
@@ -85,6 +88,19 @@ impl Cond {
     }
 
     fn matches(&self, req: &impl RequestView) -> bool {
+        // A CORS preflight is an OPTIONS that carries none of the request's headers, only their
+        // names: it is judged by the method it asks about, and by no header's value.
+        if self.cors
+            && req.method() == b"OPTIONS"
+            && req.has_header("origin", None)
+            && req.has_header("access-control-request-method", None)
+        {
+            return self.methods.is_empty()
+                || self
+                    .methods
+                    .iter()
+                    .any(|m| req.has_header("access-control-request-method", Some(m)));
+        }
         (self.methods.is_empty() || self.methods.iter().any(|m| **m == *req.method()))
             && self
                 .headers

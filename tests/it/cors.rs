@@ -6,8 +6,12 @@ use crate::support::*;
 use reqwest::blocking::Response;
 
 /// A backend that grants every origin itself (the kind of default a route's `cors` overrides).
-fn app(_req: &str) -> (Vec<u8>, bool) {
-    let r = "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nok";
+fn app(req: &str) -> (Vec<u8>, bool) {
+    let r = if req.starts_with("GET /api/vary ") {
+        "HTTP/1.1 200 OK\r\nVary: Origin, Accept\r\nAccess-Control-Expose-Headers: x-secret\r\nContent-Length: 2\r\n\r\nok"
+    } else {
+        "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nok"
+    };
     (r.as_bytes().to_vec(), false)
 }
 
@@ -19,6 +23,8 @@ fn config_for(backend: std::net::SocketAddr) -> String {
          [upstreams.gone]\nbackends = [{{ address = \"127.0.0.1:{dead}\" }}]\n\
          [[routes]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n\
          cors = {{ allow_origins = [\"https://app.example\", \"https://*.corp.example\"], allow_methods = [\"GET\", \"PUT\"], expose_headers = [\"x-request-id\"], allow_credentials = true, max_age = \"10m\" }}\n\
+         [[routes]]\npath_prefix = \"/writes/\"\nmethods = [\"PUT\"]\nmatch_headers = {{ x-tenant = \"*\" }}\nupstream = \"app\"\n\
+         cors = {{ allow_origins = [\"https://app.example\"] }}\n\
          [[routes]]\npath_prefix = \"/down/\"\nupstream = \"gone\"\ncors = {{ allow_origins = [\"https://app.example\"] }}\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncors = {{ allow_origins = [\"*\"] }}\n"
     )
@@ -105,6 +111,36 @@ fn preflights_are_answered_and_only_allowed_origins_get_a_grant() {
         );
         assert_eq!(header(&r, "vary"), "Origin", "{origin:?}");
     }
+    // A backend's own `Vary: Origin` is not repeated, and its exposed headers are the route's.
+    let r = get("/api/vary", Some("https://app.example"));
+    assert_eq!(header(&r, "vary"), "Origin, Accept");
+    assert_eq!(header(&r, "access-control-expose-headers"), "x-request-id");
+    let r = get("/api/vary", Some("https://evil.example"));
+    assert!(r.headers().get("access-control-expose-headers").is_none());
+
+    // A route that takes only PUTs with a header: its preflight (an OPTIONS, with the header's
+    // name only) is judged by the method it asks about.
+    let r = c
+        .request(reqwest::Method::OPTIONS, lb.url("/writes/x"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "x-tenant")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        header(&r, "access-control-allow-origin"),
+        "https://app.example"
+    );
+    // Asking for a method the route does not take: another route's answer (the catch-all's).
+    let r = c
+        .request(reqwest::Method::OPTIONS, lb.url("/writes/x"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "DELETE")
+        .send()
+        .unwrap();
+    assert_eq!(header(&r, "access-control-allow-origin"), "*");
+
     // Switchyard's own errors carry the grant, so a page can tell a 502 from a CORS failure.
     let r = get("/down/x", Some("https://app.example"));
     assert_eq!(r.status(), 502);
@@ -143,7 +179,7 @@ fn a_bad_cors_is_refused_by_field_path_and_nothing_is_applied() {
     let bad = good
         .replace(
             "allow_origins = [\"https://app.example\", \"https://*.corp.example\"], allow_methods = [\"GET\", \"PUT\"]",
-            "allow_origins = [\"*\", \"https://app.example/\", \"app.example\"], allow_methods = [\"G ET\"]",
+            "allow_origins = [\"*\", \"https://app.example/\", \"app.example\"], allow_methods = [\"G ET\"], allow_headers = [\"*\"]",
         )
         .replace("cors = { allow_origins = [\"https://app.example\"] }", "cors = { allow_origins = [] }");
     assert_ne!(bad, good);
@@ -154,7 +190,9 @@ fn a_bad_cors_is_refused_by_field_path_and_nothing_is_applied() {
             "routes[0].cors.allow_origins[1]",
             "routes[0].cors.allow_origins[2]",
             "routes[0].cors.allow_methods[0]",
+            "routes[0].cors.allow_headers[0]",
             "routes[1].cors.allow_origins",
+            "routes[2].cors.allow_origins",
         ]
     );
     let r = client()
