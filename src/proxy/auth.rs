@@ -142,58 +142,7 @@ impl Auth {
         let mut req = http::Request::new(());
         *req.method_mut() = Method::GET;
         *req.uri_mut() = self.uri.clone();
-        let h = req.headers_mut();
-        match &self.request_headers {
-            None => *h = q.parts.headers.clone(),
-            Some(names) => {
-                for n in names {
-                    for v in q.parts.headers.get_all(n) {
-                        h.append(n.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        // The question has no body, and the hop's own fields are not the client's to pass on.
-        headers::strip_hop_by_hop(h);
-        for n in [header::CONTENT_LENGTH, header::EXPECT, header::TRAILER] {
-            h.remove(n);
-        }
-        for n in &STEERING {
-            h.remove(n);
-        }
-        headers::join_cookies(h);
-        // The client's host, as the routed request carries it (an HTTP/1.0 request without
-        // one: the upstream's name, as there).
-        let host = q
-            .host
-            .cloned()
-            .or_else(|| HeaderValue::from_str(&up.name).ok());
-        if let Some(host) = host {
-            h.insert(header::HOST, host);
-        }
-        // The client alone (its X-Forwarded-For lines were dropped above), not a chain it could
-        // have begun itself.
-        let client = headers::client_ip(std::net::SocketAddr::new(q.client, 0));
-        headers::add_forwarded(h, &client, q.https, q.host);
-        // An HTTP/2 WebSocket (extended CONNECT) reaches the backend as an HTTP/1.1 GET.
-        let method = match q.parts.method {
-            Method::CONNECT => Method::GET,
-            ref m => m.clone(),
-        };
-        let method =
-            HeaderValue::from_str(method.as_str()).unwrap_or(HeaderValue::from_static("GET"));
-        h.insert(X_FORWARDED_METHOD, method.clone());
-        h.insert(X_ORIGINAL_METHOD, method);
-        let uri = q.parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        if let Ok(v) = HeaderValue::from_str(uri) {
-            h.insert(X_FORWARDED_URI, v);
-        }
-        let scheme = if q.https { "https" } else { "http" };
-        let host = q.host.and_then(|h| h.to_str().ok()).unwrap_or(&up.name);
-        if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{uri}")) {
-            h.insert(X_ORIGINAL_URL, v);
-        }
-        h.insert(headers::X_REQUEST_ID, q.request_id.clone());
+        *req.headers_mut() = self.question_headers(up, q);
         let (parts, ()) = req.into_parts();
         let timeout = up.request_timeout;
         let resp = super::forward::forward(
@@ -224,6 +173,63 @@ impl Auth {
         };
         drain(resp.into_body()).await;
         Verdict::Allow(allowed)
+    }
+
+    /// The question's headers: the client's (those listed), less what is not theirs to say,
+    /// and what the request was.
+    fn question_headers(&self, up: &Upstream, q: &Question<'_>) -> HeaderMap {
+        let mut h = match &self.request_headers {
+            None => q.parts.headers.clone(),
+            Some(names) => {
+                let mut h = HeaderMap::new();
+                for (n, v) in lines(&q.parts.headers, names) {
+                    h.append(n, v);
+                }
+                h
+            }
+        };
+        // The question has no body, and the hop's own fields are not the client's to pass on.
+        headers::strip_hop_by_hop(&mut h);
+        for n in [header::CONTENT_LENGTH, header::EXPECT, header::TRAILER] {
+            h.remove(n);
+        }
+        for n in &STEERING {
+            h.remove(n);
+        }
+        headers::join_cookies(&mut h);
+        // The client's host, as the routed request carries it (an HTTP/1.0 request without
+        // one: the upstream's name, as there).
+        let host = q
+            .host
+            .cloned()
+            .or_else(|| HeaderValue::from_str(&up.name).ok());
+        if let Some(host) = host {
+            h.insert(header::HOST, host);
+        }
+        // The client alone (its X-Forwarded-For lines were dropped above), not a chain it could
+        // have begun itself.
+        let client = headers::client_ip(std::net::SocketAddr::new(q.client, 0));
+        headers::add_forwarded(&mut h, &client, q.https, q.host);
+        // An HTTP/2 WebSocket (extended CONNECT) reaches the backend as an HTTP/1.1 GET.
+        let method = match q.parts.method {
+            Method::CONNECT => Method::GET,
+            ref m => m.clone(),
+        };
+        let method =
+            HeaderValue::from_str(method.as_str()).unwrap_or(HeaderValue::from_static("GET"));
+        h.insert(X_FORWARDED_METHOD, method.clone());
+        h.insert(X_ORIGINAL_METHOD, method);
+        let uri = q.parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        if let Ok(v) = HeaderValue::from_str(uri) {
+            h.insert(X_FORWARDED_URI, v);
+        }
+        let scheme = if q.https { "https" } else { "http" };
+        let host = q.host.and_then(|h| h.to_str().ok()).unwrap_or(&up.name);
+        if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{uri}")) {
+            h.insert(X_ORIGINAL_URL, v);
+        }
+        h.insert(headers::X_REQUEST_ID, q.request_id.clone());
+        h
     }
 
     /// Puts an allowing answer's headers on the request, removing the client's lines of

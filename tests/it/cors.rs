@@ -1,7 +1,7 @@
 //! A route's `cors`: preflights answered by Switchyard, grants on the responses of allowed
 //! origins only, and nothing a backend says about CORS left to contradict the route.
 
-use crate::relay::scripted;
+use crate::relay::{last_seen, scripted};
 use crate::support::*;
 use reqwest::blocking::Response;
 
@@ -160,15 +160,6 @@ fn preflights_are_answered_and_only_allowed_origins_get_a_grant() {
     let r = preflight("/public", "https://anyone.example");
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "access-control-allow-methods"), "PUT");
-}
-
-fn last_seen(seen: &crate::relay::Seen) -> String {
-    seen.lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
 }
 
 #[test]

@@ -548,7 +548,7 @@ fn each_request_on_a_kept_alive_connection_gets_its_whole_timeout() {
 
 /// What the origin got last, lowercased (the relay copies the client's lines as they came,
 /// hyper writes names in lowercase).
-fn last_seen(seen: &Seen) -> String {
+pub(crate) fn last_seen(seen: &Seen) -> String {
     seen.lock()
         .unwrap()
         .last()
