@@ -1,5 +1,6 @@
 //! `GET /api/v1/routes/match?host=…&path=…&method=…&header=NAME:VALUE`: which route a request
-//! would take in the running configuration, and where it would go. For "why does this request
+//! would take in the running configuration, and where it would go (`path`: normalized as the
+//! data plane does before routing). For "why does this request
 //! land there?" without sending one, as Traefik's dashboard shows a router per rule.
 
 use super::api::S;
@@ -42,7 +43,19 @@ pub async fn route_match(State(shared): S, Query(q): Query<Vec<(String, String)>
         method: one("method").unwrap_or("GET").to_string(),
         headers,
     };
-    let (host, path) = (one("host").unwrap_or(""), one("path").unwrap_or("/"));
+    let (host, asked) = (one("host").unwrap_or(""), one("path").unwrap_or("/"));
+    // Routed as the data plane routes it: the path normalized first.
+    let normalized;
+    let path = if crate::proxy::normalize::needed(asked.as_bytes()) {
+        let Some(p) = crate::proxy::normalize::normalize(asked) else {
+            let e = json!({ "matched": false, "error": "the path climbs above the root or has a % that escapes nothing: the request gets 400 bad_request" });
+            return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+        };
+        normalized = p;
+        normalized.as_str()
+    } else {
+        asked
+    };
     let snap = shared.current();
     let Some(m) = snap.router.route(host, path, &probe) else {
         let e =
@@ -66,6 +79,7 @@ pub async fn route_match(State(shared): S, Query(q): Query<Vec<(String, String)>
     };
     Json(json!({
         "matched": true,
+        "path": path,
         "config_version": snap.version,
         "route": m.route,
         "route_config": route,

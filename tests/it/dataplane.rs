@@ -472,6 +472,15 @@ fn routes_match_on_method_and_headers() {
     assert_eq!(v["route"], 0, "{v}");
     let (s, _) = which("header=nocolon");
     assert_eq!(s, 400);
+    // A path spelled another way is matched as the data plane matches it: normalized.
+    let (s, v) = which("path=/x/../%61pi/y&method=PUT&header=authorization:t");
+    assert_eq!(
+        (s, &v["route"], &v["path"]),
+        (200, &json!(2), &json!("/api/y")),
+        "{v}"
+    );
+    let (s, _) = which("path=/../etc");
+    assert_eq!(s, 400);
 
     let bad = routes("[[routes]]\nupstream = \"stable\"\nmethods = [\"get\", \"G T\", \"*\"]\n\
         match_headers = { \"bad name\" = \"v\", x-e = \"\", host = \"a\", X-E = \"1\", x-s = \" v\" }\n");
