@@ -376,8 +376,9 @@ async fn serve(
             }
             auth::Verdict::Deny(mut r, outcome) => {
                 trace.auth = Some(outcome);
-                // The client's body is not read: an HTTP/1 connection with one left unread
-                // closes after this answer (hyper's server does that by itself).
+                // The client's body is not forwarded: hyper's server reads past what is left
+                // of it before the connection's next request, or closes the connection
+                // (tests/it/auth.rs sends a pipelined request after one).
                 let mut id = request_id;
                 id.set_sensitive(true);
                 r.headers_mut().insert(headers::X_REQUEST_ID, id);
