@@ -31,8 +31,8 @@ use std::sync::Arc;
 /// connection is dropped instead. Allowing answers are usually empty.
 const MAX_DRAIN: usize = 64 * 1024;
 
-pub const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
-pub const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 
