@@ -159,9 +159,14 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let schemes: Vec<&str> = cfg
         .listeners
         .iter()
-        .map(|l| match &l.tls {
-            Some(t) if !t.certificates.is_empty() => "https",
-            _ => "http",
+        .map(|l| {
+            let tls = l.tls.as_ref().is_some_and(|t| !t.certificates.is_empty());
+            match (l.mode, tls) {
+                (config::ListenerMode::Tcp, true) => "tcp+tls",
+                (config::ListenerMode::Tcp, false) => "tcp",
+                (_, true) => "https",
+                _ => "http",
+            }
         })
         .collect();
     let running = server::start(

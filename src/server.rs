@@ -84,12 +84,17 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             .and_then(|s| parse_size(s).ok())
             .unwrap_or(u64::MAX);
         bound.push(
-            listener::bind(addr, workers, max_body, l.defer_accept.unwrap_or(true)).map_err(
-                |e| StartError::Bind {
-                    addr: l.bind.clone(),
-                    error: e,
-                },
-            )?,
+            listener::bind(
+                addr,
+                workers,
+                max_body,
+                l.defer_accept
+                    .unwrap_or(l.mode != crate::config::ListenerMode::Tcp),
+            )
+            .map_err(|e| StartError::Bind {
+                addr: l.bind.clone(),
+                error: e,
+            })?,
         );
     }
     // TLS material was checked by validation; this fails only if a file changed since.

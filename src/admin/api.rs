@@ -288,8 +288,20 @@ pub fn upstreams_json(shared: &Shared) -> Value {
         .enumerate()
         .map(|(i, l)| {
             // The concrete address when bound (port 0 shows its real port).
-            let bound = shared.bound.get().and_then(|b| b.get(i)).map(|a| a.to_string());
-            json!({"name": l.name, "bind": l.bind, "address": bound.unwrap_or_else(|| l.bind.clone()), "tls": l.tls.is_some()})
+            let bound = shared
+                .bound
+                .get()
+                .and_then(|b| b.get(i))
+                .map(|a| a.to_string());
+            json!({
+                "name": l.name,
+                "bind": l.bind,
+                "address": bound.unwrap_or_else(|| l.bind.clone()),
+                "tls": l.tls.is_some(),
+                "mode": l.mode,
+                "upstream": l.upstream,
+                "sni_routes": l.sni_routes,
+            })
         })
         .collect();
     json!({"config_version": snap.version, "upstreams": ups, "listeners": listeners, "routes": snap.config.routes})

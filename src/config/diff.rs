@@ -1,7 +1,7 @@
 //! What changed between two configurations, in words an operator reads in the UI, the API's
 //! answers and the event log: `upstreams.web: added backend 127.0.0.1:9004 (weight 1)`.
 
-use super::schema::{AdminConfig, BackendConfig, Config, UpstreamConfig};
+use super::schema::{AdminConfig, BackendConfig, Config, ListenerConfig, UpstreamConfig};
 use std::collections::{HashMap, HashSet};
 
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -15,11 +15,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         ));
     }
     admin_diff(&old.admin, &new.admin, &mut out);
-    if old.listeners != new.listeners {
-        out.push(
-            "listeners: changed (bind addresses and socket options take effect at restart)".into(),
-        );
-    }
+    listeners_diff(&old.listeners, &new.listeners, &mut out);
     if old.routes != new.routes {
         out.push(format!(
             "routes: {} -> {} route(s)",
@@ -152,6 +148,39 @@ fn admin_diff(old: &AdminConfig, new: &AdminConfig, out: &mut Vec<String>) {
     }
 }
 
+/// A `tcp` listener's `upstream` and `sni_routes` apply to its next connections; everything
+/// else about listeners (addresses, sockets, modes) waits for a restart.
+fn listeners_diff(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<String>) {
+    let socket_side = |ls: &[ListenerConfig]| -> Vec<ListenerConfig> {
+        ls.iter()
+            .map(|l| ListenerConfig {
+                upstream: None,
+                sni_routes: Vec::new(),
+                send_proxy_protocol: None,
+                ..l.clone()
+            })
+            .collect()
+    };
+    if socket_side(old) != socket_side(new) {
+        out.push(
+            "listeners: changed (bind addresses and socket options take effect at restart)".into(),
+        );
+        return;
+    }
+    for (i, (o, n)) in old.iter().zip(new).enumerate() {
+        if o.upstream != n.upstream
+            || o.sni_routes != n.sni_routes
+            || o.send_proxy_protocol != n.send_proxy_protocol
+        {
+            let to = n.upstream.as_deref().unwrap_or("-");
+            out.push(format!(
+                "listeners[{i}]: tcp connections now go to {to} ({} sni route(s))",
+                n.sni_routes.len()
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +219,28 @@ mod tests {
                 "upstreams.web: added backend 10.0.0.2:80 (weight 1)",
                 "upstreams.web.health_check: changed",
             ]
+        );
+    }
+
+    #[test]
+    fn a_tcp_listener_routing_change_is_live_and_a_mode_change_waits() {
+        let mut old = Config::default();
+        old.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:5432".into(),
+            mode: crate::config::ListenerMode::Tcp,
+            upstream: Some("a".into()),
+            ..ListenerConfig::default()
+        });
+        let mut new = old.clone();
+        new.listeners[0].upstream = Some("b".into());
+        assert_eq!(
+            diff(&old, &new),
+            ["listeners[0]: tcp connections now go to b (0 sni route(s))"]
+        );
+        new.listeners[0].mode = crate::config::ListenerMode::Http;
+        assert_eq!(
+            diff(&old, &new),
+            ["listeners: changed (bind addresses and socket options take effect at restart)"]
         );
     }
 

@@ -7,6 +7,7 @@ pub mod load;
 pub mod schema;
 pub mod size;
 pub mod validate;
+mod validate_tcp;
 mod validate_upstream;
 pub mod write_back;
 

@@ -76,6 +76,42 @@ pub struct ListenerConfig {
     /// access log. Default: none, since a client can write the header. *restart*
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// `http` (default) or `tcp`: each connection's bytes are relayed to a backend unread, as
+    /// HAProxy's `mode tcp` and NGINX's `stream` do (databases, brokers, TLS passed through).
+    /// *restart*
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mode: ListenerMode,
+    /// `tcp`: the upstream taking the connections (those whose TLS server name matches no
+    /// `sni_routes` entry, when there are some). Changed live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// `tcp`: connections by TLS server name (SNI). Without `tls` on the listener the name is
+    /// read from the ClientHello and the TLS session passes through to the backend untouched
+    /// (HAProxy's `req.ssl_sni`, NGINX's `ssl_preread`, Traefik's `HostSNI`). Changed live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRoute>,
+    /// `tcp`: each backend connection starts with a PROXY protocol header naming the client,
+    /// `"v1"` (text) or `"v2"` (binary), as HAProxy's `send-proxy`/`send-proxy-v2` and NGINX's
+    /// `proxy_protocol on`; the backend must expect it. Default: none. Changed live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_proxy_protocol: Option<String>,
+}
+
+/// What a listener speaks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerMode {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// One entry of a `tcp` listener's `sni_routes`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SniRoute {
+    /// Exact names or `*.example.com` (one label or more in front of it).
+    pub hosts: Vec<String>,
+    pub upstream: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -4,6 +4,7 @@
 
 use super::schema::*;
 use super::size::parse_size;
+use super::validate_tcp::check_mode;
 use super::validate_upstream::check_upstream;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -108,6 +109,7 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
                 ),
             )),
         }
+        check_mode(cfg, l, &path, &mut p);
         if let Some(s) = &l.max_request_body {
             if let Err(e) = parse_size(s) {
                 p.push(Problem::new(format!("{path}.max_request_body"), e));
@@ -333,7 +335,9 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
             }
         }
     }
-    if cfg.routes.is_empty() && cfg.upstreams.len() > 1 {
+    // Only HTTP listeners read routes; `tcp` ones name their upstreams themselves.
+    let http = cfg.listeners.iter().any(|l| l.mode == ListenerMode::Http);
+    if http && cfg.routes.is_empty() && cfg.upstreams.len() > 1 {
         p.push(Problem::new(
             "routes",
             "several upstreams are defined but no [[routes]] say which one serves what",

@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod client_hello;
 pub mod proxy_protocol;
 pub mod redirect;
 mod sniff;
@@ -47,6 +48,8 @@ pub enum Mode {
     Redirect {
         https_port: u16,
     },
+    /// Relays each connection's bytes to a backend (`mode = "tcp"`), after TLS if it has any.
+    Tcp(Arc<proxy::tcp::TcpSite>),
 }
 
 thread_local! {
@@ -199,16 +202,25 @@ pub fn set_modes(
     bound: &mut [Bound],
 ) -> Result<Vec<Arc<tls::TlsListener>>, String> {
     let mut out = Vec::new();
-    for (c, b) in cfg.iter().zip(bound.iter_mut()) {
+    for (index, (c, b)) in cfg.iter().zip(bound.iter_mut()).enumerate() {
         b.proxy_protocol = c.proxy_protocol == Some(true);
         b.header_timeout = c.header_timeout.map_or(HEADER_READ_TIMEOUT, |d| d.get());
         let trusted = CidrSet::new(&c.trusted_proxies);
         b.trusted = (!trusted.is_empty()).then(|| Arc::new(trusted));
-        if let Some(t) = c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
-            let l = tls::TlsListener::new(&c.bind, t)
-                .map_err(|e| format!("listener {}: {e}", c.bind))?;
-            b.mode = Arc::new(Mode::Tls(l.clone()));
-            out.push(l);
+        let tcp = c.mode == crate::config::ListenerMode::Tcp;
+        let tls = match c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
+            Some(t) => {
+                let l = tls::TlsListener::new(&c.bind, t, !tcp)
+                    .map_err(|e| format!("listener {}: {e}", c.bind))?;
+                out.push(l.clone());
+                Some(l)
+            }
+            None => None,
+        };
+        if tcp {
+            b.mode = Arc::new(Mode::Tcp(Arc::new(proxy::tcp::TcpSite::new(index, c, tls))));
+        } else if let Some(l) = tls {
+            b.mode = Arc::new(Mode::Tls(l));
         }
     }
     let https_port = bound
@@ -513,6 +525,9 @@ async fn accepted_conn(
     }
     let t = match mode {
         Mode::Plain => return serve_plain(stream.into(), info, conn).await,
+        Mode::Tcp(site) => {
+            return proxy::tcp::serve(stream, info, site, &conn.shared, conn.stop).await
+        }
         Mode::Redirect { https_port } => {
             return serve_redirect(stream, Some(*https_port), info, conn).await
         }
@@ -529,11 +544,26 @@ async fn accepted_conn(
         }
         Some(_) => {}
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
     let mut stop = conn.stop.clone();
+    let Some(tls) = handshake(stream, &t, &mut info, &mut stop).await else {
+        return;
+    };
+    conn.hsts = t.hsts.clone();
+    serve(tls, Arc::new(info), conn).await;
+}
+
+/// The server side of a TLS handshake within [`HANDSHAKE_TIMEOUT`], counted in the metrics, with
+/// what it settled written into `info`; `None` when it failed, timed out, or shutdown began.
+pub(crate) async fn handshake(
+    stream: TcpStream,
+    t: &tls::TlsState,
+    info: &mut ConnInfo,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
     let tls = tokio::select! {
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => return None,
     };
     crate::observe::metrics::tls_handshake(matches!(tls, Ok(Ok(_))));
     let tls = match tls {
@@ -541,11 +571,11 @@ async fn accepted_conn(
         Ok(Err(e)) => {
             // Scanners and clients that distrust the certificate do this all day: debug, not warn.
             tracing::debug!(client = %info.client, "TLS handshake failed: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(client = %info.client, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let session = tls.get_ref().1;
@@ -559,8 +589,7 @@ async fn accepted_conn(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| certs::subject(c.as_ref()));
-    conn.hsts = t.hsts.clone();
-    serve(tls, Arc::new(info), conn).await;
+    Some(tls)
 }
 
 /// The client's first byte, left in the socket; `None` when it closed or sent nothing within the

@@ -152,9 +152,82 @@ fn v2(b: &[u8]) -> Parsed {
     Parsed::Done { len, client }
 }
 
+/// The header a `tcp` listener with `send_proxy_protocol` writes first on a backend connection:
+/// `client` connected to `local`. Addresses of two families (an IPv4 client on an IPv6 socket
+/// shows as v4-mapped) are written as one, IPv6; v1 says `UNKNOWN` only if neither can be.
+pub fn encode(v2: bool, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (src, dst) = match (client.ip(), local.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (IpAddr::V4(a), IpAddr::V4(b)),
+        (a, b) => (IpAddr::V6(v6(a)), IpAddr::V6(v6(b))),
+    };
+    if !v2 {
+        let proto = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+        let (sp, dp) = (client.port(), local.port());
+        return format!("PROXY {proto} {src} {dst} {sp} {dp}\r\n").into_bytes();
+    }
+    let mut h = V2_SIGNATURE.to_vec();
+    // Version 2, PROXY; then the family with STREAM (TCP).
+    h.push(0x21);
+    match (src, dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            h.extend_from_slice(&[0x11, 0, 12]);
+            h.extend_from_slice(&a.octets());
+            h.extend_from_slice(&b.octets());
+        }
+        (a, b) => {
+            h.extend_from_slice(&[0x21, 0, 36]);
+            h.extend_from_slice(&v6(a).octets());
+            h.extend_from_slice(&v6(b).octets());
+        }
+    }
+    h.extend_from_slice(&client.port().to_be_bytes());
+    h.extend_from_slice(&local.port().to_be_bytes());
+    h
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_sent_reads_back_as_the_client_in_both_versions() {
+        let v4: SocketAddr = "203.0.113.7:56324".parse().unwrap();
+        let local4: SocketAddr = "10.0.0.1:5432".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        let local6: SocketAddr = "[2001:db8::2]:443".parse().unwrap();
+        for v2 in [false, true] {
+            for (client, local) in [(v4, local4), (v6, local6), (v4, local6)] {
+                let mut h = encode(v2, client, local);
+                let len = h.len();
+                h.extend_from_slice(b"after");
+                let want = match client.ip() {
+                    IpAddr::V4(a) if local.is_ipv6() => {
+                        SocketAddr::new(a.to_ipv6_mapped().into(), client.port())
+                    }
+                    _ => client,
+                };
+                assert_eq!(
+                    parse(&h),
+                    Parsed::Done {
+                        len,
+                        client: Some(want)
+                    },
+                    "v2={v2} {client} -> {local}"
+                );
+            }
+        }
+        assert_eq!(
+            encode(false, v4, local4),
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 5432\r\n"
+        );
+    }
 
     #[test]
     fn v1_lines_are_read_to_their_crlf() {

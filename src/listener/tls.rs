@@ -45,6 +45,9 @@ pub struct TlsListener {
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
     seen: Mutex<Seen>,
+    /// Offers HTTP's ALPN protocols (`h2`, `http/1.1`); a `tcp` listener offers none, since
+    /// what it carries is not for it to name.
+    http: bool,
 }
 
 /// The configuration and file fingerprints the current state was built from (or last refused).
@@ -55,13 +58,13 @@ struct Seen {
 
 impl TlsListener {
     /// Builds the listener's TLS state; the error names the file and what is wrong with it.
-    pub fn new(bind: &str, cfg: &ListenerTls) -> Result<Arc<TlsListener>, String> {
+    pub fn new(bind: &str, cfg: &ListenerTls, http: bool) -> Result<Arc<TlsListener>, String> {
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| format!("cannot create TLS session ticket keys: {e}"))?;
         // 4096 sessions is NGINX's `ssl_session_cache shared:SSL:1m` order of magnitude.
         let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(4096);
         let files = fingerprint(cfg);
-        let state = build(cfg, &ticketer, &sessions)?;
+        let state = build(cfg, &ticketer, &sessions, http)?;
         Ok(Arc::new(TlsListener {
             bind: bind.to_string(),
             state: ArcSwap::from_pointee(state),
@@ -71,6 +74,7 @@ impl TlsListener {
                 cfg: cfg.clone(),
                 files,
             }),
+            http,
         }))
     }
 
@@ -87,7 +91,7 @@ impl TlsListener {
         if seen.cfg == *cfg && seen.files == files {
             return;
         }
-        match build(cfg, &self.ticketer, &self.sessions) {
+        match build(cfg, &self.ticketer, &self.sessions, self.http) {
             Ok(state) => {
                 self.state.store(Arc::new(state));
                 crate::observe::metrics::tls_reload(true);
@@ -166,6 +170,7 @@ fn build(
     cfg: &ListenerTls,
     ticketer: &Arc<dyn ProducesTickets>,
     sessions: &Arc<dyn StoresServerSessions>,
+    http: bool,
 ) -> Result<TlsState, String> {
     let mut loaded = Vec::with_capacity(cfg.certificates.len());
     for p in &cfg.certificates {
@@ -191,7 +196,9 @@ fn build(
         None => builder.with_no_client_auth(),
     };
     let mut server = builder.with_cert_resolver(Arc::new(resolver));
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if http {
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     server.ticketer = ticketer.clone();
     server.session_storage = sessions.clone();
     Ok(TlsState {

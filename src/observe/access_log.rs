@@ -67,6 +67,43 @@ pub struct Entry {
     pub referer: Option<String>,
 }
 
+/// One connection of a `tcp` listener as logged (JSON only: `combined` has no form for it).
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct TcpEntry {
+    /// When the connection was accepted.
+    pub time: String,
+    /// Always `"tcp"`: tells these lines from requests'.
+    pub kind: &'static str,
+    /// The listener's `name`, else its `bind`.
+    pub listener: String,
+    pub client: String,
+    /// The TLS server name the client asked for (`sni_routes`, or a terminating listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Backends tried (connect attempts).
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_connect_ms: Option<f64>,
+    /// Bytes from the client (to the backend) and to the client.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    /// How the relay ended once connected: `closed`, `broken` or `idle_timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<&'static str>,
+    /// Why the connection was never relayed: `no_route`, `no_backend`, `connect_failed`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
 enum Msg {
     Line(String),
     Reopen,
@@ -110,6 +147,17 @@ impl AccessLog {
             AccessFormat::Combined => combined(e),
             AccessFormat::Off => return,
         };
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
+            crate::observe::metrics::access_log_dropped();
+        }
+    }
+
+    /// Logs a `tcp` listener's connection, when the format is JSON.
+    pub fn log_tcp(&self, e: &TcpEntry) {
+        if self.format != AccessFormat::Json {
+            return;
+        }
+        let line = serde_json::to_string(e).unwrap_or_default();
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
             crate::observe::metrics::access_log_dropped();
         }

@@ -287,6 +287,26 @@ pub fn render(shared: &Shared) -> String {
             .zip(&crate::proxy::auth::OUTCOMES)
             .map(|(r, n)| (format!("result=\"{r}\""), n.load(Relaxed))),
     );
+    family(
+        &mut o,
+        "switchyard_tcp_connections_total",
+        "counter",
+        "Connections of tcp listeners, by result (relayed: connected to a backend; the others were closed unrelayed).",
+        crate::proxy::tcp::OUTCOME_NAMES
+            .iter()
+            .zip(&crate::proxy::tcp::OUTCOMES)
+            .map(|(r, n)| (format!("result=\"{r}\""), n.load(Relaxed))),
+    );
+    family(
+        &mut o,
+        "switchyard_tcp_bytes_total",
+        "counter",
+        "Bytes relayed by tcp listeners, from clients (received) and to them (sent), counted as each connection ends.",
+        ["received", "sent"]
+            .iter()
+            .zip(&crate::proxy::tcp::BYTES)
+            .map(|(d, n)| (format!("direction=\"{d}\""), n.load(Relaxed))),
+    );
     let made = ProxyError::ALL.iter().zip(MADE.iter()).map(|(e, n)| {
         (
             format!("reason=\"{}\",code=\"{}\"", e.reason(), e.status().as_u16()),

@@ -39,6 +39,9 @@ pub struct Connector {
 #[derive(Clone)]
 struct TlsConnect {
     config: Arc<ClientConfig>,
+    /// The same without ALPN, for a `tcp` listener's connections: what they carry is not HTTP,
+    /// and a server that knows no offered protocol may refuse the handshake.
+    raw: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
 }
 
@@ -112,6 +115,27 @@ impl Connector {
         socket: Option<SocketAddr>,
         timeout: Duration,
     ) -> Result<Box<dyn Io>, DialError> {
+        self.dial_as(address, socket, timeout, true).await
+    }
+
+    /// [`Connector::dial_checked`] for a `tcp` listener's connection: TLS (if any) offers no
+    /// ALPN protocol.
+    pub async fn dial_raw(
+        &self,
+        address: &str,
+        socket: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Box<dyn Io>, DialError> {
+        self.dial_as(address, socket, timeout, false).await
+    }
+
+    async fn dial_as(
+        &self,
+        address: &str,
+        socket: Option<SocketAddr>,
+        timeout: Duration,
+        http: bool,
+    ) -> Result<Box<dyn Io>, DialError> {
         let work = async {
             let stream = tcp(address, socket).await?;
             let tls = match &self.tls {
@@ -123,7 +147,8 @@ impl Connector {
                 Some(n) => n.clone(),
                 None => host_name(address).ok_or(ProxyError::ConnectFailed)?,
             };
-            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let config = if http { &tls.config } else { &tls.raw };
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
             match connector.connect(name, stream).await {
                 Ok(s) => Ok(Box::new(s) as Box<dyn Io>),
                 Err(e) => {
@@ -248,8 +273,11 @@ fn client_config(t: &UpstreamTls, h2: bool) -> Result<TlsConnect, String> {
         ),
         None => None,
     };
+    let mut raw = config.clone();
+    raw.alpn_protocols.clear();
     Ok(TlsConnect {
         config: Arc::new(config),
+        raw: Arc::new(raw),
         server_name,
     })
 }

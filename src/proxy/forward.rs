@@ -128,6 +128,13 @@ pub(super) fn record(up: &Upstream, i: usize, ok: bool, status_class: usize, now
     if !ok {
         s.failures_total.fetch_add(1, Relaxed);
     }
+    record_health(up, i, ok, now_ms);
+}
+
+/// The breaker's and passive health's part of [`record`]: all a `tcp` listener's successful
+/// connect tells (it has no response to count).
+pub(super) fn record_health(up: &Upstream, i: usize, ok: bool, now_ms: u64) {
+    let s = &up.backends[i].state;
     if let Some(p) = &up.breaker {
         if let Some(change) = s.breaker.record(p, ok, now_ms) {
             crate::events::breaker_changed(s, change);

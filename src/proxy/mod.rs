@@ -23,6 +23,7 @@ pub mod respond;
 pub mod rewrite;
 pub mod router;
 pub mod split;
+pub mod tcp;
 pub mod template;
 pub mod upgrade;
 

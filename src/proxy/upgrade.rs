@@ -179,7 +179,7 @@ pub fn splice(agreed: Agreed, resp: &mut Response<RespBody>) {
 
 /// Copies both ways at once until both directions have ended, either fails, or nothing has moved
 /// either way for `idle`. Returns how it ended and the bytes copied from `a` to `b` and back.
-async fn pump<A, B>(a: A, b: B, idle: Duration) -> (TunnelEnd, u64, u64)
+pub(crate) async fn pump<A, B>(a: A, b: B, idle: Duration) -> (TunnelEnd, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

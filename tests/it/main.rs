@@ -19,6 +19,7 @@ mod observe;
 mod pki;
 mod relay;
 mod resilience;
+mod tcp;
 mod tls;
 mod ui;
 mod websocket;

@@ -1,0 +1,408 @@
+//! `tcp` listeners: connections balanced over an upstream's backends with their bytes relayed
+//! unread; TLS passed through by SNI or terminated; PROXY protocol headers to the backend; live
+//! changes of where connections go; configurations refused by field.
+
+use crate::pki;
+use crate::support::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// A backend that speaks first (as MySQL, SMTP or Redis replicas do): `hi NAME\n`; then echoes
+/// each line upper-cased; at the client's end of input it writes `bye NAME\n` and closes. What
+/// it read first on each connection (a PROXY header, if any) is sent to `first`.
+fn greeter(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.write_all(format!("hi {name}\n").as_bytes());
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let _ = s.write_all(line.to_uppercase().as_bytes());
+                    line.clear();
+                }
+                let _ = s.write_all(format!("bye {name}\n").as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on.
+fn dead() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn line(r: &mut impl BufRead) -> String {
+    let mut s = String::new();
+    r.read_line(&mut s).unwrap();
+    s
+}
+
+/// One whole conversation through the proxy: greeting, an echo, the client's half-close and the
+/// backend's farewell after it. Returns the backend's name.
+fn converse(addr: SocketAddr) -> String {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let hi = line(&mut r);
+    let name = hi.strip_prefix("hi ").expect(&hi).trim().to_string();
+    (&s).write_all(b"ping\n").unwrap();
+    assert_eq!(line(&mut r), "PING\n");
+    // The half-close reaches the backend, and what it says after still reaches the client.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(line(&mut r), format!("bye {name}\n"));
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "then the end: {rest:?}");
+    name
+}
+
+fn tcp_config(log: &std::path::Path, listener: &str, upstreams: &str) -> String {
+    format!(
+        "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {log:?}\n\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\n{listener}\n\n{upstreams}"
+    )
+}
+
+#[test]
+fn connections_are_balanced_their_bytes_relayed_and_half_closes_passed_on() {
+    let (b1, b2) = (greeter("b1"), greeter("b2"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&tcp_config(
+        &log,
+        "upstream = \"db\"",
+        &format!(
+            "[upstreams.db]\nalgorithm = \"least_connections\"\n\
+             backends = [{{ address = \"{b1}\" }}, {{ address = \"{}\" }}, {{ address = \"{b2}\" }}]",
+            dead()
+        ),
+    ));
+    let mut seen: Vec<String> = (0..6).map(|_| converse(lb.addr)).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["b1", "b2"], "both live backends, never the dead one");
+
+    // least_connections counts open connections: with one held open, the next goes elsewhere,
+    // and the API shows one active connection on each.
+    let held = TcpStream::connect(lb.addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let first = line(&mut BufReader::new(held.try_clone().unwrap()));
+    let other = TcpStream::connect(lb.addr).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let second = line(&mut BufReader::new(other.try_clone().unwrap()));
+    assert_ne!(
+        first, second,
+        "the second connection avoids the busy backend"
+    );
+    let active: Vec<u64> = backends_of(&lb, "db")
+        .iter()
+        .map(|b| b["active_requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(active, [1, 0, 1], "{active:?}");
+    drop((held, other));
+
+    let lines = access_lines(&log, 8);
+    let done: Vec<_> = lines.iter().filter(|l| l["end"] == "closed").collect();
+    assert!(done.len() >= 6, "{lines:?}");
+    let l = done[0];
+    assert_eq!(l["kind"], "tcp");
+    assert_eq!(l["upstream"], "db");
+    assert_eq!(l["bytes_in"], 5, "ping\\n");
+    assert_eq!(l["bytes_out"], 6 + 5 + 7, "hi bN, PING, bye bN: {l}");
+    assert!(
+        lines.iter().any(|l| l["attempts"] == 2),
+        "a connect refused by the dead backend went to another: {lines:?}"
+    );
+
+    // At least: the counters are the process's, and other tests run beside this one.
+    let metrics = get_text(&lb.admin_url("/metrics"));
+    assert!(
+        counter(
+            &metrics,
+            "switchyard_tcp_connections_total{result=\"relayed\"}"
+        ) >= 8
+    );
+    assert!(
+        counter(
+            &metrics,
+            "switchyard_tcp_bytes_total{direction=\"received\"}"
+        ) >= 30
+    );
+}
+
+#[test]
+fn with_every_backend_down_a_connection_is_closed_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&tcp_config(
+        &log,
+        "upstream = \"db\"",
+        &format!(
+            "[upstreams.db]\nbackends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]",
+            dead(),
+            dead()
+        ),
+    ));
+    let mut s = TcpStream::connect(lb.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    assert_eq!(s.read_to_end(&mut got).unwrap(), 0, "closed without a byte");
+    let l = &access_lines(&log, 1)[0];
+    assert_eq!(l["error"], "connect_failed", "{l}");
+    assert_eq!(l["attempts"], 2, "retried once on the other backend: {l}");
+    let metrics = get_text(&lb.admin_url("/metrics"));
+    assert!(
+        counter(
+            &metrics,
+            "switchyard_tcp_connections_total{result=\"connect_failed\"}"
+        ) >= 1
+    );
+    // Both failures count against their backends, as an HTTP connect failure does.
+    let failures: u64 = backends_of(&lb, "db")
+        .iter()
+        .map(|b| b["failures_total"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(failures, 2);
+}
+
+/// The live state of upstream `name`'s backends, in configuration order.
+fn backends_of(lb: &Lb, name: &str) -> Vec<serde_json::Value> {
+    let all = upstreams(lb);
+    let up = all["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name)
+        .unwrap_or_else(|| panic!("no upstream {name}: {all}"));
+    up["backends"].as_array().unwrap().clone()
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text page.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+fn get_text(url: &str) -> String {
+    client().get(url).send().unwrap().text().unwrap()
+}
+
+/// A TLS backend for `leaf` that answers each connection with `NAME saw SNI\n`: what it learnt
+/// from the handshake the client made with it through the proxy.
+async fn tls_backend(leaf: &pki::Leaf, name: &'static str) -> SocketAddr {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let provider = switchyard::listener::certs::provider();
+    let key = switchyard::listener::certs::load_pair(leaf.cert_str(), leaf.key_str())
+        .unwrap()
+        .key;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                let _ = tls
+                    .write_all(format!("{name} saw {sni}\n").as_bytes())
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn read_all(mut s: impl tokio::io::AsyncRead + Unpin) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::ca(d, "ca");
+    let a = tls_backend(&ca.leaf(d, "a", &["a.test"]), "a").await;
+    let b = tls_backend(&ca.leaf(d, "b", &["*.b.test"]), "b").await;
+    let fallback = tls_backend(&ca.leaf(d, "c", &["other.test"]), "c").await;
+    let log = d.join("access.log");
+    let text = tcp_config(
+        &log,
+        "upstream = \"rest\"\nsni_routes = [{ hosts = [\"a.test\"], upstream = \"a\" }, { hosts = [\"*.b.test\"], upstream = \"b\" }]",
+        &format!(
+            "[upstreams.a]\nbackends = [{{ address = \"{a}\" }}]\n\
+             [upstreams.b]\nbackends = [{{ address = \"{b}\" }}]\n\
+             [upstreams.rest]\nbackends = [{{ address = \"{fallback}\" }}]\n"
+        ),
+    );
+    let lb = tokio::task::spawn_blocking(move || start(&text))
+        .await
+        .unwrap();
+    let cfg = pki::client_config(&ca, &[], pki::both_versions(), None);
+    // Switchyard holds no certificate at all: a verified handshake is the backend's own.
+    for (sni, want) in [
+        ("a.test", "a saw a.test\n"),
+        ("x.b.test", "b saw x.b.test\n"),
+        ("other.test", "c saw other.test\n"),
+    ] {
+        let s = pki::connect(lb.addr, sni, cfg.clone()).await.unwrap();
+        assert_eq!(read_all(s).await, want);
+    }
+    // Plain text where a ClientHello should be: closed, nothing forwarded.
+    let mut plain = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_all(plain).await, "");
+    let lines = tokio::task::spawn_blocking(move || access_lines(&log, 4))
+        .await
+        .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["sni"] == "x.b.test" && l["upstream"] == "b"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l["error"] == "not_tls"), "{lines:?}");
+    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_and_the_backend_told_the_client_by_a_proxy_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::ca(d, "ca");
+    let leaf = ca.leaf(d, "edge", &["db.test"]);
+    // The backend reads the PROXY v2 header and the client's bytes, and says what it got.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = [0u8; 28];
+        s.read_exact(&mut head).await.unwrap();
+        let mut rest = [0u8; 5];
+        s.read_exact(&mut rest).await.unwrap();
+        let sig_ok = head[..12] == *b"\r\n\r\n\0\r\nQUIT\n" && head[12] == 0x21 && head[13] == 0x11;
+        let port = u16::from_be_bytes([head[24], head[25]]);
+        let reply = format!(
+            "sig={sig_ok} port={port} got={}",
+            String::from_utf8_lossy(&rest)
+        );
+        s.write_all(reply.as_bytes()).await.unwrap();
+    });
+    let text = tcp_config(
+        &d.join("access.log"),
+        &format!(
+            "upstream = \"db\"\nsend_proxy_protocol = \"v2\"\n[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]",
+            leaf.cert_str(),
+            leaf.key_str()
+        ),
+        &format!("[upstreams.db]\nbackends = [{{ address = \"{backend}\" }}]\n"),
+    );
+    let lb = tokio::task::spawn_blocking(move || start(&text))
+        .await
+        .unwrap();
+    // The client offers h2: a tcp listener names no protocol for what it carries.
+    let cfg = pki::client_config(&ca, &["h2"], pki::both_versions(), None);
+    let mut s = pki::connect(lb.addr, "db.test", cfg).await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), None);
+    let port = s.get_ref().0.local_addr().unwrap().port();
+    s.write_all(b"hello").await.unwrap();
+    assert_eq!(read_all(s).await, format!("sig=true port={port} got=hello"));
+    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+}
+
+#[test]
+fn where_connections_go_changes_live_without_cutting_open_ones() {
+    let (b1, b2) = (greeter("b1"), greeter("b2"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let ups = format!(
+        "[upstreams.one]\nbackends = [{{ address = \"{b1}\" }}]\n\
+         [upstreams.two]\nbackends = [{{ address = \"{b2}\" }}]\n"
+    );
+    let lb = start(&tcp_config(&log, "upstream = \"one\"", &ups));
+    let open = TcpStream::connect(lb.addr).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(open.try_clone().unwrap());
+    assert_eq!(line(&mut r), "hi b1\n");
+
+    let moved = tcp_config(&log, "upstream = \"two\"", &ups);
+    put_config(&lb, &moved);
+    assert_eq!(converse(lb.addr), "b2", "new connections follow the change");
+    (&open).write_all(b"still here\n").unwrap();
+    assert_eq!(
+        line(&mut r),
+        "STILL HERE\n",
+        "the open one stays where it was"
+    );
+
+    // Refused, each by its field, and nothing applied.
+    let bad = |listener: &str, extra: &str| {
+        let text = format!(
+            "{}\n[[listeners]]\nbind = \"127.0.0.1:0\"\n{extra}\n[[routes]]\nupstream = \"one\"\n",
+            tcp_config(
+                &log,
+                listener,
+                &format!("{ups}[upstreams.h2]\nprotocol = \"h2c\"\n")
+            )
+        );
+        refused_paths(&lb, &text)
+    };
+    assert_eq!(bad("", ""), ["listeners[0].upstream"]);
+    assert_eq!(bad("upstream = \"nope\"", ""), ["listeners[0].upstream"]);
+    assert_eq!(bad("upstream = \"h2\"", ""), ["listeners[0].upstream"]);
+    assert_eq!(
+        bad(
+            "upstream = \"one\"\nheader_timeout = \"5s\"\nsend_proxy_protocol = \"v3\"",
+            ""
+        ),
+        [
+            "listeners[0].header_timeout",
+            "listeners[0].send_proxy_protocol"
+        ]
+    );
+    assert_eq!(
+        bad(
+            "sni_routes = [{ hosts = [\"A.test\", \"*.\", \"b.test\", \"b.test\"], upstream = \"one\" }]",
+            ""
+        ),
+        [
+            "listeners[0].sni_routes[0].hosts[0]",
+            "listeners[0].sni_routes[0].hosts[1]",
+            "listeners[0].sni_routes[0].hosts[3]"
+        ]
+    );
+    assert_eq!(
+        bad("upstream = \"one\"", "upstream = \"one\""),
+        ["listeners[1].upstream"]
+    );
+    assert_eq!(converse(lb.addr), "b2", "still the last accepted change");
+}
