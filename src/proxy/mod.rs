@@ -25,6 +25,7 @@ pub mod router;
 pub mod split;
 pub mod tcp;
 pub mod template;
+pub mod tunnel;
 pub mod upgrade;
 
 use crate::error::ProxyError;

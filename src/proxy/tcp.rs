@@ -112,10 +112,6 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let accepted = Instant::now();
-    // The address the client reached, for a PROXY header to the backend.
-    let Ok(local) = stream.local_addr() else {
-        return;
-    };
     let mut entry = TcpEntry {
         time: rfc3339(SystemTime::now()),
         kind: "tcp",
@@ -123,7 +119,21 @@ pub async fn serve(
         client: info.client.to_string(),
         ..TcpEntry::default()
     };
-    let wants_sni = !site.section(&shared.current().config).sni_routes.is_empty();
+    let (wants_sni, wants_local) = {
+        let snap = shared.current();
+        let section = site.section(&snap.config);
+        (
+            !section.sni_routes.is_empty(),
+            section.send_proxy_protocol.is_some(),
+        )
+    };
+    // The address the client reached, for a PROXY header to the backend (a system call, so
+    // only when one is sent).
+    let local = match wants_local.then(|| stream.local_addr()) {
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => return,
+        None => None,
+    };
     let (client, hello, sni): (Box<dyn Io>, bytes::BytesMut, Option<String>) = match &site.tls {
         Some(t) => {
             let state = t.current();
@@ -160,10 +170,12 @@ pub async fn serve(
     let Some(up) = snap.upstream(name).cloned() else {
         return finish(shared, entry, accepted, 2, ProxyError::NoBackend.reason());
     };
+    // `local` is missing only if the option was set by a change since the connection came.
     let proxy_header = section
         .send_proxy_protocol
         .as_deref()
-        .map(|v| crate::listener::proxy_protocol::encode(v == "v2", info.client, local));
+        .zip(local)
+        .map(|(v, local)| crate::listener::proxy_protocol::encode(v == "v2", info.client, local));
     drop(snap);
     let hash = match up.hash_key {
         HashKey::ClientIp => {
@@ -188,17 +200,17 @@ pub async fn serve(
     let first = [proxy_header.unwrap_or_default(), hello.to_vec()].concat();
     let broken = !first.is_empty() && backend.write_all(&first).await.is_err();
     let (end, up_bytes, down_bytes) = if broken {
-        (super::upgrade::TunnelEnd::Broken, 0, 0)
+        (super::tunnel::TunnelEnd::Broken, 0, 0)
     } else {
-        super::upgrade::pump(client, backend, up.idle_timeout).await
+        super::tunnel::pump(client, backend, up.idle_timeout).await
     };
     drop(inflight);
     entry.bytes_in = up_bytes + hello.len() as u64;
     entry.bytes_out = down_bytes;
     entry.end = Some(match end {
-        super::upgrade::TunnelEnd::Closed => "closed",
-        super::upgrade::TunnelEnd::Broken => "broken",
-        super::upgrade::TunnelEnd::Idle => "idle_timeout",
+        super::tunnel::TunnelEnd::Closed => "closed",
+        super::tunnel::TunnelEnd::Broken => "broken",
+        super::tunnel::TunnelEnd::Idle => "idle_timeout",
     });
     BYTES[0].fetch_add(entry.bytes_in, Relaxed);
     BYTES[1].fetch_add(entry.bytes_out, Relaxed);

@@ -14,9 +14,7 @@ use crate::listener::Tunnel;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A client's request to switch protocols.
 #[derive(Clone, Debug)]
@@ -126,16 +124,7 @@ pub struct Agreed {
     idle: Duration,
 }
 
-/// How a tunnel ended, for its access-log line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TunnelEnd {
-    /// Both sides closed (or one side's close was passed on and the other then closed).
-    Closed,
-    /// A read or write failed: a reset, or one side vanished.
-    Broken,
-    /// Nothing moved either way for the upstream's idle timeout.
-    Idle,
-}
+pub use super::tunnel::TunnelEnd;
 
 /// Turns the backend's `101` into the answer the client expects (`200` for an HTTP/2 extended
 /// CONNECT), before the response's hop-by-hop headers are dealt with; [`splice`] then starts the
@@ -168,78 +157,11 @@ pub fn splice(agreed: Agreed, resp: &mut Response<RespBody>) {
             return;
         };
         let _open = Tunnel::open();
-        let (end, up, down) = pump(TokioIo::new(c), TokioIo::new(b), idle).await;
+        let (end, up, down) = super::tunnel::pump(TokioIo::new(c), TokioIo::new(b), idle).await;
         if let Some(mut g) = guard {
             g.tunnelled(up, down, end);
             // Never `true`: an upgraded backend connection cannot go back to the pool.
             g.done(false);
         }
     });
-}
-
-/// Copies both ways at once until both directions have ended, either fails, or nothing has moved
-/// either way for `idle`. Returns how it ended and the bytes copied from `a` to `b` and back.
-pub(crate) async fn pump<A, B>(a: A, b: B, idle: Duration) -> (TunnelEnd, u64, u64)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let start = tokio::time::Instant::now();
-    let last = AtomicU64::new(0);
-    let (a_to_b, b_to_a) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
-    let both = async {
-        tokio::join!(
-            copy(&mut ar, &mut bw, start, &last, &a_to_b),
-            copy(&mut br, &mut aw, start, &last, &b_to_a)
-        )
-    };
-    let watchdog = async {
-        loop {
-            let at = start + Duration::from_millis(last.load(Relaxed)) + idle;
-            tokio::time::sleep_until(at).await;
-            if start.elapsed().as_millis() as u64 >= last.load(Relaxed) + idle.as_millis() as u64 {
-                return;
-            }
-        }
-    };
-    let end = tokio::select! {
-        (x, y) = both => if x && y { TunnelEnd::Closed } else { TunnelEnd::Broken },
-        _ = watchdog => TunnelEnd::Idle,
-    };
-    (end, a_to_b.load(Relaxed), b_to_a.load(Relaxed))
-}
-
-/// One direction: read, write, note the time and the bytes; a clean end of input is passed on as
-/// a shutdown (half-close), so the other direction can still finish. False when a read or write
-/// failed.
-async fn copy<R, W>(
-    r: &mut R,
-    w: &mut W,
-    start: tokio::time::Instant,
-    last: &AtomicU64,
-    moved: &AtomicU64,
-) -> bool
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) => break,
-            Err(_) => {
-                let _ = w.shutdown().await;
-                return false;
-            }
-            Ok(n) => n,
-        };
-        if w.write_all(&buf[..n]).await.is_err() {
-            return false;
-        }
-        moved.fetch_add(n as u64, Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Relaxed);
-    }
-    w.shutdown().await.is_ok()
 }
