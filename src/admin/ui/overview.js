@@ -85,9 +85,14 @@ export function renderConfig(cfg) {
     ? h('ul', { class: 'plain-list' }, listeners.map((l, i) => h('li', {},
       h('span', { class: 'strong' }, l.name || `listener ${i + 1}`),
       h('code', {}, l.address || l.bind),
-      h('span', { class: 'badge badge-neutral' }, l.tls ? 'HTTPS' : 'HTTP'),
-      l.tls && l.tls.client_ca ? h('span', { class: 'badge badge-neutral' }, 'mTLS') : null)))
+      h('span', { class: 'badge badge-neutral' }, listenerKind(l)),
+      l.tls && l.tls.client_ca ? h('span', { class: 'badge badge-neutral' }, 'mTLS') : null,
+      ...(l.mode === 'tcp' ? tcpTargets(l) : []))))
     : h('p', { class: 'muted' }, 'No listeners.'));
+  if (listeners.length && listeners.every((l) => l.mode === 'tcp')) {
+    fill($('#routes'), h('p', { class: 'muted' }, 'Only TCP listeners: routes are not used.'));
+    return;
+  }
 
   const routes = cfg.routes || [];
   const upstreams = Object.keys(cfg.upstreams || {});
@@ -108,6 +113,25 @@ export function renderConfig(cfg) {
     body = h('p', { class: 'muted' }, 'No routes: requests get 404.');
   }
   fill($('#routes'), body);
+}
+
+function listenerKind(l) {
+  if (l.mode === 'tcp') return l.tls ? 'TCP + TLS' : 'TCP';
+  return l.tls ? 'HTTPS' : 'HTTP';
+}
+
+// Where a tcp listener's connections go: by TLS server name first, then its upstream.
+function tcpTargets(l) {
+  const out = [];
+  for (const r of l.sni_routes || []) {
+    out.push(h('code', { class: 'small', title: 'TLS server name' }, (r.hosts || []).join(', ')),
+      h('span', { class: 'arrow', 'aria-label': 'to' }, '→'), upstreamLink(r.upstream));
+  }
+  if (l.upstream) {
+    if (out.length) out.push(h('span', { class: 'muted small' }, 'other names'));
+    out.push(h('span', { class: 'arrow', 'aria-label': 'to' }, '→'), upstreamLink(l.upstream));
+  }
+  return out;
 }
 
 // What a route asks of a request besides host and path: methods, headers.
