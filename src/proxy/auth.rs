@@ -108,7 +108,9 @@ pub struct Question<'a> {
 /// The answer: headers to put on the request, or the response the client gets instead.
 pub enum Verdict {
     Allow(Allowed),
-    Deny(Response<RespBody>, Outcome),
+    /// With the question's trace: which backend of the auth upstream answered, after how
+    /// many tries, so the request's access-log line names who refused it.
+    Deny(Response<RespBody>, Outcome, Trace),
 }
 
 /// What an allowing answer gives: header lines for the request, and for the client's response.
@@ -145,15 +147,9 @@ impl Auth {
         *req.headers_mut() = self.question_headers(up, q);
         let (parts, ()) = req.into_parts();
         let timeout = up.request_timeout;
-        let resp = super::forward::forward(
-            up,
-            ctx,
-            parts,
-            ReqBody::Empty,
-            timeout,
-            &mut Trace::default(),
-        )
-        .await;
+        let mut trace = Trace::default();
+        let resp =
+            super::forward::forward(up, ctx, parts, ReqBody::Empty, timeout, &mut trace).await;
         let outcome = if resp.headers().contains_key(X_SWITCHYARD_ERROR)
             || resp.status() == StatusCode::SWITCHING_PROTOCOLS
         {
@@ -165,7 +161,9 @@ impl Auth {
         };
         OUTCOMES[outcome as usize].fetch_add(1, Relaxed);
         if outcome != Outcome::Allowed {
-            return Verdict::Deny(denial(resp, q.parts.method == Method::HEAD).await, outcome);
+            let r = denial(resp, q.parts.method == Method::HEAD).await;
+            trace.upstream = Some(up.clone());
+            return Verdict::Deny(r, outcome, trace);
         }
         let allowed = Allowed {
             request: lines(resp.headers(), &self.response_headers),

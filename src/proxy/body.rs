@@ -231,6 +231,8 @@ pub enum RespBody {
         guard: Option<Box<dyn OnDone>>,
         /// None for an upgrade's 101, whose tunnel `timeouts.idle` governs instead.
         until: Option<Until>,
+        /// The backend's body broke off; the error goes to hyper at the next poll (see below).
+        broke: bool,
     },
     /// A response compressed on its way ([`super::compress`]).
     Gzip(Box<super::compress::Gzip>),
@@ -300,7 +302,11 @@ impl Body for RespBody {
                 inner,
                 guard,
                 until,
+                broke,
             } => {
+                if *broke {
+                    return Poll::Ready(Some(Err("the backend's response broke off".into())));
+                }
                 if let Some(g) = guard.as_mut() {
                     g.poll_drive(cx);
                 }
@@ -340,6 +346,13 @@ impl Body for RespBody {
                             g.failed();
                             g.done(false);
                         }
+                        // hyper's server drops what it holds unwritten (the head, the body so
+                        // far) once a body errs. One turn first lets it write that out, so the
+                        // client sees the status and how far the body got, cut short, as
+                        // NGINX and HAProxy show it, instead of a connection closed on nothing.
+                        *broke = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
                     _ => {}
                 }

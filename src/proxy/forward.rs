@@ -276,6 +276,7 @@ pub(super) async fn forward(
                         inner: BackendBody::Hyper(rbody),
                         guard: Some(Box::new(inflight)),
                         until: (!upgrade).then(|| Until::new(deadline)),
+                        broke: false,
                     }
                 };
                 return Response::from_parts(rparts, body);

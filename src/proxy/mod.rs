@@ -376,8 +376,14 @@ async fn serve(
                 trace.auth = Some(auth::Outcome::Allowed);
                 admitted = Some((a, allowed));
             }
-            auth::Verdict::Deny(mut r, outcome) => {
+            auth::Verdict::Deny(mut r, outcome, asked) => {
                 trace.auth = Some(outcome);
+                // Logged as the auth upstream's answer: who refused, or who failed to answer.
+                trace.upstream = asked.upstream;
+                trace.backend = asked.backend;
+                trace.attempts = asked.attempts;
+                trace.connect = asked.connect;
+                trace.first_byte = asked.first_byte;
                 // The client's body is not forwarded: hyper's server reads past what is left
                 // of it before the connection's next request, or closes the connection
                 // (tests/it/auth.rs sends a pipelined request after one).

@@ -212,7 +212,9 @@ fn a_route_asks_its_auth_upstream_first_and_only_allowed_requests_reach_the_back
         ["allowed", "denied", "denied", "allowed", "denied", "allowed", "allowed", "error"]
     );
     assert_eq!(lines[1]["status"], 401);
-    assert!(lines[1].get("upstream").is_none(), "{}", lines[1]);
+    // A denial names who refused: the auth upstream and its backend.
+    assert_eq!(lines[1]["upstream"], "authz", "{}", lines[1]);
+    assert!(lines[1]["backend"].is_string(), "{}", lines[1]);
 }
 
 #[test]
@@ -370,4 +372,54 @@ fn a_guarded_prefix_cannot_be_reached_by_spelling_its_path_another_way() {
             "resolved as hyper does"
         );
     }
+}
+
+/// An auth service that breaks off: before a status line is whole, with nothing at all, or in
+/// the body of a refusal.
+fn dying(req: &str) -> (Vec<u8>, bool) {
+    let lower = req.to_ascii_lowercase();
+    let r: &[u8] = if lower.contains("\r\nx-die: head\r\n") {
+        b"HTTP/1.1 20"
+    } else if lower.contains("\r\nx-die: body\r\n") {
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nlogin"
+    } else {
+        b""
+    };
+    (r.to_vec(), true)
+}
+
+#[test]
+fn an_auth_service_that_dies_mid_answer_lets_nothing_through() {
+    let (authz, asked) = scripted(dying);
+    let (backend, served) = scripted(app);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&config_for(authz, backend, &log));
+    let c = client();
+    for die in ["head", "silent"] {
+        let r = c
+            .post(lb.url("/api/orders"))
+            .header("x-die", die)
+            .body("order=7")
+            .send()
+            .unwrap();
+        // Switchyard's own error, never the request let through on a broken answer.
+        assert_eq!(r.status(), 502, "{die}");
+        assert!(r.headers().contains_key("x-switchyard-error"), "{die}");
+    }
+    // A refusal whose body breaks off is still a refusal: its status reaches the client, and
+    // the body ends short (hyper would drop the head it held if the error reached it at once).
+    let r = client()
+        .get(lb.url("/api/orders"))
+        .header("x-die", "body")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().is_err(), "the body is cut, not completed");
+    assert_eq!(asked.lock().unwrap().len(), 3);
+    assert!(served.lock().unwrap().is_empty(), "the backend saw nothing");
+    let lines = access_lines(&log, 3);
+    let said: Vec<_> = lines.iter().map(|l| l["auth"].as_str().unwrap()).collect();
+    assert_eq!(said, ["error", "error", "denied"]);
+    assert_eq!(lines[0]["upstream"], "authz", "{}", lines[0]);
 }

@@ -175,6 +175,7 @@ fn response(
             inner: BackendBody::Relay(Box::new(body)),
             guard: inflight.map(|i| Box::new(i) as Box<dyn OnDone>),
             until: Some(Until::new(deadline)),
+            broke: false,
         }
     });
     *resp.status_mut() = status;
