@@ -110,7 +110,7 @@ pub enum Verdict {
     Allow(Allowed),
     /// With the question's trace: which backend of the auth upstream answered, after how
     /// many tries, so the request's access-log line names who refused it.
-    Deny(Response<RespBody>, Outcome, Trace),
+    Deny(Response<RespBody>, Outcome, Box<Trace>),
 }
 
 /// What an allowing answer gives: header lines for the request, and for the client's response.
@@ -163,7 +163,7 @@ impl Auth {
         if outcome != Outcome::Allowed {
             let r = denial(resp, q.parts.method == Method::HEAD).await;
             trace.upstream = Some(up.clone());
-            return Verdict::Deny(r, outcome, trace);
+            return Verdict::Deny(r, outcome, Box::new(trace));
         }
         let allowed = Allowed {
             request: lines(resp.headers(), &self.response_headers),
