@@ -157,6 +157,8 @@ fn listeners_diff(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<
                 upstream: None,
                 sni_routes: Vec::new(),
                 send_proxy_protocol: None,
+                ip_allow: Vec::new(),
+                ip_deny: Vec::new(),
                 ..l.clone()
             })
             .collect()
@@ -171,11 +173,15 @@ fn listeners_diff(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<
         if o.upstream != n.upstream
             || o.sni_routes != n.sni_routes
             || o.send_proxy_protocol != n.send_proxy_protocol
+            || o.ip_allow != n.ip_allow
+            || o.ip_deny != n.ip_deny
         {
             let to = n.upstream.as_deref().unwrap_or("-");
             out.push(format!(
-                "listeners[{i}]: tcp connections now go to {to} ({} sni route(s))",
-                n.sni_routes.len()
+                "listeners[{i}]: tcp connections now go to {to} ({} sni route(s), {} allowed and {} denied block(s))",
+                n.sni_routes.len(),
+                n.ip_allow.len(),
+                n.ip_deny.len()
             ));
         }
     }
@@ -235,7 +241,7 @@ mod tests {
         new.listeners[0].upstream = Some("b".into());
         assert_eq!(
             diff(&old, &new),
-            ["listeners[0]: tcp connections now go to b (0 sni route(s))"]
+            ["listeners[0]: tcp connections now go to b (0 sni route(s), 0 allowed and 0 denied block(s))"]
         );
         new.listeners[0].mode = crate::config::ListenerMode::Http;
         assert_eq!(

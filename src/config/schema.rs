@@ -95,6 +95,13 @@ pub struct ListenerConfig {
     /// `proxy_protocol on`; the backend must expect it. Default: none. Changed live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_proxy_protocol: Option<String>,
+    /// `tcp`: only clients in these blocks may connect; others are closed at once (NGINX's
+    /// `allow` in a `stream` server). Default: everyone. Changed live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allow: Vec<String>,
+    /// `tcp`: clients in these blocks are closed at once, even if `ip_allow` names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_deny: Vec<String>,
 }
 
 /// What a listener speaks.

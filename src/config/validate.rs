@@ -804,7 +804,7 @@ fn respond(r: &crate::config::RespondConfig, path: &str, p: &mut Vec<Problem>) {
 }
 
 /// Every entry of a list of address blocks parses (`10.0.0.0/8`, an address).
-fn check_blocks(path: &str, list: &[String], p: &mut Vec<Problem>) {
+pub(super) fn check_blocks(path: &str, list: &[String], p: &mut Vec<Problem>) {
     for (j, e) in list.iter().enumerate() {
         if let Err(e) = crate::proxy::real_ip::Cidr::parse(e) {
             p.push(Problem::new(format!("{path}[{j}]"), e));

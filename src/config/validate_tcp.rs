@@ -3,7 +3,7 @@
 //! listener names none of the `tcp` keys. Each problem carries its field path.
 
 use super::schema::*;
-use super::validate::Problem;
+use super::validate::{check_blocks, Problem};
 use std::collections::HashSet;
 
 pub(super) fn check_mode(cfg: &Config, l: &ListenerConfig, path: &str, p: &mut Vec<Problem>) {
@@ -12,11 +12,13 @@ pub(super) fn check_mode(cfg: &Config, l: &ListenerConfig, path: &str, p: &mut V
             ("upstream", l.upstream.is_some()),
             ("sni_routes", !l.sni_routes.is_empty()),
             ("send_proxy_protocol", l.send_proxy_protocol.is_some()),
+            ("ip_allow", !l.ip_allow.is_empty()),
+            ("ip_deny", !l.ip_deny.is_empty()),
         ] {
             if given {
                 p.push(Problem::new(
                     format!("{path}.{key}"),
-                    "only for `mode = \"tcp\"`: an HTTP listener's requests go where `[[routes]]` send them",
+                    "only for `mode = \"tcp\"`: an HTTP listener's requests go where `[[routes]]` send them, with their own `ip_allow`/`ip_deny`",
                 ));
             }
         }
@@ -41,6 +43,8 @@ pub(super) fn check_mode(cfg: &Config, l: &ListenerConfig, path: &str, p: &mut V
             ));
         }
     }
+    check_blocks(&format!("{path}.ip_allow"), &l.ip_allow, p);
+    check_blocks(&format!("{path}.ip_deny"), &l.ip_deny, p);
     if let Some(v) = &l.send_proxy_protocol {
         if v != "v1" && v != "v2" {
             p.push(Problem::new(

@@ -32,14 +32,15 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Connections of `tcp` listeners by outcome, in the order of [`OUTCOME_NAMES`].
-pub static OUTCOMES: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-pub const OUTCOME_NAMES: [&str; 6] = [
+pub static OUTCOMES: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+pub const OUTCOME_NAMES: [&str; 7] = [
     "relayed",
     "no_route",
     "no_backend",
     "connect_failed",
     "overloaded",
     "handshake_failed",
+    "denied",
 ];
 /// Bytes relayed by `tcp` listeners: from clients, and to them; added when a connection ends.
 pub static BYTES: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
@@ -119,14 +120,27 @@ pub async fn serve(
         client: info.client.to_string(),
         ..TcpEntry::default()
     };
-    let (wants_sni, wants_local) = {
+    let (wants_sni, wants_local, admitted) = {
         let snap = shared.current();
         let section = site.section(&snap.config);
+        // Parsed per connection (only when there are lists): they change live, and a few
+        // blocks parse in far less time than the connect that follows.
+        let acl = super::real_ip::Acl::new(&section.ip_allow, &section.ip_deny);
         (
             !section.sni_routes.is_empty(),
             section.send_proxy_protocol.is_some(),
+            acl.is_none_or(|a| a.admits(info.client.ip())),
         )
     };
+    if !admitted {
+        return finish(
+            shared,
+            entry,
+            accepted,
+            6,
+            ProxyError::ClientDenied.reason(),
+        );
+    }
     // The address the client reached, for a PROXY header to the backend (a system call, so
     // only when one is sent).
     let local = match wants_local.then(|| stream.local_addr()) {

@@ -364,6 +364,37 @@ fn where_connections_go_changes_live_without_cutting_open_ones() {
         "the open one stays where it was"
     );
 
+    // A client in `ip_deny` is closed at once, before any backend hears of it.
+    put_config(
+        &lb,
+        &tcp_config(
+            &log,
+            "upstream = \"two\"\nip_deny = [\"127.0.0.0/8\"]",
+            &ups,
+        ),
+    );
+    let mut denied = TcpStream::connect(lb.addr).unwrap();
+    denied
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    assert_eq!(denied.read_to_end(&mut got).unwrap(), 0, "{got:?}");
+    assert!(
+        access_lines(&log, 2)
+            .iter()
+            .any(|l| l["error"] == "client_denied"),
+        "logged as denied"
+    );
+    put_config(
+        &lb,
+        &tcp_config(&log, "upstream = \"two\"\nip_allow = [\"127.0.0.1\"]", &ups),
+    );
+    assert_eq!(
+        converse(lb.addr),
+        "b2",
+        "an allowed client still gets through"
+    );
+
     // Refused, each by its field, and nothing applied.
     let bad = |listener: &str, extra: &str| {
         let text = format!(
@@ -401,8 +432,15 @@ fn where_connections_go_changes_live_without_cutting_open_ones() {
         ]
     );
     assert_eq!(
-        bad("upstream = \"one\"", "upstream = \"one\""),
-        ["listeners[1].upstream"]
+        bad(
+            "upstream = \"one\"\nip_allow = [\"10.0.0.0/33\"]",
+            "upstream = \"one\"\nip_deny = [\"10.0.0.1\"]"
+        ),
+        [
+            "listeners[0].ip_allow[0]",
+            "listeners[1].upstream",
+            "listeners[1].ip_deny"
+        ]
     );
     assert_eq!(converse(lb.addr), "b2", "still the last accepted change");
 }
