@@ -46,8 +46,8 @@ pub async fn route_match(State(shared): S, Query(q): Query<Vec<(String, String)>
     let (host, asked) = (one("host").unwrap_or(""), one("path").unwrap_or("/"));
     // Routed as the data plane routes it: the path normalized first.
     let normalized;
-    let path = if crate::proxy::normalize::needed(asked.as_bytes()) {
-        let Some(p) = crate::proxy::normalize::normalize(asked) else {
+    let path = if crate::proxy::normalize::needed(asked.as_bytes(), false) {
+        let Some(p) = crate::proxy::normalize::normalize(asked, false) else {
             let e = json!({ "matched": false, "error": "the path climbs above the root or has a % that escapes nothing: the request gets 400 bad_request" });
             return (StatusCode::BAD_REQUEST, Json(e)).into_response();
         };

@@ -76,6 +76,12 @@ pub struct ListenerConfig {
     /// access log. Default: none, since a client can write the header. *restart*
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// `keep` (default) or `reject`: with `reject`, a request path holding an encoded slash or
+    /// backslash (`%2F`, `%5C`), a `\`, or an empty segment (`//`) gets 400, since backends
+    /// differ on what those mean and a guarded prefix could be reached by them (Envoy's
+    /// `path_with_escaped_slashes_action: REJECT_REQUEST`). *restart*
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ambiguous_paths: AmbiguousPaths,
     /// `http` (default) or `tcp`: each connection's bytes are relayed to a backend unread, as
     /// HAProxy's `mode tcp` and NGINX's `stream` do (databases, brokers, TLS passed through).
     /// *restart*
@@ -102,6 +108,15 @@ pub struct ListenerConfig {
     /// `tcp`: clients in these blocks are closed at once, even if `ip_allow` names them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_deny: Vec<String>,
+}
+
+/// What an HTTP listener does with path spellings backends read differently.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AmbiguousPaths {
+    #[default]
+    Keep,
+    Reject,
 }
 
 /// What a listener speaks.

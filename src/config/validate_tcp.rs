@@ -30,6 +30,7 @@ pub(super) fn check_mode(cfg: &Config, l: &ListenerConfig, path: &str, p: &mut V
         ("max_request_body", l.max_request_body.is_some()),
         ("header_timeout", l.header_timeout.is_some()),
         ("trusted_proxies", !l.trusted_proxies.is_empty()),
+        ("ambiguous_paths", l.ambiguous_paths != AmbiguousPaths::Keep),
         (
             "tls.redirect_https",
             tls.is_some_and(|t| t.redirect_https.is_some()),

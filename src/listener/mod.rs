@@ -87,6 +87,8 @@ pub struct Bound {
     pub header_timeout: Duration,
     /// `trusted_proxies` of the listener, when it has any.
     pub trusted: Option<Arc<CidrSet>>,
+    /// `ambiguous_paths = "reject"`.
+    pub strict_paths: bool,
     sockets: Vec<std::net::TcpListener>,
 }
 
@@ -98,12 +100,14 @@ pub struct WorkerSocket {
     proxy_protocol: bool,
     header_timeout: Duration,
     trusted: Option<Arc<CidrSet>>,
+    strict_paths: bool,
 }
 
 impl Bound {
     pub fn into_sockets(self) -> Vec<WorkerSocket> {
         let (max_body, mode, proxy_protocol) = (self.max_body, self.mode, self.proxy_protocol);
-        let (header_timeout, trusted) = (self.header_timeout, self.trusted);
+        let (header_timeout, trusted, strict_paths) =
+            (self.header_timeout, self.trusted, self.strict_paths);
         self.sockets
             .into_iter()
             .map(|socket| WorkerSocket {
@@ -113,6 +117,7 @@ impl Bound {
                 proxy_protocol,
                 header_timeout,
                 trusted: trusted.clone(),
+                strict_paths,
             })
             .collect()
     }
@@ -156,6 +161,7 @@ pub fn bind(
         proxy_protocol: false,
         header_timeout: HEADER_READ_TIMEOUT,
         trusted: None,
+        strict_paths: false,
         sockets,
     })
 }
@@ -207,6 +213,7 @@ pub fn set_modes(
         b.header_timeout = c.header_timeout.map_or(HEADER_READ_TIMEOUT, |d| d.get());
         let trusted = CidrSet::new(&c.trusted_proxies);
         b.trusted = (!trusted.is_empty()).then(|| Arc::new(trusted));
+        b.strict_paths = c.ambiguous_paths == crate::config::AmbiguousPaths::Reject;
         let tcp = c.mode == crate::config::ListenerMode::Tcp;
         let tls = match c.tls.as_ref().filter(|t| !t.certificates.is_empty()) {
             Some(t) => {
@@ -278,6 +285,7 @@ pub fn run_worker(
             proxy_protocol,
             header_timeout,
             trusted,
+            strict_paths,
         } in listeners
         {
             let builder = builders(header_timeout);
@@ -320,6 +328,7 @@ pub fn run_worker(
                     };
                     let mut info = ConnInfo::new(client, max_body, trusted.clone());
                     info.body_timeout = builder.header_timeout;
+                    info.strict_paths = strict_paths;
                     let conn = Conn {
                         shared: shared.clone(),
                         builder: builder.clone(),

@@ -84,6 +84,8 @@ pub struct ConnInfo {
     pub trusted: Option<Arc<real_ip::CidrSet>>,
     /// `client` is one of them: its requests' `X-Forwarded-For` names the client.
     pub peer_trusted: bool,
+    /// The listener refuses ambiguous path spellings ([`normalize`]).
+    pub strict_paths: bool,
 }
 
 impl ConnInfo {
@@ -103,6 +105,7 @@ impl ConnInfo {
             tls_client: None,
             peer_trusted: trusted.as_ref().is_some_and(|t| t.contains(peer.ip())),
             trusted,
+            strict_paths: false,
         }
     }
 
@@ -296,8 +299,8 @@ async fn serve(
     // Routed, and sent upstream, in the one form the backend will act on ([`normalize`]);
     // `${request_uri}` keeps the client's spelling.
     let mut client_uri = None;
-    if normalize::needed(parts.uri.path().as_bytes()) {
-        let Some(uri) = normalized_uri(&parts.uri) else {
+    if normalize::needed(parts.uri.path().as_bytes(), conn.strict_paths) {
+        let Some(uri) = normalized_uri(&parts.uri, conn.strict_paths) else {
             return refuse(ProxyError::BadRequest, &parts.headers);
         };
         client_uri = Some(std::mem::replace(&mut parts.uri, uri));
@@ -650,9 +653,10 @@ async fn serve(
     resp
 }
 
-/// `uri` with its path normalized ([`normalize`]); None when the path climbs above the root.
-fn normalized_uri(uri: &http::Uri) -> Option<http::Uri> {
-    let path = normalize::normalize(uri.path())?;
+/// `uri` with its path normalized ([`normalize`]); None when the path is refused (it climbs
+/// above the root, or is ambiguous).
+fn normalized_uri(uri: &http::Uri, strict: bool) -> Option<http::Uri> {
+    let path = normalize::normalize(uri.path(), strict)?;
     let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,

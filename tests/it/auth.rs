@@ -324,15 +324,18 @@ fn a_guarded_prefix_cannot_be_reached_by_spelling_its_path_another_way() {
          [upstreams.app]\nbackends = [{{ address = \"{backend}\" }}]\n\
          [upstreams.authz]\nbackends = [{{ address = \"{authz}\" }}]\n\
          [[routes]]\npath_prefix = \"/admin/\"\nupstream = \"app\"\nauth = {{ upstream = \"authz\", path = \"/verify\" }}\n\
-         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         [[listeners]]\nbind = \"127.0.0.1:0\"\nambiguous_paths = \"reject\"\n"
     ));
-    let get = |target: &str| {
+    let strict = lb.running().listeners[1];
+    let get_at = |addr, target: &str| {
         let out = raw_all(
-            lb.addr,
+            addr,
             format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         out.split(' ').nth(1).unwrap_or("").to_string()
     };
+    let get = |target: &str| get_at(lb.addr, target);
     for sneaky in [
         "/x/../admin/panel",
         "/%61dmin/panel",
@@ -359,7 +362,33 @@ fn a_guarded_prefix_cannot_be_reached_by_spelling_its_path_another_way() {
     assert_eq!(get("/a/%2e%2e/%2e%2e/etc"), "400");
     assert_eq!(get("/x/%2%65%2%65/admin/panel"), "400");
     assert_eq!(get("/x/%zz"), "400");
+    // A dot segment with parameters, which Tomcat reads as `..`: refused everywhere.
+    assert_eq!(get("/public/..;/admin/panel"), "400");
     assert_eq!(served.lock().unwrap().len(), 2);
+    // Spellings backends read as separators pass on a default listener (documented), and are
+    // refused on one with `ambiguous_paths = "reject"`, on the relay and on hyper's path.
+    for ambiguous in [
+        "/public%2F..%2Fadmin/panel",
+        "//admin/panel",
+        "/public\\..\\admin\\panel",
+    ] {
+        assert_eq!(get_at(strict, ambiguous), "400", "{ambiguous}");
+        let chunked = raw_all(
+            strict,
+            format!("POST {ambiguous} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            chunked.starts_with("HTTP/1.1 400 "),
+            "{ambiguous}: {chunked}"
+        );
+    }
+    assert_eq!(get_at(strict, "/public/a;v=1"), "200");
+    assert_eq!(
+        get("//admin/panel"),
+        "200",
+        "the default keeps empty segments"
+    );
+    assert_eq!(served.lock().unwrap().len(), 4);
     // A fragment (which clients never send) does not hide dot segments from the fast path.
     let open_then_dots = get("/public/..#/admin/panel");
     assert!(

@@ -352,7 +352,7 @@ pub fn parse_request(buf: &[u8], snap: &Snapshot, conn: &ConnInfo) -> Parsed {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     // A path to normalize is routed, and rewritten, on hyper's path; so is a target with a
     // fragment, which hyper's parser cuts off where this path would route on it.
-    if crate::proxy::normalize::needed(path.as_bytes()) || path.contains('#') {
+    if crate::proxy::normalize::needed(path.as_bytes(), conn.strict_paths) || path.contains('#') {
         return Parsed::Handoff;
     }
     let view = View {
