@@ -123,8 +123,10 @@ pub struct Upstream {
     pub budget: outlier::RetryBudget,
     /// How connections to the backends are made: protocol, TLS client settings.
     pub connector: crate::proxy::connector::Connector,
-    /// Woken when a request finishes on an upstream with `max_connections`.
-    pub capacity: tokio::sync::Notify,
+    /// Woken when a request finishes on an upstream with `max_connections`. Shared by every
+    /// compile of the upstream (see [`crate::state::Registry`]): a request that finishes holds
+    /// the snapshot it started on, and must wake waiters queued on a later one.
+    pub capacity: std::sync::Arc<tokio::sync::Notify>,
     /// Requests waiting for capacity.
     pub pending: std::sync::atomic::AtomicU32,
     /// Discovered backends must pass a health check before they take traffic: with `discovery`
@@ -193,7 +195,7 @@ impl Upstream {
             has_backups,
             config: cfg.clone(),
             budget: outlier::RetryBudget::default(),
-            capacity: tokio::sync::Notify::new(),
+            capacity: std::sync::Arc::new(tokio::sync::Notify::new()),
             pending: std::sync::atomic::AtomicU32::new(0),
             require_checked: cfg.discovery.is_some() && checked,
             connector: crate::proxy::connector::Connector::from_config(name, cfg),

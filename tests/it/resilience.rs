@@ -208,6 +208,41 @@ fn connection_limit_queues_then_refuses_with_reason() {
     );
 }
 
+/// A request queued on a configuration applied after the one the busy request started on is
+/// still woken when that request ends: the queue's wake-up is kept across changes.
+#[test]
+fn a_request_queued_after_a_config_change_runs_when_an_older_request_frees_its_slot() {
+    let be = backends(1);
+    let body = |pending: u32| {
+        config(&format!(
+            "backends = [{}]\nmax_connections = 1\nmax_pending = {pending}\ntimeouts = {{ request = \"5s\" }}",
+            be.list()
+        ))
+    };
+    let lb = start(&body(4));
+    let slow = |ms: u64| {
+        let url = lb.url(&format!("/delay/{ms}"));
+        std::thread::spawn(move || {
+            let r = client().get(url).send().unwrap();
+            (
+                r.status().as_u16(),
+                r.headers().get("x-switchyard-error").cloned(),
+            )
+        })
+    };
+    let first = slow(800);
+    assert!(eventually(Duration::from_secs(3), || backend_state(
+        &lb,
+        &be.addrs[0].to_string()
+    )["active_requests"]
+        == 1));
+    put_config(&lb, &body(5));
+    let queued = slow(10);
+    assert_eq!(first.join().unwrap().0, 200);
+    // Not woken, it would wait out its 5 s and get 503 upstream_overloaded.
+    assert_eq!(queued.join().unwrap(), (200, None));
+}
+
 #[test]
 fn unsafe_methods_are_not_retried_after_reaching_a_backend() {
     let be = backends(2);
