@@ -159,6 +159,7 @@ fn listeners_diff(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<
                 send_proxy_protocol: None,
                 ip_allow: Vec::new(),
                 ip_deny: Vec::new(),
+                idle_timeout: None,
                 ..l.clone()
             })
             .collect()
@@ -167,7 +168,6 @@ fn listeners_diff(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<
         out.push(
             "listeners: changed (bind addresses and socket options take effect at restart)".into(),
         );
-        return;
     }
     for (i, (o, n)) in old.iter().zip(new).enumerate() {
         if o.upstream != n.upstream
@@ -175,6 +175,7 @@ fn listeners_diff(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<
             || o.send_proxy_protocol != n.send_proxy_protocol
             || o.ip_allow != n.ip_allow
             || o.ip_deny != n.ip_deny
+            || o.idle_timeout != n.idle_timeout
         {
             let to = n.upstream.as_deref().unwrap_or("-");
             out.push(format!(

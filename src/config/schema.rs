@@ -55,8 +55,9 @@ pub struct ListenerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<String>,
     /// Hand a connection to Switchyard only once its first bytes arrived (`TCP_DEFER_ACCEPT`,
-    /// as NGINX's `deferred` and HAProxy's `defer-accept`). Default: on, since in HTTP and TLS
-    /// the client always speaks first. *restart*
+    /// as NGINX's `deferred` and HAProxy's `defer-accept`). Default: on for HTTP listeners,
+    /// since in HTTP and TLS the client always speaks first; off for `tcp` ones, whose protocol
+    /// may wait for the server (MySQL, SMTP). *restart*
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defer_accept: Option<bool>,
     /// Every connection starts with a PROXY protocol header (v1 or v2) naming the real client,
@@ -101,6 +102,11 @@ pub struct ListenerConfig {
     /// `proxy_protocol on`; the backend must expect it. Default: none. Changed live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_proxy_protocol: Option<String>,
+    /// `tcp`: a connection where nothing moves either way for this long is closed. Default 10
+    /// minutes, NGINX's `proxy_timeout` (HAProxy's `timeout client`/`server` are set to hours
+    /// for database sessions); dead peers are found sooner by TCP keepalive. Changed live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
     /// `tcp`: only clients in these blocks may connect; others are closed at once (NGINX's
     /// `allow` in a `stream` server). Default: everyone. Changed live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

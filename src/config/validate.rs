@@ -4,7 +4,7 @@
 
 use super::schema::*;
 use super::size::parse_size;
-use super::validate_tcp::check_mode;
+use super::validate_tcp::{check_mode, check_tcp_upstreams};
 use super::validate_upstream::check_upstream;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -335,6 +335,7 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
             }
         }
     }
+    check_tcp_upstreams(cfg, &mut p);
     // Only HTTP listeners read routes; `tcp` ones name their upstreams themselves.
     let http = cfg.listeners.iter().any(|l| l.mode == ListenerMode::Http);
     if http && cfg.routes.is_empty() && cfg.upstreams.len() > 1 {

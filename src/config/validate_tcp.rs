@@ -14,6 +14,7 @@ pub(super) fn check_mode(cfg: &Config, l: &ListenerConfig, path: &str, p: &mut V
             ("send_proxy_protocol", l.send_proxy_protocol.is_some()),
             ("ip_allow", !l.ip_allow.is_empty()),
             ("ip_deny", !l.ip_deny.is_empty()),
+            ("idle_timeout", l.idle_timeout.is_some()),
         ] {
             if given {
                 p.push(Problem::new(
@@ -44,6 +45,12 @@ pub(super) fn check_mode(cfg: &Config, l: &ListenerConfig, path: &str, p: &mut V
             ));
         }
     }
+    if l.idle_timeout.is_some_and(|d| d.get().is_zero()) {
+        p.push(Problem::new(
+            format!("{path}.idle_timeout"),
+            "must be above 0, or every connection would be closed at once",
+        ));
+    }
     check_blocks(&format!("{path}.ip_allow"), &l.ip_allow, p);
     check_blocks(&format!("{path}.ip_deny"), &l.ip_deny, p);
     if let Some(v) = &l.send_proxy_protocol {
@@ -62,6 +69,28 @@ pub(super) fn check_mode(cfg: &Config, l: &ListenerConfig, path: &str, p: &mut V
     }
     if let Some(u) = &l.upstream {
         known_upstream(cfg, u, format!("{path}.upstream"), p);
+    }
+    // Passed through unopened, the client's TLS must reach the backend as it is: an upstream
+    // that speaks TLS itself would wrap it in a second session no backend can read.
+    if !l.sni_routes.is_empty() && tls.is_none_or(|t| t.certificates.is_empty()) {
+        let names = l
+            .upstream
+            .iter()
+            .chain(l.sni_routes.iter().map(|r| &r.upstream));
+        for name in names {
+            if cfg
+                .upstreams
+                .get(name)
+                .is_some_and(|u| u.tls.as_ref().is_some_and(|t| t.enabled != Some(false)))
+            {
+                p.push(Problem::new(
+                    format!("upstreams.{name}.tls"),
+                    format!(
+                        "{path} passes its clients' TLS through to {name:?} unopened; TLS from Switchyard to the backend would wrap it in a second session"
+                    ),
+                ));
+            }
+        }
     }
     let mut seen = HashSet::new();
     for (i, r) in l.sni_routes.iter().enumerate() {
@@ -118,5 +147,59 @@ fn known_upstream(cfg: &Config, name: &str, field: String, p: &mut Vec<Problem>)
             ),
         )),
         Some(_) => {}
+    }
+}
+
+/// Upstreams that only `tcp` listeners use: settings that need an HTTP request, which such an
+/// upstream never sees, are refused rather than silently ignored.
+pub(super) fn check_tcp_upstreams(cfg: &Config, p: &mut Vec<Problem>) {
+    let tcp = cfg.listeners.iter().filter(|l| l.mode == ListenerMode::Tcp);
+    let mut names: Vec<&String> = tcp
+        .flat_map(|l| {
+            l.upstream
+                .iter()
+                .chain(l.sni_routes.iter().map(|r| &r.upstream))
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let by_route = |name: &str| {
+        cfg.routes.iter().any(|r| {
+            r.upstream == name
+                || r.split.iter().any(|s| s.upstream == name)
+                || r.mirror.as_ref().is_some_and(|m| m.upstream == name)
+                || r.auth.as_ref().is_some_and(|a| a.upstream == name)
+        })
+    };
+    let http_listener = cfg.listeners.iter().any(|l| l.mode == ListenerMode::Http);
+    for name in names {
+        let Some(u) = cfg.upstreams.get(name) else {
+            continue;
+        };
+        // With no routes, a lone upstream also takes the HTTP listeners' requests.
+        if by_route(name) || (http_listener && cfg.routes.is_empty()) {
+            continue;
+        }
+        let at = format!("upstreams.{name}");
+        if u.sticky.is_some() {
+            p.push(Problem::new(
+                format!("{at}.sticky"),
+                "a cookie needs HTTP: this upstream only takes tcp listeners' connections",
+            ));
+        }
+        if u.hash_key.as_deref().is_some_and(|k| k != "client_ip") {
+            p.push(Problem::new(
+                format!("{at}.hash_key"),
+                "a tcp connection has no path, header or cookie to hash: use \"client_ip\"",
+            ));
+        }
+        if let Some(h) = &u.health_check {
+            if h.kind == CheckKind::Http && h.path.is_none() {
+                p.push(Problem::new(
+                    format!("{at}.health_check.kind"),
+                    "checks default to HTTP, which a tcp listener's backends may not speak: set kind = \"tcp\" (or give the HTTP `path` they answer)",
+                ));
+            }
+        }
     }
 }

@@ -28,7 +28,8 @@ pub enum NotTls {
 }
 
 /// Reads until `io`'s ClientHello is complete: every byte read, and the server name it asks for
-/// (lowercased, without a trailing dot), if any.
+/// (lowercased, without a trailing dot), if any. A handshake record rustls refuses to parse is
+/// let through without a name (it goes to the listener's `upstream`).
 pub async fn read_sni<IO: AsyncRead + Unpin>(
     io: &mut IO,
     within: Duration,
@@ -61,6 +62,10 @@ pub async fn read_sni<IO: AsyncRead + Unpin>(
                 }
                 Ok(None) if buf.len() < MAX_HELLO => buf.reserve(4096),
                 Ok(None) => return Err(NotTls::TooSlowOrLarge),
+                // A TLS handshake record that rustls will not take (an old client's hello
+                // without `signature_algorithms`, say): the backend may, so it goes on without
+                // a name, as NGINX's lenient `ssl_preread` lets it.
+                Err(_) if buf.len() >= 6 && buf[0] == 0x16 && buf[5] == 1 => return Ok(None),
                 Err(_) => return Err(NotTls::Garbled),
             }
         }

@@ -153,10 +153,10 @@ fn v2(b: &[u8]) -> Parsed {
 }
 
 /// The header a `tcp` listener with `send_proxy_protocol` writes first on a backend connection:
-/// `client` connected to `local`. Addresses of two families (an IPv4 client on an IPv6 socket
-/// shows as v4-mapped) are written as one, IPv6; v1 says `UNKNOWN` only if neither can be.
+/// `client` connected to `local`. Two IPv4 addresses (v4-mapped ones on a dual-stack socket
+/// included) are written as IPv4; otherwise both as IPv6, an IPv4 one mapped.
 pub fn encode(v2: bool, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
-    let (src, dst) = match (client.ip(), local.ip()) {
+    let (src, dst) = match (client.ip().to_canonical(), local.ip().to_canonical()) {
         (IpAddr::V4(a), IpAddr::V4(b)) => (IpAddr::V4(a), IpAddr::V4(b)),
         (a, b) => (IpAddr::V6(v6(a)), IpAddr::V6(v6(b))),
     };

@@ -115,18 +115,20 @@ impl Connector {
         socket: Option<SocketAddr>,
         timeout: Duration,
     ) -> Result<Box<dyn Io>, DialError> {
-        self.dial_as(address, socket, timeout, true).await
+        self.dial_as(address, socket, timeout, true, &[]).await
     }
 
-    /// [`Connector::dial_checked`] for a `tcp` listener's connection: TLS (if any) offers no
-    /// ALPN protocol.
+    /// [`Connector::dial_checked`] for a `tcp` listener's connection: `first` (a PROXY protocol
+    /// header) is written on the TCP connection before anything else, TLS included, as the
+    /// protocol requires; TLS (if any) offers no ALPN protocol.
     pub async fn dial_raw(
         &self,
         address: &str,
         socket: Option<SocketAddr>,
         timeout: Duration,
+        first: &[u8],
     ) -> Result<Box<dyn Io>, DialError> {
-        self.dial_as(address, socket, timeout, false).await
+        self.dial_as(address, socket, timeout, false, first).await
     }
 
     async fn dial_as(
@@ -135,9 +137,20 @@ impl Connector {
         socket: Option<SocketAddr>,
         timeout: Duration,
         http: bool,
+        first: &[u8],
     ) -> Result<Box<dyn Io>, DialError> {
         let work = async {
-            let stream = tcp(address, socket).await?;
+            let mut stream = tcp(address, socket).await?;
+            if !http {
+                super::tcp::keepalive(&stream);
+            }
+            if !first.is_empty() {
+                use tokio::io::AsyncWriteExt;
+                stream
+                    .write_all(first)
+                    .await
+                    .map_err(|_| ProxyError::ConnectFailed)?;
+            }
             let tls = match &self.tls {
                 None => return Ok(Box::new(stream) as Box<dyn Io>),
                 Some(Err(_)) => return Err(ProxyError::ConnectFailed.into()),

@@ -42,6 +42,20 @@ pub const OUTCOME_NAMES: [&str; 7] = [
     "handshake_failed",
     "denied",
 ];
+/// A `tcp` listener's `idle_timeout` when none is set: NGINX's `proxy_timeout`.
+const IDLE_DEFAULT: Duration = Duration::from_secs(600);
+
+/// TCP keepalive on both sides of a relayed connection: a peer that vanished (a host down, a
+/// NAT entry expired) is found after a minute of silence and six unanswered probes ten seconds
+/// apart, instead of holding its backend slot until `idle_timeout`.
+pub(crate) fn keepalive(s: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+}
+
 /// Bytes relayed by `tcp` listeners: from clients, and to them; added when a connection ends.
 pub static BYTES: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 
@@ -113,6 +127,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let accepted = Instant::now();
+    keepalive(&stream);
     let mut entry = TcpEntry {
         time: rfc3339(SystemTime::now()),
         kind: "tcp",
@@ -155,7 +170,11 @@ pub async fn serve(
             else {
                 return finish(shared, entry, accepted, 5, "tls_handshake_failed");
             };
-            let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+            let sni = tls
+                .get_ref()
+                .1
+                .server_name()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
             entry.tls_version = info.tls_version;
             entry.tls_client = info.tls_client.take();
             (Box::new(tls), bytes::BytesMut::new(), sni)
@@ -190,6 +209,7 @@ pub async fn serve(
         .as_deref()
         .zip(local)
         .map(|(v, local)| crate::listener::proxy_protocol::encode(v == "v2", info.client, local));
+    let idle = section.idle_timeout.map_or(IDLE_DEFAULT, |d| d.get());
     drop(snap);
     let hash = match up.hash_key {
         HashKey::ClientIp => {
@@ -198,7 +218,9 @@ pub async fn serve(
         // Nothing else of a connection is known before its bytes, which are not read.
         _ => fastrand::u64(..),
     };
-    let (mut backend, inflight) = match connect(&up, &PickCtx::hashed(hash), &mut entry).await {
+    let proxy_header = proxy_header.unwrap_or_default();
+    let ctx = PickCtx::hashed(hash);
+    let (mut backend, inflight) = match connect(&up, &ctx, &proxy_header, &mut entry).await {
         Ok(x) => x,
         Err(e) => {
             let outcome = match e {
@@ -210,13 +232,12 @@ pub async fn serve(
         }
     };
     OUTCOMES[0].fetch_add(1, Relaxed);
-    // The PROXY header, then a passed-through ClientHello byte for byte, go first: one write.
-    let first = [proxy_header.unwrap_or_default(), hello.to_vec()].concat();
-    let broken = !first.is_empty() && backend.write_all(&first).await.is_err();
+    // A passed-through ClientHello goes first, byte for byte.
+    let broken = !hello.is_empty() && backend.write_all(&hello).await.is_err();
     let (end, up_bytes, down_bytes) = if broken {
         (super::tunnel::TunnelEnd::Broken, 0, 0)
     } else {
-        super::tunnel::pump(client, backend, up.idle_timeout).await
+        super::tunnel::pump(client, backend, idle).await
     };
     drop(inflight);
     entry.bytes_in = up_bytes + hello.len() as u64;
@@ -257,6 +278,7 @@ fn log(shared: &Shared, mut entry: TcpEntry, accepted: Instant) {
 async fn connect(
     up: &Arc<Upstream>,
     ctx: &PickCtx,
+    proxy_header: &[u8],
     entry: &mut TcpEntry,
 ) -> Result<(Box<dyn Io>, Inflight), ProxyError> {
     let policy = &up.retry;
@@ -289,7 +311,7 @@ async fn connect(
         let started = Instant::now();
         match up
             .connector
-            .dial_raw(&b.address, b.socket, up.connect_timeout)
+            .dial_raw(&b.address, b.socket, up.connect_timeout, proxy_header)
             .await
         {
             Ok(io) => {

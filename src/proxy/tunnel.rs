@@ -82,7 +82,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let r = match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            // A TLS peer that closes without close_notify (many do): an end of input like any
+            // other, so the other direction still finishes and the tunnel ends `closed`.
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            r => r,
+        };
         let n = buf.filled().len() - before;
         if n > 0 {
             self.moved.fetch_add(n as u64, Relaxed);

@@ -250,7 +250,7 @@ async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
     let ca = pki::ca(d, "ca");
     let a = tls_backend(&ca.leaf(d, "a", &["a.test"]), "a").await;
     let b = tls_backend(&ca.leaf(d, "b", &["*.b.test"]), "b").await;
-    let fallback = tls_backend(&ca.leaf(d, "c", &["other.test"]), "c").await;
+    let fallback = tls_backend(&ca.leaf(d, "c", &["other.test", "127.0.0.1"]), "c").await;
     let log = d.join("access.log");
     let text = tcp_config(
         &log,
@@ -270,6 +270,8 @@ async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
         ("a.test", "a saw a.test\n"),
         ("x.b.test", "b saw x.b.test\n"),
         ("other.test", "c saw other.test\n"),
+        // Connecting by IP address, a client sends no server name: the listener's `upstream`.
+        ("127.0.0.1", "c saw -\n"),
     ] {
         let s = pki::connect(lb.addr, sni, cfg.clone()).await.unwrap();
         assert_eq!(read_all(s).await, want);
@@ -280,7 +282,7 @@ async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
         .await
         .unwrap();
     assert_eq!(read_all(plain).await, "");
-    let lines = tokio::task::spawn_blocking(move || access_lines(&log, 4))
+    let lines = tokio::task::spawn_blocking(move || access_lines(&log, 5))
         .await
         .unwrap();
     assert!(
@@ -443,4 +445,100 @@ fn where_connections_go_changes_live_without_cutting_open_ones() {
         ]
     );
     assert_eq!(converse(lb.addr), "b2", "still the last accepted change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_goes_before_the_tls_of_a_tls_upstream() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::ca(d, "ca");
+    let leaf = ca.leaf(d, "db", &["db.test"]);
+    // The backend reads a PROXY v1 line in the clear, then a TLS handshake, then the client's
+    // bytes, and says what the line was.
+    let key = switchyard::listener::certs::load_pair(leaf.cert_str(), leaf.key_str())
+        .unwrap()
+        .key;
+    let cfg = rustls::ServerConfig::builder_with_provider(switchyard::listener::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut r = tokio::io::BufReader::new(s);
+        let mut header = String::new();
+        r.read_line(&mut header).await.unwrap();
+        let mut tls = acceptor.accept(r).await.unwrap();
+        let mut got = [0u8; 5];
+        tls.read_exact(&mut got).await.unwrap();
+        tls.write_all(header.as_bytes()).await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let text = tcp_config(
+        &d.join("access.log"),
+        "upstream = \"db\"\nsend_proxy_protocol = \"v1\"",
+        &format!(
+            "[upstreams.db]\nbackends = [{{ address = \"{backend}\" }}]\n\
+             tls = {{ ca_file = {:?}, server_name = \"db.test\" }}\n",
+            ca.path_str()
+        ),
+    );
+    let lb = tokio::task::spawn_blocking(move || start(&text))
+        .await
+        .unwrap();
+    let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let me = c.local_addr().unwrap();
+    c.write_all(b"hello").await.unwrap();
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        me.port(),
+        lb.addr.port()
+    );
+    assert_eq!(read_all(c).await, want);
+    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+}
+
+#[test]
+fn upstream_settings_a_tcp_connection_cannot_use_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let check = |listener: &str, upstream: &str| -> Vec<String> {
+        let text = tcp_config(
+            &dir.join("a.log"),
+            listener,
+            &format!("[upstreams.db]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n{upstream}\n"),
+        );
+        match switchyard::config::parse_config(&text, switchyard::config::Format::Toml, None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(|p| p.path.clone()).collect(),
+        }
+    };
+    assert_eq!(
+        check("upstream = \"db\"", "health_check = { kind = \"tcp\" }"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check(
+            "upstream = \"db\"",
+            "algorithm = \"consistent_hash\"\nhash_key = \"cookie:s\"\nsticky = {}\nhealth_check = { interval = \"2s\" }"
+        ),
+        [
+            "upstreams.db.hash_key",
+            "upstreams.db.sticky",
+            "upstreams.db.health_check.kind"
+        ]
+    );
+    // TLS passed through unopened cannot also be wrapped in TLS to the backend.
+    assert_eq!(
+        check(
+            "sni_routes = [{ hosts = [\"a.test\"], upstream = \"db\" }]",
+            "tls = { server_name = \"a.test\" }"
+        ),
+        ["upstreams.db.tls"]
+    );
 }
