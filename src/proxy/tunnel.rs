@@ -154,6 +154,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn traffic_keeps_a_tunnel_open_past_its_idle_time() {
+        let (mut client, a) = tokio::io::duplex(64);
+        let (b, mut server) = tokio::io::duplex(64);
+        let relay = tokio::spawn(pump(a, b, Duration::from_millis(300)));
+        // Ten bytes, one every 100 ms: three idle periods in all, none of them silent.
+        for _ in 0..10 {
+            client.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            server.read_exact(&mut one).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!relay.is_finished(), "closed while bytes moved");
+        drop(client);
+        drop(server);
+        assert_eq!(relay.await.unwrap().1, 10);
+    }
+
+    #[tokio::test]
     async fn a_tunnel_where_nothing_moves_is_closed_after_the_idle_time() {
         let (_client, a) = tokio::io::duplex(64);
         let (b, _server) = tokio::io::duplex(64);
