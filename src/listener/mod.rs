@@ -225,6 +225,9 @@ pub fn set_modes(
             None => None,
         };
         if tcp {
+            for s in &b.sockets {
+                proxy::tcp::keepalive(s);
+            }
             b.mode = Arc::new(Mode::Tcp(Arc::new(proxy::tcp::TcpSite::new(index, c, tls))));
         } else if let Some(l) = tls {
             b.mode = Arc::new(Mode::Tls(l));

@@ -230,7 +230,10 @@ mod tests {
         // An IPv4 client on a dual-stack socket: both v4-mapped, written as IPv4.
         let mapped: SocketAddr = "[::ffff:203.0.113.7]:56324".parse().unwrap();
         let local_mapped: SocketAddr = "[::ffff:10.0.0.1]:5432".parse().unwrap();
-        assert_eq!(encode(false, mapped, local_mapped), encode(false, v4, local4));
+        assert_eq!(
+            encode(false, mapped, local_mapped),
+            encode(false, v4, local4)
+        );
         assert_eq!(encode(true, mapped, local_mapped), encode(true, v4, local4));
     }
 

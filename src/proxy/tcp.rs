@@ -47,8 +47,10 @@ const IDLE_DEFAULT: Duration = Duration::from_secs(600);
 
 /// TCP keepalive on both sides of a relayed connection: a peer that vanished (a host down, a
 /// NAT entry expired) is found after a minute of silence and six unanswered probes ten seconds
-/// apart, instead of holding its backend slot until `idle_timeout`.
-pub(crate) fn keepalive(s: &TcpStream) {
+/// apart, instead of holding its backend slot until `idle_timeout`. Set on a `tcp` listener's
+/// sockets, whose accepted connections inherit it (no system call per connection), and on each
+/// backend connection.
+pub(crate) fn keepalive<S: std::os::fd::AsFd>(s: &S) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
@@ -127,7 +129,6 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let accepted = Instant::now();
-    keepalive(&stream);
     let mut entry = TcpEntry {
         time: rfc3339(SystemTime::now()),
         kind: "tcp",
