@@ -233,3 +233,16 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Server settings presenting `leaf`, without client authentication: a TLS backend.
+pub fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+    let key = switchyard::listener::certs::load_pair(leaf.cert_str(), leaf.key_str())
+        .unwrap()
+        .key;
+    let cfg = rustls::ServerConfig::builder_with_provider(switchyard::listener::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    Arc::new(cfg)
+}

@@ -203,18 +203,8 @@ fn get_text(url: &str) -> String {
 /// A TLS backend for `leaf` that answers each connection with `NAME saw SNI\n`: what it learnt
 /// from the handshake the client made with it through the proxy.
 async fn tls_backend(leaf: &pki::Leaf, name: &'static str) -> SocketAddr {
-    use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
-    let provider = switchyard::listener::certs::provider();
-    let key = switchyard::listener::certs::load_pair(leaf.cert_str(), leaf.key_str())
-        .unwrap()
-        .key;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki::server_config(leaf));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -449,7 +439,6 @@ fn where_connections_go_changes_live_without_cutting_open_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_header_goes_before_the_tls_of_a_tls_upstream() {
-    use std::sync::Arc;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -457,15 +446,7 @@ async fn a_proxy_header_goes_before_the_tls_of_a_tls_upstream() {
     let leaf = ca.leaf(d, "db", &["db.test"]);
     // The backend reads a PROXY v1 line in the clear, then a TLS handshake, then the client's
     // bytes, and says what the line was.
-    let key = switchyard::listener::certs::load_pair(leaf.cert_str(), leaf.key_str())
-        .unwrap()
-        .key;
-    let cfg = rustls::ServerConfig::builder_with_provider(switchyard::listener::certs::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki::server_config(&leaf));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = l.local_addr().unwrap();
     tokio::spawn(async move {
