@@ -19,10 +19,7 @@ printf '\n[upstreams.authz]\nbackends = [{ address = "127.0.0.1:9001" }, { addre
 taskset -c 0 nginx -c "$here/origins.nginx.conf" -p "$W/" & ORIGINS=$!
 trap 'kill $ORIGINS 2>/dev/null' EXIT
 sleep 1
-HZ=$(getconf CLK_TCK)
-# User + system ticks of a process and its children (NGINX's worker is the master's child).
-tree() { local p=$1 c; echo "$p"; for c in $(pgrep -P "$p"); do tree "$c"; done; }
-ticks() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
+. "$here/cpu-ticks.sh"
 start() {
   case $1 in
     sy-*) taskset -c 1 "$SY" run --config "$W/$1.toml" >"$W/$1.log" 2>&1 & P=$!; PORT=8083 ;;
@@ -43,7 +40,7 @@ for r in $(seq "$ROUNDS"); do
     n=$(awk '/requests in/{print $1}' <<<"$out"); rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
     bad=$(awk '/Non-2xx/{print $5}' <<<"$out")
     printf "%-12s round %s: %10s req/s %8s us/request%s\n" "$c" "$r" "$rps" \
-      "$(awk -v a="$a" -v b="$b" -v n="$n" -v hz="$HZ" 'BEGIN{printf "%.2f", (b-a)/hz*1e6/n}')" \
+      "$(per_request "$a" "$b" "$n")" \
       "${bad:+  NON-2XX: $bad}"
     kill "$P"; wait "$P" 2>/dev/null; sleep 0.5
   done

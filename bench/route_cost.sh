@@ -20,19 +20,19 @@ printf '\n[[routes]]\nupstream = "be"\ncors = { allow_origins = ["https://app.ex
 taskset -c 0 nginx -c "$here/origins.nginx.conf" -p "$W/" & ORIGINS=$!
 trap 'kill $ORIGINS 2>/dev/null' EXIT
 sleep 1
-HZ=$(getconf CLK_TCK)
+. "$here/cpu-ticks.sh"
 for r in $(seq "$ROUNDS"); do
   for c in plain compress cors; do
     hdr=(); [ "$c" = cors ] && hdr=(-H "Origin: https://app.example")
     taskset -c 1 "$SY" run --config "$W/$c.toml" >"$W/$c.log" 2>&1 & P=$!
     sleep 1
     taskset -c 0 wrk -t1 -c64 -d2s "${hdr[@]}" http://127.0.0.1:8083/ >/dev/null
-    a=$(awk '{print $14+$15}' "/proc/$P/stat")
+    a=$(ticks "$P")
     out=$(taskset -c 0 wrk -t1 -c64 -d6s "${hdr[@]}" http://127.0.0.1:8083/)
-    b=$(awk '{print $14+$15}' "/proc/$P/stat")
+    b=$(ticks "$P")
     n=$(awk '/requests in/{print $1}' <<<"$out"); rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
     printf "%-9s round %s: %10s req/s %8s us/request\n" "$c" "$r" "$rps" \
-      "$(awk -v a="$a" -v b="$b" -v n="$n" -v hz="$HZ" 'BEGIN{printf "%.2f", (b-a)/hz*1e6/n}')"
+      "$(per_request "$a" "$b" "$n")"
     kill "$P"; wait "$P" 2>/dev/null; sleep 0.5
   done
 done

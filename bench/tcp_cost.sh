@@ -74,10 +74,7 @@ nginx -t -q -c "$W/nginx.conf" -p "$W/" || exit 1
 taskset -c 0 nginx -c "$here/origins.nginx.conf" -p "$W/" & ORIGINS=$!
 trap 'kill $ORIGINS 2>/dev/null' EXIT
 sleep 1
-HZ=$(getconf CLK_TCK)
-# User + system ticks of a process and its children (NGINX's worker is the master's child).
-tree() { local p=$1 c; echo "$p"; for c in $(pgrep -P "$p"); do tree "$c"; done; }
-ticks() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
+. "$here/cpu-ticks.sh"
 start() {
   case $1 in
     switchyard) taskset -c 1 "$SY" run --config "$W/sy.toml" >"$W/sy.log" 2>&1 & P=$!; PORT=8084 ;;
@@ -100,7 +97,7 @@ for load in ka close; do
       p99=$(awk '$1=="99%"{print $2}' <<<"$out")
       errs=$(awk '/Socket errors|Non-2xx/{print}' <<<"$out" | tr -s ' ' | tr '\n' ';')
       printf "%-6s %-10s round %s: %10s req/s %8s us/request  p99 %8s%s\n" "$load" "$c" "$r" "$rps" \
-        "$(awk -v a="$a" -v b="$b" -v n="$n" -v hz="$HZ" 'BEGIN{printf "%.2f", (b-a)/hz*1e6/n}')" \
+        "$(per_request "$a" "$b" "$n")" \
         "$p99" "${errs:+  $errs}"
       kill "$P"; wait "$P" 2>/dev/null; sleep 0.5
     done
