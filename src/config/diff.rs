@@ -1,7 +1,9 @@
 //! What changed between two configurations, in words an operator reads in the UI, the API's
 //! answers and the event log: `upstreams.web: added backend 127.0.0.1:9004 (weight 1)`.
 
-use super::schema::{AdminConfig, BackendConfig, Config, ListenerConfig, UpstreamConfig};
+use super::schema::{
+    AdminConfig, BackendConfig, Config, ListenerConfig, ListenerMode, UpstreamConfig,
+};
 use std::collections::{HashMap, HashSet};
 
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -170,7 +172,10 @@ fn listeners_diff(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<
         );
     }
     for (i, (o, n)) in old.iter().zip(new).enumerate() {
-        if o.upstream != n.upstream
+        // The running socket takes the new routing only if it is the same tcp listener still
+        // (the data plane finds its section by place, `bind` and `mode`).
+        let same_socket = o.bind == n.bind && o.mode == n.mode && n.mode == ListenerMode::Tcp;
+        if same_socket && o.upstream != n.upstream
             || o.sni_routes != n.sni_routes
             || o.send_proxy_protocol != n.send_proxy_protocol
             || o.ip_allow != n.ip_allow
@@ -244,10 +249,28 @@ mod tests {
             diff(&old, &new),
             ["listeners[0]: tcp connections now go to b (0 sni route(s), 0 allowed and 0 denied block(s))"]
         );
-        new.listeners[0].mode = crate::config::ListenerMode::Http;
+        // A listener that stops being tcp takes nothing live; another listener's restart-only
+        // change does not hide a live one.
+        let mut moved = new.clone();
+        moved.listeners[0].mode = crate::config::ListenerMode::Http;
+        assert_eq!(
+            diff(&old, &moved),
+            ["listeners: changed (bind addresses and socket options take effect at restart)"]
+        );
+        new.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:8080".into(),
+            ..ListenerConfig::default()
+        });
+        old.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:8081".into(),
+            ..ListenerConfig::default()
+        });
         assert_eq!(
             diff(&old, &new),
-            ["listeners: changed (bind addresses and socket options take effect at restart)"]
+            [
+                "listeners: changed (bind addresses and socket options take effect at restart)",
+                "listeners[0]: tcp connections now go to b (0 sni route(s), 0 allowed and 0 denied block(s))"
+            ]
         );
     }
 

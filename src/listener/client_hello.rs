@@ -117,6 +117,57 @@ mod tests {
         );
     }
 
+    /// `record` (one TLS record holding a ClientHello) without extension `ext`, every length
+    /// adjusted.
+    fn without_extension(record: &[u8], ext: u16) -> Vec<u8> {
+        let mut at = 5 + 4 + 2 + 32; // record and handshake headers, version, random
+        at += 1 + record[at] as usize; // session id
+        at += 2 + u16::from_be_bytes([record[at], record[at + 1]]) as usize; // cipher suites
+        at += 1 + record[at] as usize; // compression methods
+        let (exts_len_at, mut i) = (at, at + 2);
+        let mut out = record[..i].to_vec();
+        while i < record.len() {
+            let kind = u16::from_be_bytes([record[i], record[i + 1]]);
+            let len = u16::from_be_bytes([record[i + 2], record[i + 3]]) as usize;
+            if kind != ext {
+                out.extend_from_slice(&record[i..i + 4 + len]);
+            }
+            i += 4 + len;
+        }
+        let removed = record.len() - out.len();
+        let fix16 = |o: &mut Vec<u8>, at: usize| {
+            let v = u16::from_be_bytes([o[at], o[at + 1]]) as usize - removed;
+            o[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
+        };
+        fix16(&mut out, 3);
+        fix16(&mut out, exts_len_at);
+        let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as usize - removed;
+        out[6..9].copy_from_slice(&(hs as u32).to_be_bytes()[1..]);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_hello_rustls_will_not_take_goes_on_without_a_name() {
+        // No signature_algorithms (13), as some old clients send it: rustls refuses the hello,
+        // a backend may not, so it is passed on unnamed, every byte kept.
+        let odd = without_extension(&hello("a.example"), 13);
+        assert!(odd.len() < hello("a.example").len());
+        let mut io: &[u8] = &odd;
+        let (buf, name) = read_sni(&mut io, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(name, None);
+        assert_eq!(&buf[..], &odd[..]);
+        // The same hello with the extension is named: the cut is what made it odd.
+        let mut whole: &[u8] = &hello("a.example")[..];
+        assert_eq!(
+            read_sni(&mut whole, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("a.example")
+        );
+    }
+
     #[tokio::test]
     async fn plain_text_and_a_cut_hello_are_told_apart() {
         let mut plain: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";

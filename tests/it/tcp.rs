@@ -523,3 +523,46 @@ fn upstream_settings_a_tcp_connection_cannot_use_are_refused() {
         ["upstreams.db.tls"]
     );
 }
+
+/// A TLS client that ends its side with a bare TCP FIN, no close_notify (many do), has ended
+/// its input, not broken the connection: the backend is told, and what it says after still
+/// reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_closing_without_close_notify_is_a_half_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::ca(d, "ca");
+    let leaf = ca.leaf(d, "edge", &["db.test"]);
+    let backend = greeter("g");
+    let log = d.join("access.log");
+    let text = tcp_config(
+        &log,
+        &format!(
+            "upstream = \"db\"\n[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]",
+            leaf.cert_str(),
+            leaf.key_str()
+        ),
+        &format!("[upstreams.db]\nbackends = [{{ address = \"{backend}\" }}]\n"),
+    );
+    let lb = tokio::task::spawn_blocking(move || start(&text))
+        .await
+        .unwrap();
+    let cfg = pki::client_config(&ca, &[], pki::both_versions(), None);
+    let mut s = pki::connect(lb.addr, "db.test", cfg).await.unwrap();
+    s.write_all(b"ping\n").await.unwrap();
+    s.flush().await.unwrap();
+    let mut hi = [0u8; 10];
+    s.read_exact(&mut hi).await.unwrap();
+    assert_eq!(&hi, b"hi g\nPING\n");
+    // The TCP write side closed under the TLS session: no close_notify.
+    s.get_mut().0.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert_eq!(String::from_utf8_lossy(&rest), "bye g\n");
+    let lines = tokio::task::spawn_blocking(move || access_lines(&log, 1))
+        .await
+        .unwrap();
+    assert_eq!(lines[0]["end"], "closed", "{}", lines[0]);
+    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+}
