@@ -566,3 +566,55 @@ async fn a_tls_client_closing_without_close_notify_is_a_half_close() {
     assert_eq!(lines[0]["end"], "closed", "{}", lines[0]);
     tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
 }
+
+/// `max_connections` holds connections as it holds requests: one over the limit waits for a
+/// slot, one over `max_pending` too is closed at once (`upstream_overloaded`), and the waiting
+/// one is relayed as soon as a slot frees.
+#[test]
+fn connections_over_max_connections_queue_and_then_overflow() {
+    let b = greeter("b");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&tcp_config(
+        &log,
+        "upstream = \"db\"",
+        &format!(
+            "[upstreams.db]\nbackends = [{{ address = \"{b}\" }}]\nmax_connections = 1\nmax_pending = 1"
+        ),
+    ));
+    let open = |addr| {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let first = open(lb.addr);
+    assert_eq!(
+        line(&mut BufReader::new(first.try_clone().unwrap())),
+        "hi b\n"
+    );
+    let queued = open(lb.addr);
+    assert!(eventually(Duration::from_secs(3), || {
+        lb.running().shared.current().upstreams[0]
+            .pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1
+    }));
+    let mut over = open(lb.addr);
+    let mut got = Vec::new();
+    assert_eq!(
+        over.read_to_end(&mut got).unwrap(),
+        0,
+        "closed at once: {got:?}"
+    );
+    drop(first);
+    assert_eq!(
+        line(&mut BufReader::new(queued.try_clone().unwrap())),
+        "hi b\n",
+        "the queued connection got the freed slot"
+    );
+    let lines = access_lines(&log, 2);
+    assert!(
+        lines.iter().any(|l| l["error"] == "upstream_overloaded"),
+        "{lines:?}"
+    );
+}
