@@ -618,3 +618,44 @@ fn connections_over_max_connections_queue_and_then_overflow() {
         "{lines:?}"
     );
 }
+
+/// At shutdown an open tcp connection gets the grace period, as an HTTP request does: it keeps
+/// relaying while the server drains, and the server stops once it closes.
+#[test]
+fn an_open_connection_gets_the_grace_period_at_shutdown() {
+    let b = greeter("b");
+    let dir = tempfile::tempdir().unwrap();
+    let mut lb = start(&tcp_config(
+        &dir.path().join("access.log"),
+        "upstream = \"db\"",
+        &format!("[upstreams.db]\nbackends = [{{ address = \"{b}\" }}]"),
+    ));
+    let s = TcpStream::connect(lb.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(line(&mut r), "hi b\n");
+    let running = lb.running.take().unwrap();
+    let stopping = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        running.shutdown();
+        t.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    (&s).write_all(b"still here\n").unwrap();
+    assert_eq!(
+        line(&mut r),
+        "STILL HERE\n",
+        "relayed while the server drains"
+    );
+    assert!(
+        !stopping.is_finished(),
+        "shutdown waits for the open connection"
+    );
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(line(&mut r), "bye b\n");
+    let took = stopping.join().unwrap();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(8),
+        "shutdown waited for the connection, then ended when it closed: {took:?}"
+    );
+}
