@@ -184,7 +184,14 @@ pub async fn serve(
             let mut stream = stream;
             match client_hello::read_sni(&mut stream, HANDSHAKE_TIMEOUT).await {
                 Ok((hello, sni)) => (Box::new(stream), hello, sni),
-                Err(_) => return finish(shared, entry, accepted, 5, "not_tls"),
+                Err(e) => {
+                    let why = match e {
+                        client_hello::NotTls::Garbled => "not_tls",
+                        client_hello::NotTls::Cut => "client_closed",
+                        client_hello::NotTls::TooSlowOrLarge => "client_hello_timeout",
+                    };
+                    return finish(shared, entry, accepted, 5, why);
+                }
             }
         }
         None => (Box::new(stream), bytes::BytesMut::new(), None),

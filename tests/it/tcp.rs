@@ -272,7 +272,20 @@ async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
         .await
         .unwrap();
     assert_eq!(read_all(plain).await, "");
-    let lines = tokio::task::spawn_blocking(move || access_lines(&log, 5))
+    // Half a ClientHello, then the client leaves: logged as the client's leaving.
+    let mut hello = Vec::new();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    rustls::ClientConnection::new(cfg.clone(), name)
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    let mut cut = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut cut, &hello[..hello.len() / 2])
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut cut).await.unwrap();
+    assert_eq!(read_all(cut).await, "");
+    let lines = tokio::task::spawn_blocking(move || access_lines(&log, 6))
         .await
         .unwrap();
     assert!(
@@ -282,6 +295,10 @@ async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
         "{lines:?}"
     );
     assert!(lines.iter().any(|l| l["error"] == "not_tls"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l["error"] == "client_closed"),
+        "{lines:?}"
+    );
     tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
 }
 
