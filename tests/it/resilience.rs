@@ -178,6 +178,28 @@ fn circuit_opens_on_failures_and_answers_503() {
     );
 }
 
+/// A request to the demo backend's `/delay/{ms}` on its own thread: its status and
+/// `x-switchyard-error`.
+fn delayed(lb: &Lb, ms: u64) -> std::thread::JoinHandle<(u16, Option<http::HeaderValue>)> {
+    let url = lb.url(&format!("/delay/{ms}"));
+    std::thread::spawn(move || {
+        let r = client().get(url).send().unwrap();
+        (
+            r.status().as_u16(),
+            r.headers().get("x-switchyard-error").cloned(),
+        )
+    })
+}
+
+/// Waits until `backend` has one request in flight.
+fn busy(lb: &Lb, backend: &std::net::SocketAddr) {
+    assert!(eventually(Duration::from_secs(3), || backend_state(
+        lb,
+        &backend.to_string()
+    )["active_requests"]
+        == 1));
+}
+
 #[test]
 fn connection_limit_queues_then_refuses_with_reason() {
     let be = backends(1);
@@ -185,24 +207,16 @@ fn connection_limit_queues_then_refuses_with_reason() {
         "backends = [{}]\nmax_connections = 1\nmax_pending = 1",
         be.list()
     )));
-    let slow = |ms: u64| {
-        let url = lb.url(&format!("/delay/{ms}"));
-        std::thread::spawn(move || client().get(url).send().unwrap().status().as_u16())
-    };
-    let first = slow(800);
-    assert!(eventually(Duration::from_secs(3), || backend_state(
-        &lb,
-        &be.addrs[0].to_string()
-    )["active_requests"]
-        == 1));
-    let queued = slow(10);
+    let first = delayed(&lb, 800);
+    busy(&lb, &be.addrs[0]);
+    let queued = delayed(&lb, 10);
     std::thread::sleep(Duration::from_millis(150));
     let r = client().get(lb.url("/")).send().unwrap();
     assert_eq!(r.status(), 503, "queue full");
     assert_eq!(r.headers()["x-switchyard-error"], "upstream_overloaded");
-    assert_eq!(first.join().unwrap(), 200);
+    assert_eq!(first.join().unwrap().0, 200);
     assert_eq!(
-        queued.join().unwrap(),
+        queued.join().unwrap().0,
         200,
         "the queued request ran once capacity freed"
     );
@@ -220,24 +234,10 @@ fn a_request_queued_after_a_config_change_runs_when_an_older_request_frees_its_s
         ))
     };
     let lb = start(&body(4));
-    let slow = |ms: u64| {
-        let url = lb.url(&format!("/delay/{ms}"));
-        std::thread::spawn(move || {
-            let r = client().get(url).send().unwrap();
-            (
-                r.status().as_u16(),
-                r.headers().get("x-switchyard-error").cloned(),
-            )
-        })
-    };
-    let first = slow(800);
-    assert!(eventually(Duration::from_secs(3), || backend_state(
-        &lb,
-        &be.addrs[0].to_string()
-    )["active_requests"]
-        == 1));
+    let first = delayed(&lb, 800);
+    busy(&lb, &be.addrs[0]);
     put_config(&lb, &body(5));
-    let queued = slow(10);
+    let queued = delayed(&lb, 10);
     assert_eq!(first.join().unwrap().0, 200);
     // Not woken, it would wait out its 5 s and get 503 upstream_overloaded.
     assert_eq!(queued.join().unwrap(), (200, None));

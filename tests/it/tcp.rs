@@ -63,6 +63,27 @@ fn converse(addr: SocketAddr) -> String {
     name
 }
 
+/// Starts Switchyard from a test running on tokio (start blocks until it is bound).
+async fn start_async(text: String) -> Lb {
+    tokio::task::spawn_blocking(move || start(&text))
+        .await
+        .unwrap()
+}
+
+/// Stops it off the test's runtime (dropping waits for its workers).
+async fn stop_async(lb: Lb) {
+    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+}
+
+/// A listener's `[listeners.tls]` section serving `leaf`.
+fn tls_section(leaf: &pki::Leaf) -> String {
+    format!(
+        "[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]",
+        leaf.cert_str(),
+        leaf.key_str()
+    )
+}
+
 fn tcp_config(log: &std::path::Path, listener: &str, upstreams: &str) -> String {
     format!(
         "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"json\"\naccess_file = {log:?}\n\n\
@@ -251,9 +272,7 @@ async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
              [upstreams.rest]\nbackends = [{{ address = \"{fallback}\" }}]\n"
         ),
     );
-    let lb = tokio::task::spawn_blocking(move || start(&text))
-        .await
-        .unwrap();
+    let lb = start_async(text).await;
     let cfg = pki::client_config(&ca, &[], pki::both_versions(), None);
     // Switchyard holds no certificate at all: a verified handshake is the backend's own.
     for (sni, want) in [
@@ -299,7 +318,7 @@ async fn tls_passes_through_unopened_to_the_upstream_its_server_name_picks() {
         lines.iter().any(|l| l["error"] == "client_closed"),
         "{lines:?}"
     );
-    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+    stop_async(lb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,15 +348,12 @@ async fn tls_is_terminated_and_the_backend_told_the_client_by_a_proxy_header() {
     let text = tcp_config(
         &d.join("access.log"),
         &format!(
-            "upstream = \"db\"\nsend_proxy_protocol = \"v2\"\n[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]",
-            leaf.cert_str(),
-            leaf.key_str()
+            "upstream = \"db\"\nsend_proxy_protocol = \"v2\"\n{}",
+            tls_section(&leaf)
         ),
         &format!("[upstreams.db]\nbackends = [{{ address = \"{backend}\" }}]\n"),
     );
-    let lb = tokio::task::spawn_blocking(move || start(&text))
-        .await
-        .unwrap();
+    let lb = start_async(text).await;
     // The client offers h2: a tcp listener names no protocol for what it carries.
     let cfg = pki::client_config(&ca, &["h2"], pki::both_versions(), None);
     let mut s = pki::connect(lb.addr, "db.test", cfg).await.unwrap();
@@ -345,7 +361,7 @@ async fn tls_is_terminated_and_the_backend_told_the_client_by_a_proxy_header() {
     let port = s.get_ref().0.local_addr().unwrap().port();
     s.write_all(b"hello").await.unwrap();
     assert_eq!(read_all(s).await, format!("sig=true port={port} got=hello"));
-    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+    stop_async(lb).await;
 }
 
 #[test]
@@ -486,9 +502,7 @@ async fn a_proxy_header_goes_before_the_tls_of_a_tls_upstream() {
             ca.path_str()
         ),
     );
-    let lb = tokio::task::spawn_blocking(move || start(&text))
-        .await
-        .unwrap();
+    let lb = start_async(text).await;
     let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
     let me = c.local_addr().unwrap();
     c.write_all(b"hello").await.unwrap();
@@ -498,7 +512,7 @@ async fn a_proxy_header_goes_before_the_tls_of_a_tls_upstream() {
         lb.addr.port()
     );
     assert_eq!(read_all(c).await, want);
-    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+    stop_async(lb).await;
 }
 
 #[test]
@@ -555,16 +569,10 @@ async fn a_tls_client_closing_without_close_notify_is_a_half_close() {
     let log = d.join("access.log");
     let text = tcp_config(
         &log,
-        &format!(
-            "upstream = \"db\"\n[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]",
-            leaf.cert_str(),
-            leaf.key_str()
-        ),
+        &format!("upstream = \"db\"\n{}", tls_section(&leaf)),
         &format!("[upstreams.db]\nbackends = [{{ address = \"{backend}\" }}]\n"),
     );
-    let lb = tokio::task::spawn_blocking(move || start(&text))
-        .await
-        .unwrap();
+    let lb = start_async(text).await;
     let cfg = pki::client_config(&ca, &[], pki::both_versions(), None);
     let mut s = pki::connect(lb.addr, "db.test", cfg).await.unwrap();
     s.write_all(b"ping\n").await.unwrap();
@@ -581,7 +589,7 @@ async fn a_tls_client_closing_without_close_notify_is_a_half_close() {
         .await
         .unwrap();
     assert_eq!(lines[0]["end"], "closed", "{}", lines[0]);
-    tokio::task::spawn_blocking(move || drop(lb)).await.unwrap();
+    stop_async(lb).await;
 }
 
 /// `max_connections` holds connections as it holds requests: one over the limit waits for a
