@@ -44,9 +44,9 @@ pub struct Registry {
     /// Routes' rate limiters, by what identifies a route's limit (hosts, prefix, limit): a change
     /// elsewhere keeps each client's bucket where it was.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
-    /// Each upstream's `max_connections` wake-up, kept across compiles: a request (or tcp
-    /// connection) ending on an older snapshot wakes one queued on the newer.
-    capacity: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Each upstream's `max_connections` queue, kept across compiles (see
+    /// [`crate::upstream::queue`]).
+    queues: Mutex<HashMap<String, Arc<crate::upstream::queue::Queue>>>,
 }
 
 impl Registry {
@@ -65,7 +65,7 @@ impl Registry {
     /// removed ones are dropped from the map (in-flight requests still hold theirs).
     pub fn compile(&self, cfg: &Config, version: u64) -> Snapshot {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let mut capacity = self.capacity.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = HashMap::with_capacity(map.len());
         let upstreams: Vec<Arc<Upstream>> = cfg
             .upstreams
@@ -97,15 +97,18 @@ impl Registry {
                 map.insert(name.clone(), old);
                 next.insert(name.clone(), kept);
                 let mut up = Upstream::compile(name, u, backends);
-                up.capacity = capacity
+                up.queue = queues
                     .entry(name.clone())
-                    .or_insert_with(|| up.capacity.clone())
+                    .or_insert_with(|| up.queue.clone())
                     .clone();
+                for b in &up.backends {
+                    let _ = b.state.queue.set(up.queue.clone());
+                }
                 Arc::new(up)
             })
             .collect();
-        capacity.retain(|name, _| cfg.upstreams.contains_key(name));
-        drop(capacity);
+        queues.retain(|name, _| cfg.upstreams.contains_key(name));
+        drop(queues);
         // Backends that left the configuration drain: their in-flight requests finish on the old
         // snapshot, and nothing new can pick them.
         let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());

@@ -272,6 +272,9 @@ pub fn upstreams_json(shared: &Shared) -> Value {
             }
             let mut up =
                 json!({"name": u.name, "algorithm": u.algorithm.name(), "backends": backends});
+            if u.max_connections.is_some() {
+                up["queued"] = json!(u.queue.waiting());
+            }
             if let Some(s) = &u.sticky {
                 up["sticky_cookie"] = json!(s.cookie);
             }

@@ -74,6 +74,39 @@ impl ClientStream {
         std::future::poll_fn(|cx| s.poll_read_ready(cx)).await
     }
 
+    /// Polls for the client leaving while its request is handled elsewhere: `Ready(true)` once
+    /// it closed its side or reset, `Ready(false)` when bytes arrived instead (a pipelined
+    /// request: the client is there, and nothing more can be learned without reading them).
+    /// Peeks, so nothing is consumed. A socket not yet in the event loop is watched only when
+    /// `register` says so: joining it costs two `epoll_ctl`s, which a connection per request
+    /// whose answer comes at once should not pay.
+    pub fn poll_hangup(&mut self, cx: &mut Context<'_>, register: bool) -> Poll<bool> {
+        if !register && !self.is_evented() {
+            return Poll::Pending;
+        }
+        let Ok(s) = self.evented() else {
+            return Poll::Ready(true);
+        };
+        loop {
+            match s.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(true),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+            // `WouldBlock` clears the readiness, so the next turn waits in epoll.
+            match s.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(&*s).peek(&mut byte)
+            }) {
+                Ok(0) => return Poll::Ready(true),
+                Ok(_) => return Poll::Ready(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Poll::Ready(true),
+            }
+        }
+    }
+
     /// Reads into `buf`'s spare capacity without waiting: the count, 0 at end of stream, or
     /// `WouldBlock` (then wait with [`Self::readable`], which registers a bare socket).
     pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
@@ -242,6 +275,38 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"pong");
+    }
+
+    #[tokio::test]
+    async fn a_hangup_is_seen_without_consuming_and_pipelined_bytes_end_the_watch() {
+        async fn hangup(io: &mut ClientStream, register: bool) -> Result<bool, ()> {
+            let f = std::future::poll_fn(|cx| io.poll_hangup(cx, register));
+            let wait = std::time::Duration::from_millis(100);
+            tokio::time::timeout(wait, f).await.map_err(drop)
+        }
+        // Bare and not asked to register: nothing is watched, nothing registered.
+        let (mut server, client) = pair().await;
+        assert!(hangup(&mut server, false).await.is_err());
+        assert!(!server.is_evented());
+        // Asked: registered, and a quiet client is still there.
+        assert!(hangup(&mut server, true).await.is_err());
+        assert!(server.is_evented());
+        drop(client);
+        assert_eq!(hangup(&mut server, false).await, Ok(true), "end of stream");
+        // Bytes instead: the client is there, and the bytes are left for the reader.
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(hangup(&mut server, true).await, Ok(false));
+        let mut b = [0u8; 8];
+        let n = server.read(&mut b).await.unwrap();
+        assert_eq!(&b[..n], b"GET");
+        // A reset counts as leaving.
+        let (mut server, client) = pair().await;
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(client);
+        assert_eq!(hangup(&mut server, true).await, Ok(true), "reset");
     }
 
     #[tokio::test]

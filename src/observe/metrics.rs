@@ -321,6 +321,25 @@ pub fn render(shared: &Shared) -> String {
         made,
     );
 
+    // Only upstreams with `max_connections` have a queue to show.
+    let queued = snap
+        .upstreams
+        .iter()
+        .filter(|u| u.max_connections.is_some())
+        .map(|u| {
+            (
+                format!("upstream=\"{}\"", esc(&u.name)),
+                u64::from(u.queue.waiting()),
+            )
+        });
+    family(
+        &mut o,
+        "switchyard_upstream_queued_requests",
+        "gauge",
+        "Requests and tcp connections waiting for a backend with room under max_connections (HAProxy's qcur).",
+        queued,
+    );
+
     let rows: Vec<(String, &BackendState)> = snap
         .upstreams
         .iter()

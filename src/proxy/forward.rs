@@ -18,7 +18,7 @@ use crate::upstream::{NoBackend, Upstream};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,7 @@ impl Drop for Inflight {
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Relaxed);
         if self.up.max_connections.is_some() {
-            self.up.capacity.notify_one();
+            self.up.queue.freed();
         }
     }
 }
@@ -85,24 +85,28 @@ impl Drop for Inflight {
 /// Picks a backend; when every otherwise-available backend is at `max_connections`, waits in
 /// the upstream's queue (at most `max_pending` waiters, until the deadline), as HAProxy's
 /// server `maxconn` and `maxqueue`. A full queue answers 503 at once instead of growing.
+///
+/// `queued`, when given, is set as the request joins the queue: the relay then starts watching
+/// its client, so that one who leaves gives its place up (hyper's path is cancelled by hyper).
 pub(super) async fn pick_or_queue(
     up: &Upstream,
     ctx: &PickCtx,
     tried: &[usize],
     deadline: Instant,
+    queued: Option<&AtomicBool>,
 ) -> Result<usize, ProxyError> {
     loop {
-        let waiter = up.capacity.notified();
+        let waiter = up.queue.notified();
         match up.pick(ctx, tried) {
             Ok(i) => return Ok(i),
             Err(NoBackend::Full) => {}
             Err(_) => return Err(ProxyError::NoBackend),
         }
-        let max_pending = up.max_pending.unwrap_or(1024);
-        let queued = up.pending.fetch_add(1, Relaxed);
-        let _leave = PendingGuard(&up.pending);
-        if queued >= max_pending {
+        let Some(_place) = up.queue.join(up.max_pending.unwrap_or(1024)) else {
             return Err(ProxyError::Overloaded);
+        };
+        if let Some(q) = queued {
+            q.store(true, Relaxed);
         }
         if tokio::time::timeout_at(deadline.into(), waiter)
             .await
@@ -110,13 +114,6 @@ pub(super) async fn pick_or_queue(
         {
             return Err(ProxyError::Overloaded);
         }
-    }
-}
-
-struct PendingGuard<'a>(&'a std::sync::atomic::AtomicU32);
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -181,7 +178,7 @@ pub(super) async fn forward(
             }
             tokio::time::sleep(pause).await;
         }
-        let i = match pick_or_queue(up, ctx, &tried_buf[..tried_len], deadline).await {
+        let i = match pick_or_queue(up, ctx, &tried_buf[..tried_len], deadline, None).await {
             Ok(i) => i,
             Err(e) if attempt == 0 => return error_response(e),
             Err(_) => break,

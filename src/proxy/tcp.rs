@@ -306,7 +306,7 @@ async fn connect(
             tokio::time::sleep(pause).await;
             crate::observe::metrics::retry();
         }
-        let i = match forward::pick_or_queue(up, ctx, &tried, deadline).await {
+        let i = match forward::pick_or_queue(up, ctx, &tried, deadline, None).await {
             Ok(i) => i,
             Err(e) if attempt == 0 => return Err(e),
             Err(_) => break,

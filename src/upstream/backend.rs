@@ -109,6 +109,9 @@ pub struct BackendState {
     /// Unique for the life of the process (a reload keeps the state, and so the id, of an
     /// upstream's address): what the relay's idle connections are kept under.
     pub id: u64,
+    /// The upstream's `max_connections` queue, set when the state is first compiled: a backend
+    /// that turns healthy wakes it (room appeared that no finishing request would announce).
+    pub queue: std::sync::OnceLock<Arc<super::queue::Queue>>,
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets; +Inf is implied by the count.
@@ -144,6 +147,7 @@ impl BackendState {
             responses: Default::default(),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
+            queue: std::sync::OnceLock::new(),
         })
     }
 

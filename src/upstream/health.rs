@@ -189,6 +189,10 @@ async fn check_loop(
             let prev = state.set_health(h);
             if prev != h {
                 crate::events::health_changed(&state, prev, h);
+                // Requests queued for room may now find it here.
+                if let (Health::Healthy, Some(q)) = (h, state.queue.get()) {
+                    q.wake_all();
+                }
             }
         }
         tokio::time::sleep(jitter).await;

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod health;
 pub mod outlier;
+pub mod queue;
 pub mod sticky;
 
 use crate::config::{self, Algorithm, Protocol, UpstreamConfig};
@@ -123,12 +124,9 @@ pub struct Upstream {
     pub budget: outlier::RetryBudget,
     /// How connections to the backends are made: protocol, TLS client settings.
     pub connector: crate::proxy::connector::Connector,
-    /// Woken when a request finishes on an upstream with `max_connections`. Shared by every
-    /// compile of the upstream (see [`crate::state::Registry`]): a request that finishes holds
-    /// the snapshot it started on, and must wake waiters queued on a later one.
-    pub capacity: std::sync::Arc<tokio::sync::Notify>,
-    /// Requests waiting for capacity.
-    pub pending: std::sync::atomic::AtomicU32,
+    /// The `max_connections` queue, shared by every compile of the upstream (see
+    /// [`queue::Queue`]).
+    pub queue: std::sync::Arc<queue::Queue>,
     /// Discovered backends must pass a health check before they take traffic: with `discovery`
     /// and `health_check` both set, `unknown` counts as not available. Upstreams without discovery
     /// keep giving `unknown` the benefit of the doubt, so a reload never starves them.
@@ -195,8 +193,7 @@ impl Upstream {
             has_backups,
             config: cfg.clone(),
             budget: outlier::RetryBudget::default(),
-            capacity: std::sync::Arc::new(tokio::sync::Notify::new()),
-            pending: std::sync::atomic::AtomicU32::new(0),
+            queue: Default::default(),
             require_checked: cfg.discovery.is_some() && checked,
             connector: crate::proxy::connector::Connector::from_config(name, cfg),
         }

@@ -485,3 +485,162 @@ fn removing_the_circuit_breaker_closes_an_open_circuit() {
         ["circuit open", "circuit closed"]
     );
 }
+
+/// A raw HTTP/1.1 request to the demo backend's `/delay/{ms}`, left open: on the relay (a plain
+/// GET) or on hyper's path (a chunked POST, which the relay hands over).
+fn waiting(lb: &Lb, ms: u64, hyper: bool) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(lb.addr).unwrap();
+    let req = if hyper {
+        format!(
+            "POST /delay/{ms} HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+    } else {
+        format!("GET /delay/{ms} HTTP/1.1\r\nhost: t\r\n\r\n")
+    };
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// A client that gives up while its request waits is noticed, as NGINX notices it: the request
+/// is dropped and logged 499 `downstream_closed`, and what it held goes to others at once. Its
+/// place in the `max_connections` queue takes the next request instead of refusing it as
+/// overloaded; a backend working on it is left, its slot freed (the backend sees the connection
+/// close). On the relay and on hyper's path.
+#[test]
+fn a_client_that_leaves_while_its_request_waits_frees_what_it_held() {
+    let be = backends(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let lb = start(&format!(
+        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+        config(&format!(
+            "backends = [{}]\nmax_connections = 1\nmax_pending = 1\ntimeouts = {{ request = \"10s\" }}",
+            be.list()
+        )),
+        log.display().to_string()
+    ));
+    let addr = be.addrs[0];
+    let mut lines = 0;
+    for hyper in [false, true] {
+        // Queued, then gone: the next request takes its place.
+        let first = delayed(&lb, 1500);
+        busy(&lb, &addr);
+        let before = backend_state(&lb, &addr.to_string())["requests_total"].as_u64();
+        let leaver = waiting(&lb, 10, hyper);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(leaver);
+        std::thread::sleep(Duration::from_millis(200));
+        let next = delayed(&lb, 10);
+        assert_eq!(first.join().unwrap().0, 200);
+        assert_eq!(next.join().unwrap(), (200, None), "hyper: {hyper}");
+        let after = backend_state(&lb, &addr.to_string())["requests_total"].as_u64();
+        assert_eq!(
+            after,
+            before.map(|n| n + 1),
+            "the leaver never reached the backend"
+        );
+        lines += 3;
+        // Waiting for the backend's answer, then gone: the backend's slot is freed long before
+        // its 3 s answer.
+        let leaver = waiting(&lb, 3000, hyper);
+        busy(&lb, &addr);
+        let left = Instant::now();
+        drop(leaver);
+        assert!(
+            eventually(Duration::from_millis(2000), || backend_state(
+                &lb,
+                &addr.to_string()
+            )["active_requests"]
+                == 0),
+            "hyper: {hyper}: still in flight after the client left"
+        );
+        assert!(left.elapsed() < Duration::from_millis(2500));
+        lines += 1;
+        let got = access_lines(&log, lines);
+        let gone: Vec<_> = got.iter().filter(|l| l["status"] == 499).collect();
+        assert_eq!(gone.len(), if hyper { 4 } else { 2 }, "{got:?}");
+        for l in &gone {
+            assert_eq!(l["error"], "downstream_closed", "{l}");
+            assert!(l["duration_ms"].as_f64().unwrap() < 2500.0, "{l}");
+        }
+    }
+}
+
+/// A backend that comes back healthy takes a request queued for room at once, instead of the
+/// request waiting until some busy backend finishes.
+#[test]
+fn a_backend_turning_healthy_takes_a_queued_request_at_once() {
+    let be = backends(2);
+    let lb = start(&config(&format!(
+        "backends = [{}]\nmax_connections = 1\ntimeouts = {{ request = \"10s\" }}\n\
+         health_check = {{ kind = \"http\", path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }}",
+        be.list()
+    )));
+    let c = client();
+    let (b0, b1) = (be.addrs[0].to_string(), be.addrs[1].to_string());
+    c.post(format!("http://{b1}/healthz/fail")).send().unwrap();
+    assert!(eventually(Duration::from_secs(3), || {
+        backend_state(&lb, &b1)["health"] == "unhealthy"
+            && backend_state(&lb, &b0)["health"] == "healthy"
+    }));
+    let busy_one = delayed(&lb, 3000);
+    busy(&lb, &be.addrs[0]);
+    let url = lb.url("/");
+    let queued = std::thread::spawn(move || {
+        let t = Instant::now();
+        let got = get_backend(&client(), &url);
+        (got, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    c.post(format!("http://{b1}/healthz/ok")).send().unwrap();
+    let ((status, name), took) = queued.join().unwrap();
+    assert_eq!((status, name.as_str()), (200, "b1"));
+    assert!(took < Duration::from_millis(2000), "waited {took:?}");
+    assert_eq!(busy_one.join().unwrap().0, 200);
+}
+
+/// `max_pending` counts the waiters of every configuration together: a change does not open a
+/// second queue beside the one requests already wait in.
+#[test]
+fn max_pending_holds_across_a_config_change() {
+    let be = backends(1);
+    let body = |request: &str| {
+        config(&format!(
+            "backends = [{}]\nmax_connections = 1\nmax_pending = 1\ntimeouts = {{ request = \"{request}\" }}",
+            be.list()
+        ))
+    };
+    let lb = start(&body("5s"));
+    let first = delayed(&lb, 800);
+    busy(&lb, &be.addrs[0]);
+    let queued = delayed(&lb, 10);
+    assert!(eventually(Duration::from_secs(3), || upstreams(&lb)
+        ["upstreams"][0]["queued"]
+        == 1));
+    let metrics = client()
+        .get(lb.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_upstream_queued_requests{upstream=\"web\"} 1\n"),
+        "{metrics}"
+    );
+    put_config(&lb, &body("6s"));
+    let t = Instant::now();
+    let r = client().get(lb.url("/")).send().unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "the queue is full, whichever configuration"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "refused at once, not after waiting"
+    );
+    assert_eq!(r.headers()["x-switchyard-error"], "upstream_overloaded");
+    assert_eq!(first.join().unwrap().0, 200);
+    assert_eq!(queued.join().unwrap(), (200, None));
+}

@@ -619,10 +619,7 @@ fn connections_over_max_connections_queue_and_then_overflow() {
     );
     let queued = open(lb.addr);
     assert!(eventually(Duration::from_secs(3), || {
-        lb.running().shared.current().upstreams[0]
-            .pending
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 1
+        lb.running().shared.current().upstreams[0].queue.waiting() == 1
     }));
     let mut over = open(lb.addr);
     let mut got = Vec::new();

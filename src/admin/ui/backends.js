@@ -94,7 +94,9 @@ function updateCard(card, u, t) {
   fill(card.summary,
     h('span', { class: healthy === backends.length ? 'ok' : healthy === 0 ? 'bad' : 'warn' }, `${healthy}/${backends.length} available`),
     h('span', {}, `${fmt.rate(r.rps)} req/s`),
-    h('span', {}, `${fmt.percent(r.err)} errors`));
+    h('span', {}, `${fmt.percent(r.err)} errors`),
+    // Requests waiting for room under max_connections: the first sign of a saturated upstream.
+    u.queued ? h('span', { class: 'warn' }, `${u.queued} queued`) : null);
   card.chart.update(totals.map((s) => ({ t: s.t, v: s.rps })), t, live.chartWindow());
 
   const addresses = new Set();

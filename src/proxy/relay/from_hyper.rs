@@ -79,11 +79,13 @@ pub async fn forward(
     };
     // The relay's connections keep one timer for all their waits; a request from hyper has
     // this one (armed only if the backend makes it wait).
+    // (hyper watches its client itself: the cue is raised, and read, by no one.)
+    let cue = std::sync::atomic::AtomicBool::new(false);
     let timer = tokio::time::sleep_until((started + timeout).into());
     tokio::pin!(timer);
-    let mut timer = super::Deadline::new(timer);
+    let mut timer = super::Deadline::new(timer, &cue);
     let on = (started, timeout, &mut timer);
-    let x = super::forward(up, &req, request_id.as_bytes(), false, on, trace).await?;
+    let x = super::forward(up, &req, request_id.as_bytes(), false, on, trace, &cue).await?;
     response(up, x, started + timeout)
 }
 

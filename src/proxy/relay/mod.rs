@@ -36,6 +36,7 @@ use framing::Progress;
 use head::{Parsed, ParsedResponse};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
@@ -81,9 +82,10 @@ pub async fn serve(
     // entry in the timer wheel and removed it again, twice per request (callgrind: ~10 % of a
     // keep-alive request's instructions with the shutdown wait below); and it is moved lazily
     // (`deadline`).
+    let cue = AtomicBool::new(false);
     let timer = tokio::time::sleep(header_timeout);
     tokio::pin!(timer);
-    let mut timer = Deadline::new(timer);
+    let mut timer = Deadline::new(timer, &cue);
     // Shutdown is waited for once per connection, not once per wait (each wait joined and left
     // the watch's waiter list under its lock).
     let mut stop_rx = stop.clone();
@@ -146,8 +148,9 @@ pub async fn serve(
         }
         req.close |= *stop.borrow();
         let close = req.close;
+        let pipelined = buf.len() > head_len + body_len;
         let (head, body) = buf[..head_len + body_len].split_at(head_len);
-        let on = (&mut nodelay, &mut timer, stop);
+        let on = (&mut nodelay, &mut timer, stop, pipelined);
         let kept = boxed_in_place(|| exchange(io, head, body, req, shared, conn, on)).await;
         let Some(at) = kept.filter(|_| !close) else {
             return End::Close;
@@ -250,7 +253,7 @@ async fn exchange(
     mut req: head::Request,
     shared: &Shared,
     conn: &ConnInfo,
-    (nodelay, timer, stop): (&mut bool, &mut Deadline<'_>, &watch::Receiver<bool>),
+    (nodelay, timer, stop, pipelined): (&mut bool, &mut Deadline<'_>, &watch::Receiver<bool>, bool),
 ) -> Option<Instant> {
     // The client's `Connection: close`, or shutdown (set by `serve`).
     let close = req.close;
@@ -271,11 +274,27 @@ async fn exchange(
     let request_id = req.request_id.bytes(head);
     let up = req.upstream.clone();
     let timeout = crate::proxy::rewrite::RouteActions::timeout_on(req.actions.as_deref(), &up);
+    // A client that leaves while its request waits (queued, or for the backend's answer) is
+    // noticed, as NGINX and hyper's path notice it, and what its request held is let go. A
+    // connection already in the event loop is watched at once (one readiness poll); one that
+    // is not joins it only if the request queues or is still waiting after `HANGUP_CHECK`.
+    // Pipelined bytes already read leave nothing to watch.
+    let cue = timer.cue();
+    if !pipelined && !io.is_evented() {
+        timer.cue_at((started + HANGUP_CHECK).into());
+    }
     let on = (started, timeout, &mut *timer);
-    let result = forward(&up, &req, request_id, close, on, &mut trace).await;
+    let work = forward(&up, &req, request_id, close, on, &mut trace, cue);
+    let result = tokio::select! {
+        biased;
+        r = work => Some(r),
+        true = hangup(io, cue), if !pipelined => None,
+    };
+    timer.no_cue();
     let outcome = match result {
-        Err(e) => local_error(io, e, &req, request_id, close).await,
-        Ok(mut x) => {
+        None => (499, Some("downstream_closed"), 0, false, None),
+        Some(Err(e)) => local_error(io, e, &req, request_id, close).await,
+        Some(Ok(mut x)) => {
             // Shutdown began while the backend answered: the client is told this connection
             // ends here, as HAProxy and Envoy do, instead of finding it closed under its next
             // request. (`has_changed`: one atomic load; shutdown is the only change sent.)
@@ -323,6 +342,17 @@ async fn exchange(
 /// What an exchange came to: status, Switchyard's error reason, body bytes sent, whether the
 /// response went out whole, and when it ended if the client connection can go on.
 type Outcome = (u16, Option<&'static str>, u64, bool, Option<Instant>);
+
+/// How long a request may wait on a connection outside the event loop before its client is
+/// watched for leaving (at once if it queues). Most answers come well within it, and a client
+/// that gives up on a slow one is noticed within it.
+const HANGUP_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves with `true` once the client has gone (see [`ClientStream::poll_hangup`]), or with
+/// `false` if it sent more instead.
+async fn hangup(io: &mut ClientStream, register: &AtomicBool) -> bool {
+    std::future::poll_fn(|cx| io.poll_hangup(cx, register.load(Relaxed))).await
+}
 
 /// Answers a request that cannot be read and closes: one too slow to send its head or body
 /// (408), or whose head is over the limit (431, or 414 for the request line). Access-logged and
@@ -407,6 +437,7 @@ async fn forward(
     close: bool,
     (now, timeout, timer): (Instant, Duration, &mut Deadline<'_>),
     trace: &mut Trace,
+    queued: &AtomicBool,
 ) -> Result<Exchange, ProxyError> {
     let policy = &up.retry;
     // One clock read serves the first attempt's deadlines and timings (they cost ~20 ns each).
@@ -435,7 +466,7 @@ async fn forward(
             tokio::time::sleep(pause).await;
             crate::observe::metrics::retry();
         }
-        let i = match pick_or_queue(up, &ctx, &tried[..tried_len], deadline).await {
+        let i = match pick_or_queue(up, &ctx, &tried[..tried_len], deadline, Some(queued)).await {
             Ok(i) => i,
             Err(e) if attempt == 0 => return Err(e),
             Err(_) => break,
@@ -827,7 +858,8 @@ mod tests {
         tokio::pin!(stopped);
         let timer = tokio::time::sleep(Duration::from_secs(30));
         tokio::pin!(timer);
-        let mut timer = Deadline::new(timer);
+        let cue = AtomicBool::new(false);
+        let mut timer = Deadline::new(timer, &cue);
         let waiting = read_more(&mut io, &mut buf, stopped.as_mut(), &mut timer);
         let waited = tokio::time::timeout(Duration::from_millis(100), waiting).await;
         assert!(waited.is_err(), "no bytes were sent, so the read waits");
