@@ -525,9 +525,14 @@ async fn accepted_conn(
     proxy_protocol: bool,
     mut conn: Conn,
 ) {
+    // The address the client reached, when a PROXY header says it was not this socket's.
+    let mut reached = None;
     if proxy_protocol {
         match proxy_protocol::read_header(&mut stream, HANDSHAKE_TIMEOUT).await {
-            Ok(Some(client)) => info.set_peer(client),
+            Ok(Some(ends)) => {
+                info.set_peer(ends.client);
+                reached = Some(ends.reached);
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(peer = %info.client, "closing: {e}");
@@ -538,7 +543,7 @@ async fn accepted_conn(
     let t = match mode {
         Mode::Plain => return serve_plain(stream.into(), info, conn).await,
         Mode::Tcp(site) => {
-            return proxy::tcp::serve(stream, info, site, &conn.shared, conn.stop).await
+            return proxy::tcp::serve(stream, (info, reached), site, &conn.shared, conn.stop).await
         }
         Mode::Redirect { https_port } => {
             return serve_redirect(stream, Some(*https_port), info, conn).await

@@ -19,19 +19,26 @@ const V1_MAX: usize = 107;
 /// Enough to see a v2 header with IPv6 addresses (16 + 36); TLVs after are skipped by length.
 const PEEK: usize = 256;
 
-/// Reads the header; `Ok(Some(client))` for a proxied connection, `Ok(None)` when the header
+/// A proxied connection's two ends, as its PROXY header names them.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub struct Ends {
+    /// The real client.
+    pub client: SocketAddr,
+    /// The address the client reached (the balancer in front's), which a `tcp` listener's own
+    /// `send_proxy_protocol` passes on.
+    pub reached: SocketAddr,
+}
+
+/// Reads the header; `Ok(Some(ends))` for a proxied connection, `Ok(None)` when the header
 /// says it carries no client (v2 `LOCAL`, v1 `UNKNOWN`: the balancer's own health checks), so
 /// the peer address stays. `Err` says why the connection must be closed.
-pub async fn read_header(
-    stream: &mut TcpStream,
-    within: Duration,
-) -> Result<Option<SocketAddr>, String> {
+pub async fn read_header(stream: &mut TcpStream, within: Duration) -> Result<Option<Ends>, String> {
     tokio::time::timeout(within, read(stream))
         .await
         .map_err(|_| "no PROXY protocol header in time".to_string())?
 }
 
-async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+async fn read(stream: &mut TcpStream) -> Result<Option<Ends>, String> {
     let mut buf = [0u8; PEEK];
     let mut seen = 0;
     loop {
@@ -60,10 +67,7 @@ async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
 
 #[derive(Debug, PartialEq)]
 enum Parsed {
-    Done {
-        len: usize,
-        client: Option<SocketAddr>,
-    },
+    Done { len: usize, client: Option<Ends> },
     Partial,
     Invalid(String),
 }
@@ -99,14 +103,20 @@ fn v1(b: &[u8]) -> Parsed {
     let parts: Vec<&str> = line.split(' ').collect();
     let client = match parts.as_slice() {
         ["UNKNOWN", ..] => None,
-        [proto @ ("TCP4" | "TCP6"), src, _dst, sport, _dport] => {
-            let (Ok(ip), Ok(port)) = (src.parse::<IpAddr>(), sport.parse::<u16>()) else {
-                return bad("unparsable source address or port");
+        [proto @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
+            let addr = |ip: &str, port: &str| {
+                let (Ok(ip), Ok(port)) = (ip.parse::<IpAddr>(), port.parse::<u16>()) else {
+                    return Err(bad("unparsable address or port"));
+                };
+                if ip.is_ipv4() != (*proto == "TCP4") {
+                    return Err(bad("address family does not match the protocol"));
+                }
+                Ok(SocketAddr::new(ip, port))
             };
-            if ip.is_ipv4() != (*proto == "TCP4") {
-                return bad("address family does not match the protocol");
+            match (addr(src, sport), addr(dst, dport)) {
+                (Ok(client), Ok(reached)) => Some(Ends { client, reached }),
+                (Err(e), _) | (_, Err(e)) => return e,
             }
-            Some(SocketAddr::new(ip, port))
         }
         _ => return bad("expected `PROXY TCP4|TCP6 SRC DST SPORT DPORT` or `PROXY UNKNOWN`"),
     };
@@ -131,17 +141,24 @@ fn v2(b: &[u8]) -> Parsed {
         // LOCAL: the balancer speaking for itself (a health check).
         (0, _) => None,
         (1, 1) if body.len() >= 12 => {
-            let ip = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
-            Some(SocketAddr::new(
-                ip.into(),
-                u16::from_be_bytes([body[8], body[9]]),
-            ))
+            let ip = |at: usize| Ipv4Addr::new(body[at], body[at + 1], body[at + 2], body[at + 3]);
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            Some(Ends {
+                client: SocketAddr::new(ip(0).into(), port(8)),
+                reached: SocketAddr::new(ip(4).into(), port(10)),
+            })
         }
         (1, 2) if body.len() >= 36 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&body[..16]);
-            let port = u16::from_be_bytes([body[32], body[33]]);
-            Some(SocketAddr::new(Ipv6Addr::from(a).into(), port))
+            let ip = |at: usize| {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&body[at..at + 16]);
+                IpAddr::from(Ipv6Addr::from(a))
+            };
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            Some(Ends {
+                client: SocketAddr::new(ip(0), port(32)),
+                reached: SocketAddr::new(ip(16), port(34)),
+            })
         }
         (1, 1 | 2) if b.len() < len => return Parsed::Partial,
         // UNSPEC or a UNIX socket: no client address to take.
@@ -207,11 +224,15 @@ mod tests {
                 let mut h = encode(v2, client, local);
                 let len = h.len();
                 h.extend_from_slice(b"after");
-                let want = match client.ip() {
-                    IpAddr::V4(a) if local.is_ipv6() => {
-                        SocketAddr::new(a.to_ipv6_mapped().into(), client.port())
+                let mapped = |x: SocketAddr| match x.ip() {
+                    IpAddr::V4(a) if client.is_ipv6() != local.is_ipv6() => {
+                        SocketAddr::new(a.to_ipv6_mapped().into(), x.port())
                     }
-                    _ => client,
+                    _ => x,
+                };
+                let want = Ends {
+                    client: mapped(client),
+                    reached: mapped(local),
                 };
                 assert_eq!(
                     parse(&h),
@@ -244,11 +265,19 @@ mod tests {
             parse(b),
             Parsed::Done {
                 len: 42,
-                client: Some("203.0.113.7:56324".parse().unwrap())
+                client: Some(Ends {
+                    client: "203.0.113.7:56324".parse().unwrap(),
+                    reached: "10.0.0.1:80".parse().unwrap()
+                })
             }
         );
         let six = b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 443\r\n";
-        assert!(matches!(parse(six), Parsed::Done { client: Some(a), .. } if a.port() == 4000));
+        assert!(matches!(parse(six), Parsed::Done { client: Some(e), .. }
+            if e.client.port() == 4000 && e.reached == "[2001:db8::2]:443".parse().unwrap()));
+        assert!(matches!(
+            parse(b"PROXY TCP4 203.0.113.7 10.0.0.x 56324 80\r\n"),
+            Parsed::Invalid(_)
+        ));
         assert_eq!(
             parse(b"PROXY UNKNOWN\r\nGET"),
             Parsed::Done {
@@ -277,7 +306,10 @@ mod tests {
             parse(&with_request),
             Parsed::Done {
                 len: 32,
-                client: Some("198.51.100.9:8080".parse().unwrap())
+                client: Some(Ends {
+                    client: "198.51.100.9:8080".parse().unwrap(),
+                    reached: "10.0.0.1:80".parse().unwrap()
+                })
             }
         );
         assert_eq!(parse(&h[..20]), Parsed::Partial);

@@ -121,9 +121,10 @@ fn choose<'a>(
 }
 
 /// Serves one accepted connection of a `tcp` listener until it closes.
+/// `reached` is the address the client connected to when a PROXY header in front named one.
 pub async fn serve(
     stream: TcpStream,
-    mut info: ConnInfo,
+    (mut info, reached): (ConnInfo, Option<std::net::SocketAddr>),
     site: &TcpSite,
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -157,9 +158,10 @@ pub async fn serve(
             ProxyError::ClientDenied.reason(),
         );
     }
-    // The address the client reached, for a PROXY header to the backend (a system call, so
-    // only when one is sent).
-    let local = match wants_local.then(|| stream.local_addr()) {
+    // The address the client reached, for a PROXY header to the backend: the one a PROXY
+    // header in front named (as HAProxy's `send-proxy` passes on what `accept-proxy` read),
+    // else this socket's (a system call, so only when a header is sent).
+    let local = match wants_local.then(|| reached.map_or_else(|| stream.local_addr(), Ok)) {
         Some(Ok(a)) => Some(a),
         Some(Err(_)) => return,
         None => None,

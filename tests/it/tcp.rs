@@ -515,6 +515,38 @@ async fn a_proxy_header_goes_before_the_tls_of_a_tls_upstream() {
     stop_async(lb).await;
 }
 
+/// Behind a balancer that sends PROXY headers, the header sent on names the client and the
+/// address it reached as the balancer's header said, not this listener's socket (HAProxy's
+/// `accept-proxy` with `send-proxy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_read_in_front_is_passed_on_whole() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut r = tokio::io::BufReader::new(s);
+        let mut header = String::new();
+        r.read_line(&mut header).await.unwrap();
+        r.get_mut().write_all(header.as_bytes()).await.unwrap();
+        r.get_mut().shutdown().await.unwrap();
+    });
+    let text = tcp_config(
+        &dir.path().join("access.log"),
+        "upstream = \"db\"\nproxy_protocol = true\nsend_proxy_protocol = \"v1\"",
+        &format!("[upstreams.db]\nbackends = [{{ address = \"{backend}\" }}]\n"),
+    );
+    let lb = start_async(text).await;
+    let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let header = "PROXY TCP4 203.0.113.7 198.51.100.1 56324 5432\r\n";
+    c.write_all(format!("{header}hello").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_all(c).await, header);
+    stop_async(lb).await;
+}
+
 #[test]
 fn upstream_settings_a_tcp_connection_cannot_use_are_refused() {
     let dir = tempfile::tempdir().unwrap();
