@@ -101,6 +101,11 @@ impl Registry {
                     .entry(name.clone())
                     .or_insert_with(|| up.queue.clone())
                     .clone();
+                // The change may have made room that no finishing request would announce (a
+                // backend undrained, a circuit closed with its breaker removed): every waiter
+                // picks again. Each picks on the snapshot it started on, so a backend only the
+                // new configuration has, or its higher `max_connections`, serves newer requests.
+                up.queue.wake_all();
                 for b in &up.backends {
                     let _ = b.state.queue.set(up.queue.clone());
                 }

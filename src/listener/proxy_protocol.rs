@@ -322,6 +322,26 @@ mod tests {
                 client: None
             }
         );
+        // IPv6: source, destination, then the two ports.
+        let mut six = V2_SIGNATURE.to_vec();
+        six.extend_from_slice(&[0x21, 0x21, 0, 36]);
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::7".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        );
+        six.extend_from_slice(&src.octets());
+        six.extend_from_slice(&dst.octets());
+        six.extend_from_slice(&[0xdc, 0x04, 0x01, 0xbb]);
+        assert_eq!(
+            parse(&six),
+            Parsed::Done {
+                len: 52,
+                client: Some(Ends {
+                    client: "[2001:db8::7]:56324".parse().unwrap(),
+                    reached: "[2001:db8::1]:443".parse().unwrap()
+                })
+            }
+        );
         let mut v1_ver = h.clone();
         v1_ver[12] = 0x11;
         assert!(matches!(parse(&v1_ver), Parsed::Invalid(_)));

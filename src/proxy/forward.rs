@@ -31,9 +31,12 @@ pub(super) struct Inflight {
     /// The upstream and the backend's index in it, for a failure mid-body.
     up: Arc<Upstream>,
     backend: usize,
+    /// Dispatched to a half-open circuit: a probe, whose place is given back when this ends.
+    probe: bool,
 }
 
 impl Inflight {
+    /// Right after the pick that chose `backend` (which took a probe place if half-open).
     pub(super) fn start(up: &Arc<Upstream>, backend: usize) -> Inflight {
         let state = &up.backends[backend].state;
         state.active.fetch_add(1, Relaxed);
@@ -44,6 +47,7 @@ impl Inflight {
             idle_timeout: up.idle_timeout,
             up: up.clone(),
             backend,
+            probe: state.breaker.state() == crate::upstream::breaker::Circuit::HalfOpen,
         }
     }
 }
@@ -76,6 +80,9 @@ impl OnDone for Inflight {
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Relaxed);
+        if self.probe {
+            self.state.breaker.probe_ended();
+        }
         if self.up.max_connections.is_some() {
             self.up.queue.freed();
         }
@@ -95,18 +102,29 @@ pub(super) async fn pick_or_queue(
     deadline: Instant,
     queued: Option<&AtomicBool>,
 ) -> Result<usize, ProxyError> {
+    // Taken once and kept through every wake-up: leaving and re-joining on each turn let a
+    // newcomer take the place of a request that had waited longer.
+    let mut place = None;
     loop {
-        let waiter = up.queue.notified();
+        // Enabled before the pick, so that a slot freed between the pick and the wait reaches
+        // this waiter (`notify_one` passes over a `Notified` never polled or enabled, and two
+        // slots freed then would wake one waiter between them).
+        let mut waiter = std::pin::pin!(up.queue.notified());
+        waiter.as_mut().enable();
         match up.pick(ctx, tried) {
             Ok(i) => return Ok(i),
             Err(NoBackend::Full) => {}
             Err(_) => return Err(ProxyError::NoBackend),
         }
-        let Some(_place) = up.queue.join(up.max_pending.unwrap_or(1024)) else {
-            return Err(ProxyError::Overloaded);
-        };
-        if let Some(q) = queued {
-            q.store(true, Relaxed);
+        if place.is_none() {
+            place = Some(
+                up.queue
+                    .join(up.max_pending.unwrap_or(1024))
+                    .ok_or(ProxyError::Overloaded)?,
+            );
+            if let Some(q) = queued {
+                q.store(true, Relaxed);
+            }
         }
         if tokio::time::timeout_at(deadline.into(), waiter)
             .await

@@ -146,6 +146,17 @@ impl Breaker {
         changed
     }
 
+    /// A request dispatched while half-open has ended, however it ended: its probe place is
+    /// free again. Released here, by the request's in-flight guard, and not when an outcome is
+    /// recorded, because a request can end without one (its client left, it was cancelled at
+    /// shutdown, the failure was not the backend's): each such end used to keep its place, and
+    /// after `half_open_probes` of them the backend was never admitted again.
+    pub fn probe_ended(&self) {
+        let _ = self
+            .probes_inflight
+            .fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
+    }
+
     /// Records an outcome; returns the new state when it changed.
     pub fn record(&self, p: &BreakerPolicy, ok: bool, now: u64) -> Option<Circuit> {
         if self.disabled.load(Relaxed) {
@@ -153,9 +164,6 @@ impl Breaker {
         }
         match self.state() {
             Circuit::HalfOpen => {
-                let _ = self
-                    .probes_inflight
-                    .fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
                 if !ok {
                     return self.trip(p, now, 2);
                 }
@@ -269,8 +277,34 @@ mod tests {
         assert!(b.admits(&p, 112));
         assert_eq!(b.on_dispatch(112), Some(Circuit::HalfOpen));
         assert_eq!(b.record(&p, true, 113), None);
+        b.probe_ended();
         b.on_dispatch(114);
         assert_eq!(b.record(&p, true, 115), Some(Circuit::Closed));
+    }
+
+    #[test]
+    fn probes_that_end_without_an_outcome_give_their_place_back() {
+        let (b, p) = (Breaker::default(), policy());
+        for t in 0..3 {
+            b.record(&p, false, t);
+        }
+        // Two probes (the policy's limit) dispatched, and both abandoned without an outcome.
+        b.on_dispatch(200);
+        b.on_dispatch(200);
+        assert!(!b.admits(&p, 201), "both probe places taken");
+        b.probe_ended();
+        b.probe_ended();
+        assert!(
+            b.admits(&p, 202),
+            "an abandoned probe does not shut the backend out"
+        );
+        b.probe_ended();
+        b.on_dispatch(203);
+        b.on_dispatch(203);
+        assert!(
+            !b.admits(&p, 204),
+            "an extra release never makes room past the limit"
+        );
     }
 
     #[test]

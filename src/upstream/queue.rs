@@ -28,9 +28,11 @@ impl Queue {
     /// Joins the queue unless `max` are already waiting; the place is left when the guard drops
     /// (the wait ended, timed out, or the client left).
     pub fn join(&self, max: u32) -> Option<Place<'_>> {
-        let ahead = self.waiting.fetch_add(1, Relaxed);
-        let place = Place(&self.waiting);
-        (ahead < max).then_some(place)
+        // Counted only when taken, so the count never shows a refused request.
+        self.waiting
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Place(&self.waiting))
     }
 
     /// One request ended on a backend: room for one waiter.

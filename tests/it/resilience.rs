@@ -644,3 +644,77 @@ fn max_pending_holds_across_a_config_change() {
     assert_eq!(first.join().unwrap().0, 200);
     assert_eq!(queued.join().unwrap(), (200, None));
 }
+
+/// A half-open circuit's probe whose client leaves gives its probe place back: the next request
+/// probes again, instead of the backend staying shut out with no probe ever to end.
+#[test]
+fn an_abandoned_probe_does_not_shut_a_backend_out() {
+    let be = backends(1);
+    let lb = start(&config(&format!(
+        "backends = [{}]\ncircuit_breaker = {{ consecutive_failures = 3, open_for = \"300ms\", half_open_probes = 1 }}\nretry = {{ attempts = 1 }}",
+        be.list()
+    )));
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(lb.url("/status/500")).send().unwrap().status(), 500);
+    }
+    let addr = be.addrs[0].to_string();
+    assert_eq!(backend_state(&lb, &addr)["circuit"], "open");
+    std::thread::sleep(Duration::from_millis(400));
+    for hyper in [false, true] {
+        // The probe: its client leaves while the backend works on it.
+        let probe = waiting(&lb, 3000, hyper);
+        busy(&lb, &be.addrs[0]);
+        assert_eq!(backend_state(&lb, &addr)["circuit"], "half_open");
+        drop(probe);
+        assert!(eventually(Duration::from_secs(3), || backend_state(
+            &lb, &addr
+        )["active_requests"]
+            == 0));
+        // Still half-open, and admitting: this request is the next probe, and it closes the
+        // circuit on the second round.
+        let r = c.get(lb.url("/status/500")).send().unwrap();
+        assert_eq!(r.status(), 500, "hyper: {hyper}: {:?}", r.headers());
+        // The failed probe opened the circuit again, for twice as long.
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    assert!(eventually(Duration::from_secs(3), || c
+        .get(lb.url("/"))
+        .send()
+        .unwrap()
+        .status()
+        == 200));
+    assert_eq!(backend_state(&lb, &addr)["circuit"], "closed");
+}
+
+/// A request that arrives while the one before it waits for its backend is the client
+/// pipelining, not leaving: both are answered, in order.
+#[test]
+fn a_request_pipelined_while_the_one_before_waits_is_not_taken_for_leaving() {
+    use std::io::{Read, Write};
+    let be = backends(1);
+    let lb = start(&config(&format!("backends = [{}]", be.list())));
+    let mut s = std::net::TcpStream::connect(lb.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut read_until = |s: &mut std::net::TcpStream, answers: usize| {
+        let mut b = [0u8; 4096];
+        while got.windows(12).filter(|w| w == b"HTTP/1.1 200").count() < answers {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // One answered first, so the connection has waited for bytes and is watched from the start.
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    read_until(&mut s, 1);
+    s.write_all(b"GET /delay/600 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    let text = read_until(&mut s, 3);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+}

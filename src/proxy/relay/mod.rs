@@ -34,10 +34,12 @@ use bytes::{Buf, BytesMut};
 use deadline::Deadline;
 use framing::Progress;
 use head::{Parsed, ParsedResponse};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -284,11 +286,27 @@ async fn exchange(
         timer.cue_at((started + HANGUP_CHECK).into());
     }
     let on = (started, timeout, &mut *timer);
-    let work = forward(&up, &req, request_id, close, on, &mut trace, cue);
-    let result = tokio::select! {
-        biased;
-        r = work => Some(r),
-        true = hangup(io, cue), if !pipelined => None,
+    // Polled in place: `select!` moved the whole forward future (~2 KiB) into its tuple first
+    // (callgrind: +235 instructions per request in memcpy).
+    let result = {
+        let mut work = std::pin::pin!(forward(&up, &req, request_id, close, on, &mut trace, cue));
+        let mut watching = !pipelined;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if watching {
+                match io.poll_hangup(cx, cue.load(Relaxed)) {
+                    Poll::Ready(true) => return Poll::Ready(None),
+                    // Pipelined bytes came: the client is there, and only reading them could tell
+                    // more.
+                    Poll::Ready(false) => watching = false,
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
     };
     timer.no_cue();
     let outcome = match result {
@@ -347,12 +365,6 @@ type Outcome = (u16, Option<&'static str>, u64, bool, Option<Instant>);
 /// watched for leaving (at once if it queues). Most answers come well within it, and a client
 /// that gives up on a slow one is noticed within it.
 const HANGUP_CHECK: Duration = Duration::from_secs(1);
-
-/// Resolves with `true` once the client has gone (see [`ClientStream::poll_hangup`]), or with
-/// `false` if it sent more instead.
-async fn hangup(io: &mut ClientStream, register: &AtomicBool) -> bool {
-    std::future::poll_fn(|cx| io.poll_hangup(cx, register.load(Relaxed))).await
-}
 
 /// Answers a request that cannot be read and closes: one too slow to send its head or body
 /// (408), or whose head is over the limit (431, or 414 for the request line). Access-logged and
