@@ -105,16 +105,23 @@ pub(super) async fn pick_or_queue(
     // Taken once and kept through every wake-up: leaving and re-joining on each turn let a
     // newcomer take the place of a request that had waited longer.
     let mut place = None;
+    let pick = || match up.pick(ctx, tried) {
+        Ok(i) => Some(Ok(i)),
+        Err(NoBackend::Full) => None,
+        Err(_) => Some(Err(ProxyError::NoBackend)),
+    };
     loop {
-        // Enabled before the pick, so that a slot freed between the pick and the wait reaches
-        // this waiter (`notify_one` passes over a `Notified` never polled or enabled, and two
-        // slots freed then would wake one waiter between them).
+        // The plain path: one pick, no wake-up made.
+        if let Some(r) = pick() {
+            return r;
+        }
+        // Full: the wake-up is enabled, then the pick tried again, so that a slot freed in
+        // between reaches this waiter (`notify_one` passes over a `Notified` not yet polled
+        // or enabled, and two slots freed then would wake one waiter between them).
         let mut waiter = std::pin::pin!(up.queue.notified());
         waiter.as_mut().enable();
-        match up.pick(ctx, tried) {
-            Ok(i) => return Ok(i),
-            Err(NoBackend::Full) => {}
-            Err(_) => return Err(ProxyError::NoBackend),
+        if let Some(r) = pick() {
+            return r;
         }
         if place.is_none() {
             place = Some(
