@@ -191,10 +191,9 @@ fn an_http2_request_cancelled_before_its_response_is_logged_499() {
     let be = backends(1);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let lb = start(&format!(
-        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+    let lb = start(&json_log(
         config(&format!("backends = [{}]", be.list())),
-        log.display().to_string()
+        &log,
     ));
     be.rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();

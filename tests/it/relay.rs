@@ -777,11 +777,10 @@ fn trailers_and_their_announcement_pass_both_ways_on_both_paths() {
     let log = dir.path().join("access.log");
     // One worker: backend connections are pooled per worker, and the client's connections
     // would otherwise land on either.
-    let lb = start(&format!(
-        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+    let lb = start(&json_log(
         config(&format!("backends = [{{ address = \"{backend}\" }}]"))
             .replace("workers = 2", "workers = 1"),
-        log.display().to_string()
+        &log,
     ));
     let exchange = |req: &[u8]| {
         let mut c = TcpStream::connect(lb.addr).unwrap();

@@ -154,9 +154,7 @@ fn circuit_opens_on_failures_and_answers_503() {
         be.list()
     )));
     let c = client();
-    for _ in 0..3 {
-        assert_eq!(c.get(lb.url("/status/500")).send().unwrap().status(), 500);
-    }
+    trip(&lb);
     let addr = be.addrs[0].to_string();
     assert_eq!(backend_state(&lb, &addr)["circuit"], "open");
     let r = c.get(lb.url("/")).send().unwrap();
@@ -176,6 +174,16 @@ fn circuit_opens_on_failures_and_answers_503() {
         event_details(&lb, "circuit", &addr),
         ["circuit open", "circuit half_open", "circuit closed"]
     );
+}
+
+/// Three 500s in a row: enough to open a `consecutive_failures = 3` circuit.
+fn trip(lb: &Lb) {
+    for _ in 0..3 {
+        assert_eq!(
+            client().get(lb.url("/status/500")).send().unwrap().status(),
+            500
+        );
+    }
 }
 
 /// A request to the demo backend's `/delay/{ms}` on its own thread: its status and
@@ -462,9 +470,7 @@ fn removing_the_circuit_breaker_closes_an_open_circuit() {
         "circuit_breaker = { consecutive_failures = 3, open_for = \"60s\" }",
     ));
     let c = client();
-    for _ in 0..3 {
-        assert_eq!(c.get(lb.url("/status/500")).send().unwrap().status(), 500);
-    }
+    trip(&lb);
     assert_eq!(backend_state(&lb, &addr)["circuit"], "open");
     assert_eq!(c.get(lb.url("/")).send().unwrap().status(), 503);
     let failures = backend_state(&lb, &addr)["failures_total"]
@@ -512,13 +518,12 @@ fn a_client_that_leaves_while_its_request_waits_frees_what_it_held() {
     let be = backends(1);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let lb = start(&format!(
-        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+    let lb = start(&json_log(
         config(&format!(
             "backends = [{}]\nmax_connections = 1\nmax_pending = 1\ntimeouts = {{ request = \"10s\" }}",
             be.list()
         )),
-        log.display().to_string()
+        &log,
     ));
     let addr = be.addrs[0];
     let mut lines = 0;
@@ -655,9 +660,7 @@ fn an_abandoned_probe_does_not_shut_a_backend_out() {
         be.list()
     )));
     let c = client();
-    for _ in 0..3 {
-        assert_eq!(c.get(lb.url("/status/500")).send().unwrap().status(), 500);
-    }
+    trip(&lb);
     let addr = be.addrs[0].to_string();
     assert_eq!(backend_state(&lb, &addr)["circuit"], "open");
     std::thread::sleep(Duration::from_millis(400));

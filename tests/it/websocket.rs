@@ -122,13 +122,12 @@ fn a_websocket_is_logged_when_it_closes_with_its_bytes_and_duration() {
     let be = backends(1);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let lb = start(&format!(
-        "{}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+    let lb = start(&json_log(
         config(&format!(
             "backends = [{}]\ntimeouts = {{ idle = \"400ms\" }}",
             be.list()
         )),
-        log.display().to_string(),
+        &log,
     ));
     let lines = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&log)

@@ -476,6 +476,14 @@ pub fn refused_paths(lb: &Lb, toml_text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `text` with a JSON access log written to `log`.
+pub fn json_log(text: String, log: &std::path::Path) -> String {
+    format!(
+        "{text}\n[log]\naccess = \"json\"\naccess_file = {:?}\n",
+        log.display().to_string()
+    )
+}
+
 /// The JSON access-log lines in `path` once there are at least `n` (waiting up to 5 s).
 pub fn access_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
